@@ -1,0 +1,5 @@
+import sys
+
+from mirrorsync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""Typed errors. Each carries the facts; `cli` turns them into one line of words.
+
+Raising a typed error (instead of printing) keeps policy out of the stores and the
+engine: they say *what* went wrong, the CLI decides the wording and the exit status.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    PARTIAL = 1  # done, but some folders failed (each named)
+    USAGE = 2  # usage or configuration error
+    CONNECTION = 3  # connection, TLS or authentication failure
+    INTERNAL = 4  # a bug: reported with a hint to re-run with -v
+
+
+class MirrorsyncError(Exception):
+    """Base of every error the CLI knows how to word."""
+
+    exit_status: ExitStatus = ExitStatus.PARTIAL
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class ConfigError(MirrorsyncError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(self, message: str, path: str = "", key: str = "", hint: str = "") -> None:
+        where = path + (f": {key}" if key else "") if path else key
+        super().__init__(f"{where}: {message}" if where else message, hint)
+        self.path = path
+        self.key = key
+
+
+class UsageError(MirrorsyncError):
+    exit_status = ExitStatus.USAGE
+
+
+class ConnectionFailed(MirrorsyncError):
+    """Server unreachable, TLS failure, or the connection dropped."""
+
+    exit_status = ExitStatus.CONNECTION
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The server refused the login."""
+
+
+class ServerError(MirrorsyncError):
+    """The server answered NO/BAD or something we cannot parse, for one folder/operation."""
+
+
+class FolderNameError(MirrorsyncError):
+    """A folder name that cannot be represented on the other side."""
+
+
+class LocalStoreError(MirrorsyncError):
+    """The Maildir could not be read or written (permissions, full disk, odd files)."""
+
+
+class StateError(MirrorsyncError):
+    """The state database is unusable."""
+
+
+class LockedError(MirrorsyncError):
+    """Another mirrorsync run holds the account's lock."""
+
+
+class GuardError(MirrorsyncError):
+    """A plan would delete more than the configured share of a folder."""
+
+
+class LocalRootMissing(MirrorsyncError):
+    """The local Maildir root vanished although the state remembers messages."""

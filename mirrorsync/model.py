@@ -1,0 +1,76 @@
+"""Plain data that flows from the stores through the planner to the executor.
+
+Folder names are carried in one canonical form everywhere inside mirrorsync: the
+decoded (Unicode) path components joined with "/", and INBOX spelled "INBOX". Each
+store maps that to its own spelling (server delimiter and modified UTF-7, or a
+directory layout), so the planner never sees a store's quirks.
+
+Flags are carried as IMAP flag names (``\\Seen``, ``$Forwarded``); `flags` maps the
+ones a Maildir can hold to info letters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Flags = frozenset[str]
+NO_FLAGS: Flags = frozenset()
+
+SEP = "/"
+
+
+def canonical_folder(name: str) -> str:
+    """INBOX is case-insensitive in IMAP (RFC 3501 5.1); give it one spelling."""
+    head, sep, rest = name.partition(SEP)
+    if head.upper() == "INBOX":
+        return "INBOX" + sep + rest
+    return name
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    """What the server says about a folder when it is selected (or STATUS'd)."""
+
+    uidvalidity: int
+    uidnext: int
+    messages: int
+    highestmodseq: int = 0  # 0: the server has no CONDSTORE, or the folder NOMODSEQ
+
+
+@dataclass(frozen=True)
+class RemoteFolder:
+    name: str  # canonical
+    attributes: frozenset[str] = frozenset()  # e.g. \Noselect, \HasChildren
+
+    @property
+    def selectable(self) -> bool:
+        lowered = {a.lower() for a in self.attributes}
+        return "\\noselect" not in lowered and "\\nonexistent" not in lowered
+
+
+@dataclass(frozen=True)
+class RemoteMessage:
+    uid: int
+    flags: Flags
+    size: int = 0  # RFC822.SIZE, CRLF bytes; 0 when not fetched
+
+
+@dataclass(frozen=True)
+class RemoteIdentity:
+    """Cheap facts to pick candidates when matching messages by content."""
+
+    uid: int
+    size: int
+    message_id: str | None
+
+
+@dataclass(frozen=True)
+class LocalMessage:
+    key: str  # the unique part of the Maildir file name; survives flag renames
+    flags: Flags  # as IMAP flags
+    subdir: str  # "cur" or "new"
+    filename: str = field(compare=False, default="")
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.subdir}/{self.filename}"

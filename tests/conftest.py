@@ -1,0 +1,68 @@
+"""Shared fixtures: one real Dovecot per test session, a fresh user per test."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from mirrorsync.devserver import Dovecot
+
+_user_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    server = Dovecot().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def dovecot_basic() -> Iterator[Dovecot]:
+    """A Dovecot that advertises none of the extensions mirrorsync has fast paths for,
+    so the fallbacks are tested against a real server."""
+    server = Dovecot(capabilities="IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS IDLE").start()
+    yield server
+    server.cleanup()
+
+
+@dataclass(frozen=True)
+class Account:
+    server: Dovecot
+    user: str
+    password: str
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def client(self):  # type: ignore[no-untyped-def]
+        """A plain imapclient connection, for tests to act as 'another mail client'."""
+        import imapclient
+
+        c = imapclient.IMAPClient(self.host, self.port, ssl=False, timeout=30)
+        c.login(self.user, self.password)
+        return c
+
+
+def _new_account(server: Dovecot) -> Account:
+    user = f"u{next(_user_ids)}"
+    server.add_user(user, "pw-" + user)
+    return Account(server, user, "pw-" + user)
+
+
+@pytest.fixture
+def account(dovecot: Dovecot) -> Account:
+    return _new_account(dovecot)
+
+
+@pytest.fixture
+def basic_account(dovecot_basic: Dovecot) -> Account:
+    return _new_account(dovecot_basic)
