@@ -1,0 +1,191 @@
+"""What a sync will do, as frozen values: the plan that `--dry-run` prints and the
+executor carries out. Nothing here does I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mirrorsync import flags as flagmod
+from mirrorsync.model import NO_FLAGS, Flags
+
+
+def _letters(flags: Flags) -> str:
+    return flagmod.to_letters(flags) or "-"
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    """How to bring one pair to `result`: what to add/remove on the server, and the
+    flags to give the local file (None: it already has them)."""
+
+    result: Flags
+    remote_add: Flags = NO_FLAGS
+    remote_remove: Flags = NO_FLAGS
+    local: Flags | None = None
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.remote_add and not self.remote_remove and self.local is None
+
+
+# -- message actions (within one folder)
+
+
+@dataclass(frozen=True)
+class Download:
+    uid: int
+    flags: Flags
+
+    def describe(self) -> str:
+        return f"download UID {self.uid} [{_letters(self.flags)}]"
+
+
+@dataclass(frozen=True)
+class Upload:
+    key: str
+    flags: Flags
+
+    def describe(self) -> str:
+        return f"upload {self.key} [{_letters(self.flags)}]"
+
+
+@dataclass(frozen=True)
+class UpdateFlags:
+    uid: int
+    key: str
+    change: FlagChange
+
+    def describe(self) -> str:
+        parts = []
+        if self.change.remote_add or self.change.remote_remove:
+            parts.append(
+                f"server +{_letters(self.change.remote_add)} -{_letters(self.change.remote_remove)}"
+            )
+        if self.change.local is not None:
+            parts.append(f"local [{_letters(self.change.local)}]")
+        return f"flags UID {self.uid} / {self.key}: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Link:
+    """Pair a server message and a local file found to hold the same content (after a
+    crash, a UIDVALIDITY change, or a first sync against an existing Maildir)."""
+
+    uid: int
+    key: str
+    hash: str
+    change: FlagChange
+
+    def describe(self) -> str:
+        return f"link UID {self.uid} = {self.key} (same content) [{_letters(self.change.result)}]"
+
+
+@dataclass(frozen=True)
+class DeleteRemote:
+    """The local file was deleted: expunge exactly this UID on the server."""
+
+    uid: int
+    key: str
+
+    def describe(self) -> str:
+        return f"delete on server UID {self.uid} (deleted locally)"
+
+
+@dataclass(frozen=True)
+class DeleteLocal:
+    """The server expunged the message: remove the local file."""
+
+    uid: int
+    key: str
+
+    def describe(self) -> str:
+        return f"delete locally {self.key} (expunged on server)"
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Gone on both sides: only the state row remains."""
+
+    uid: int
+    key: str
+
+    def describe(self) -> str:
+        return f"forget UID {self.uid} (gone on both sides)"
+
+
+MessageAction = Download | Upload | UpdateFlags | Link | DeleteRemote | DeleteLocal | Forget
+
+
+# -- folder actions
+
+
+@dataclass(frozen=True)
+class CreateLocalFolder:
+    name: str
+
+    def describe(self) -> str:
+        return f"create local folder {self.name}"
+
+
+@dataclass(frozen=True)
+class CreateRemoteFolder:
+    name: str
+
+    def describe(self) -> str:
+        return f"create server folder {self.name}"
+
+
+@dataclass(frozen=True)
+class DeleteLocalFolder:
+    name: str
+
+    def describe(self) -> str:
+        return f"delete local folder {self.name} (deleted on server, empty locally)"
+
+
+@dataclass(frozen=True)
+class DeleteRemoteFolder:
+    name: str
+
+    def describe(self) -> str:
+        return f"delete server folder {self.name} (deleted locally, empty on server)"
+
+
+@dataclass(frozen=True)
+class ResetFolder:
+    """One side's folder vanished while the other still holds messages: forget the
+    folder's pairs so the holding side is copied back in full, instead of its
+    messages being read as deleted."""
+
+    name: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"resync folder {self.name}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ForgetFolder:
+    name: str
+
+    def describe(self) -> str:
+        return f"forget folder {self.name} (gone on both sides)"
+
+
+@dataclass(frozen=True)
+class SyncFolder:
+    name: str
+
+    def describe(self) -> str:
+        return f"sync folder {self.name}"
+
+
+FolderAction = (
+    CreateLocalFolder
+    | CreateRemoteFolder
+    | DeleteLocalFolder
+    | DeleteRemoteFolder
+    | ResetFolder
+    | ForgetFolder
+    | SyncFolder
+)

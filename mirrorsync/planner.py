@@ -1,0 +1,188 @@
+"""The pure planner: state + what each side holds now -> the actions of one sync.
+
+No I/O happens here. The engine gathers the inputs, this module decides, and the
+executor carries the plan out, so `--dry-run` is just "print the plan" and every
+decision is testable from a table. `docs/sync-algorithm.md` states the same rules in
+prose; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
+
+from mirrorsync import flags as flagmod
+from mirrorsync.actions import (
+    CreateLocalFolder,
+    CreateRemoteFolder,
+    DeleteLocal,
+    DeleteLocalFolder,
+    DeleteRemote,
+    DeleteRemoteFolder,
+    Download,
+    FlagChange,
+    FolderAction,
+    Forget,
+    ForgetFolder,
+    Link,
+    MessageAction,
+    ResetFolder,
+    SyncFolder,
+    UpdateFlags,
+    Upload,
+)
+from mirrorsync.model import Flags, LocalMessage
+from mirrorsync.state import Pair
+
+
+@dataclass(frozen=True)
+class Match:
+    """A server message and a local file shown (by hash) to hold the same content."""
+
+    uid: int
+    key: str
+    hash: str
+
+
+def plan_folders(
+    known: Set[str],
+    local: Set[str],
+    remote: Set[str],
+    counts: Mapping[str, int],
+) -> list[FolderAction]:
+    """Decide what happens to each folder as a whole.
+
+    `known` are the folders in state, `local`/`remote` those present now (already
+    filtered by the config). `counts[name]` is the message count on the side that
+    still has a folder the other side lost. Creates and syncs come in name order
+    (parents first), deletions in reverse order (children first).
+    """
+    upkeep: list[FolderAction] = []
+    deletes: list[FolderAction] = []
+    for name in sorted(known | local | remote):
+        in_l, in_r, was = name in local, name in remote, name in known
+        if in_l and in_r:
+            upkeep.append(SyncFolder(name))
+        elif not was:
+            # New on one side: create it on the other.
+            create: FolderAction = CreateLocalFolder(name) if in_r else CreateRemoteFolder(name)
+            upkeep += [create, SyncFolder(name)]
+        elif in_r:
+            # Was synced, gone locally. Deleted for real only if the server's copy is
+            # empty too; otherwise its mail would be lost, so download it again.
+            if counts.get(name, 1) == 0 and name != "INBOX":
+                deletes += [DeleteRemoteFolder(name), ForgetFolder(name)]
+            else:
+                reason = (
+                    f"removed locally but the server holds {counts.get(name, '?')} messages;"
+                    " downloading them again (empty a folder before deleting it)"
+                )
+                upkeep += [ResetFolder(name, reason), CreateLocalFolder(name), SyncFolder(name)]
+        elif in_l:
+            # Was synced, gone on the server: the mirror image of the case above.
+            if counts.get(name, 1) == 0:
+                deletes += [DeleteLocalFolder(name), ForgetFolder(name)]
+            else:
+                reason = (
+                    f"deleted on the server but {counts.get(name, '?')} messages are still "
+                    "local; uploading them again (empty a folder before deleting it)"
+                )
+                upkeep += [ResetFolder(name, reason), CreateRemoteFolder(name), SyncFolder(name)]
+        else:
+            # Gone on both sides.
+            deletes.append(ForgetFolder(name))
+    deletes.reverse()
+    return upkeep + deletes
+
+
+def flag_change(pair: Pair, remote_now: Flags, local_now: Flags) -> FlagChange:
+    """Three-way merge: each side's own changes since the last sync are applied to the
+    other side's current flags, so edits on both sides combine."""
+    local_added = local_now - pair.local_flags
+    local_removed = pair.local_flags - local_now
+    result = frozenset((remote_now | local_added) - local_removed)
+    return _change_to(result, remote_now, local_now)
+
+
+def _change_to(result: Flags, remote_now: Flags, local_now: Flags) -> FlagChange:
+    return FlagChange(
+        result=result,
+        remote_add=result - remote_now,
+        remote_remove=remote_now - result,
+        local=None if result == local_now else result,
+    )
+
+
+def plan_messages(
+    pairs: Sequence[Pair],
+    remote: Mapping[int, Flags],
+    local: Mapping[str, LocalMessage],
+    matches: Sequence[Match] = (),
+) -> list[MessageAction]:
+    """Decide what happens to each message of one folder.
+
+    `remote` maps each server UID to its mappable flags; `local` maps each Maildir key
+    to its file. `matches` pairs unpaired messages found to be equal by content.
+    """
+    actions: list[MessageAction] = []
+    paired_uids = {p.uid for p in pairs}
+    paired_keys = {p.key for p in pairs}
+    for pair in sorted(pairs, key=lambda p: p.uid):
+        r = remote.get(pair.uid)
+        lm = local.get(pair.key)
+        if r is not None and lm is not None:
+            # On both sides: merge the flags.
+            change = flag_change(pair, r, lm.flags)
+            if not change.is_noop:
+                actions.append(UpdateFlags(pair.uid, pair.key, change))
+        elif lm is not None:
+            # Expunged on the server: delete the local file.
+            actions.append(DeleteLocal(pair.uid, pair.key))
+        elif r is not None:
+            # Deleted locally: expunge exactly this UID.
+            actions.append(DeleteRemote(pair.uid, pair.key))
+        else:
+            actions.append(Forget(pair.uid, pair.key))
+    matched_uids = set()
+    matched_keys = set()
+    for m in matches:
+        if m.uid in paired_uids or m.key in paired_keys or m.uid not in remote:
+            continue
+        if m.key not in local or m.uid in matched_uids or m.key in matched_keys:
+            continue
+        matched_uids.add(m.uid)
+        matched_keys.add(m.key)
+        # Same content on both sides with no common history: keep every flag either has.
+        r, lf = remote[m.uid], local[m.key].flags
+        actions.append(Link(m.uid, m.key, m.hash, _change_to(r | lf, r, lf)))
+    for uid in sorted(remote):
+        if uid not in paired_uids and uid not in matched_uids:
+            actions.append(Download(uid, remote[uid]))
+    for key in sorted(local):
+        if key not in paired_keys and key not in matched_keys:
+            actions.append(Upload(key, local[key].flags))
+    return actions
+
+
+def guard_violation(
+    actions: Sequence[MessageAction], known: int, max_share: float, minimum: int
+) -> str | None:
+    """Why this plan deletes too much of a folder at once, or None.
+
+    A vanished or emptied folder must never be read as "delete everything on the other
+    side"; a person who really means it passes --force.
+    """
+    for side, kind in (("server", DeleteRemote), ("local", DeleteLocal)):
+        n = sum(1 for a in actions if isinstance(a, kind))
+        if n >= max(minimum, 1) and known and n > max_share * known:
+            where = "on the server" if side == "server" else "locally"
+            return (
+                f"would delete {n} of {known} messages {where} "
+                f"(more than {max_share:.0%}); nothing was changed in this folder. "
+                "If that is intended, re-run with --force"
+            )
+    return None
+
+
+def normalize_remote(messages: Mapping[int, Flags]) -> dict[int, Flags]:
+    return {uid: flagmod.normalize(f) for uid, f in messages.items()}

@@ -1,0 +1,258 @@
+"""Per-account sync state in SQLite: what was last seen in sync on both sides.
+
+The state is the base of every three-way decision, so it is written only in
+transactions and only after the change it records is durable on disk or done on the
+server. A process killed at any instant leaves either the old or the new row, never
+half of one; what the engine did after its last commit is recognised on the next
+run (a folder left with `needs_match` is reconciled by content, so nothing is
+fetched or uploaded twice).
+
+A state file that SQLite cannot read is moved aside (never silently emptied) and a
+fresh one started: that forces a content match of every folder, which rebuilds the
+pairs without loss or duplication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirrorsync import flags as flagmod
+from mirrorsync.errors import LockedError, StateError
+from mirrorsync.model import Flags
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "state.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS folders (
+    name TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL DEFAULT 0,
+    highestmodseq INTEGER NOT NULL DEFAULT 0,
+    needs_match INTEGER NOT NULL DEFAULT 0,
+    local_stamp TEXT NOT NULL DEFAULT '',
+    last_sync REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS messages (
+    folder TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    remote_flags TEXT NOT NULL,
+    local_flags TEXT NOT NULL,
+    PRIMARY KEY (folder, uid),
+    UNIQUE (folder, key)
+);
+"""
+
+
+@dataclass(frozen=True)
+class FolderState:
+    name: str
+    uidvalidity: int
+    uidnext: int = 0
+    highestmodseq: int = 0
+    needs_match: bool = False
+    local_stamp: str = ""
+    last_sync: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One message known on both sides, with the flags each side had at the last sync."""
+
+    uid: int
+    key: str
+    hash: str
+    remote_flags: Flags
+    local_flags: Flags
+
+
+class State:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._db = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path) -> State:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StateError(
+                f"cannot create state directory {state_dir}: {e.strerror}",
+                "check state_dir in the config and its permissions",
+            ) from e
+        path = state_dir / DB_NAME
+        try:
+            return cls._open_checked(path)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise StateError(f"state database {path} is locked by another process") from e
+            aside = path.with_name(f"{DB_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(path, aside)
+            log.warning(
+                "state database %s was unreadable (%s); moved it to %s and starting afresh: "
+                "every folder will be matched by content, nothing is lost or duplicated",
+                path,
+                e,
+                aside,
+            )
+            return cls._open_checked(path)
+
+    @classmethod
+    def _open_checked(cls, path: Path) -> State:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=5)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            ok = conn.execute("PRAGMA quick_check").fetchone()
+            if not ok or ok[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StateError(
+                    f"state database {path} was written by a newer mirrorsync "
+                    f"(schema {row[0]}, this one knows {SCHEMA_VERSION})",
+                    "upgrade mirrorsync",
+                )
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- folders
+
+    def folders(self) -> dict[str, FolderState]:
+        rows = self._db.execute(
+            "SELECT name, uidvalidity, uidnext, highestmodseq, needs_match, local_stamp, "
+            "last_sync FROM folders"
+        ).fetchall()
+        return {r[0]: FolderState(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows}
+
+    def folder(self, name: str) -> FolderState | None:
+        return self.folders().get(name)
+
+    def put_folder(self, f: FolderState) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO folders(name, uidvalidity, uidnext, highestmodseq, "
+            "needs_match, local_stamp, last_sync) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                f.name,
+                f.uidvalidity,
+                f.uidnext,
+                f.highestmodseq,
+                int(f.needs_match),
+                f.local_stamp,
+                f.last_sync,
+            ),
+        )
+
+    def delete_folder(self, name: str) -> None:
+        self._db.execute("DELETE FROM messages WHERE folder = ?", (name,))
+        self._db.execute("DELETE FROM folders WHERE name = ?", (name,))
+
+    def clear_pairs(self, folder: str) -> None:
+        self._db.execute("DELETE FROM messages WHERE folder = ?", (folder,))
+
+    # -- messages
+
+    def pairs(self, folder: str) -> list[Pair]:
+        rows = self._db.execute(
+            "SELECT uid, key, hash, remote_flags, local_flags FROM messages WHERE folder = ?",
+            (folder,),
+        ).fetchall()
+        return [
+            Pair(r[0], r[1], r[2], flagmod.from_letters(r[3]), flagmod.from_letters(r[4]))
+            for r in rows
+        ]
+
+    def count_pairs(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT folder, COUNT(*) FROM messages GROUP BY folder")
+        return {r[0]: r[1] for r in rows}
+
+    def put_pairs(self, folder: str, pairs: Iterable[Pair]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO messages(folder, uid, key, hash, remote_flags, local_flags) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    folder,
+                    p.uid,
+                    p.key,
+                    p.hash,
+                    flagmod.to_letters(p.remote_flags),
+                    flagmod.to_letters(p.local_flags),
+                )
+                for p in pairs
+            ],
+        )
+
+    def delete_pairs(self, folder: str, uids: Iterable[int]) -> None:
+        self._db.executemany(
+            "DELETE FROM messages WHERE folder = ? AND uid = ?", [(folder, u) for u in uids]
+        )
+
+
+class AccountLock:
+    """An exclusive lock per account, so two runs never interleave on one state.
+
+    flock is released by the kernel when the process dies, so a killed run never
+    leaves a stale lock behind.
+    """
+
+    def __init__(self, state_dir: Path, account: str) -> None:
+        self.path = state_dir / "lock"
+        self.account = account
+        self._fd: int | None = None
+
+    def __enter__(self) -> AccountLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise LockedError(
+                f"account {self.account} is being synced by another mirrorsync process",
+                f"wait for it to finish (lock {self.path})",
+            ) from e
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
