@@ -1,13 +1,30 @@
 """Configuration: the YAML file, validated into frozen dataclasses.
 
-TYPES ARE FIXED (other modules depend on them); the loader below is to be written.
+The dataclass types are shared with the other modules. `load` validates the whole file
+up front and turns every mistake into one `ConfigError` naming the file and the dotted
+key path, so a typo stops the run before any mail is touched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import functools
+import json
+import math
+import os
+import pwd
+import re
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from mirrorsync.errors import ConfigError
+from mirrorsync.model import SEP, canonical_folder
 
 
 @dataclass(frozen=True)
@@ -16,12 +33,15 @@ class RemoteConfig:
     username: str
     port: int  # resolved: 993 for imaps, 143 otherwise, unless given
     tls: str = "imaps"  # "imaps" | "starttls" | "none"
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     password_command: str | None = None
     password_env: str | None = None
     ca_file: Path | None = None
     timeout: float = 60.0  # seconds, for connect and for every read
     max_connections: int = 4
+    # Where this was configured, so password errors can name the file and key path.
+    source_file: str = field(default="", compare=False, repr=False)
+    source_key: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -38,7 +58,45 @@ class FolderFilter:
     def matches(self, name: str) -> bool:
         """IMAP-style patterns over canonical names ("/"-separated): `*` matches
         anything, `%` anything but "/". Included and not excluded."""
-        raise NotImplementedError
+        name = canonical_folder(name)
+        return any(_match(p, name) for p in self.include) and not any(
+            _match(p, name) for p in self.exclude
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _match(pattern: str, name: str) -> bool:
+    """Simulate the pattern as an NFA over the name. A regex would do, except that
+    INBOX is case-insensitive (RFC 3501 5.1) while the rest of a name is not, so the
+    first five characters of an INBOX name compare case-insensitively, whatever
+    wildcards precede them in the pattern."""
+    fold = len("INBOX") if name == "INBOX" or name.startswith("INBOX" + SEP) else 0
+
+    def closure(states: set[int]) -> set[int]:
+        # A wildcard may match nothing, so its position also reaches the next one.
+        todo = list(states)
+        while todo:
+            k = todo.pop()
+            if k < len(pattern) and pattern[k] in "*%" and k + 1 not in states:
+                states.add(k + 1)
+                todo.append(k + 1)
+        return states
+
+    states = closure({0})
+    for j, c in enumerate(name):
+        following: set[int] = set()
+        for k in states:
+            if k == len(pattern):
+                continue
+            p = pattern[k]
+            if p == "*" or (p == "%" and c != SEP):
+                following.add(k)
+            elif p == c or (j < fold and p.upper() == c):
+                following.add(k + 1)
+        if not following:
+            return False
+        states = closure(following)
+    return len(pattern) in states
 
 
 @dataclass(frozen=True)
@@ -65,13 +123,541 @@ class Config:
     accounts: dict[str, AccountConfig]
 
 
+# --------------------------------------------------------------------------------------
+# Loading
+#
+# Validation is strict on purpose: a typo in a key of a sync tool that deletes mail
+# must stop the run, not silently fall back to a default. Every error names the file
+# and the dotted key path so the user can find the line without reading a traceback.
+
+_TLS_MODES = ("imaps", "starttls", "none")
+_DEFAULT_PORTS = {"imaps": 993, "starttls": 143, "none": 143}
+_LAYOUTS = ("nested", "maildir++")
+_PASSWORD_SOURCES = ("password", "password_command", "password_env")
+_PASSWORD_COMMAND_TIMEOUT = 30.0
+_MAX_CONNECTIONS = 32
+
+_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_HOST_WITH_PORT = re.compile(r"[^:\[\]]+:[0-9]+")
+
+_TOP_KEYS = ("accounts",)
+_ACCOUNT_KEYS = ("remote", "local", "state_dir", "folders", "sync")
+_REMOTE_KEYS = (
+    "host",
+    "port",
+    "tls",
+    "username",
+    *_PASSWORD_SOURCES,
+    "ca_file",
+    "timeout",
+    "max_connections",
+)
+_LOCAL_KEYS = ("path", "layout")
+_FOLDERS_KEYS = ("include", "exclude")
+_SYNC_KEYS = ("max_delete_share", "guard_min")
+
+_SAMPLE_HINT = "see sample-config.yaml in the mirrorsync sources for every option"
+
+
+def _xdg_dir(env: Mapping[str, str], var: str, fallback: str) -> Path:
+    """The XDG spec says a relative (or empty) value must be ignored, not used relative
+    to whatever the current directory happens to be."""
+    value = env.get(var, "")
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path(_home(env), fallback)
+
+
+def _home(env: Mapping[str, str]) -> str:
+    """HOME from `env`; the passwd entry only if HOME is unset, as os.path.expanduser
+    does, so cron jobs with a bare environment still find their files."""
+    home = env.get("HOME", "")
+    if home:
+        return home
+    return pwd.getpwuid(os.getuid()).pw_dir
+
+
 def default_path(env: Mapping[str, str]) -> Path:
-    raise NotImplementedError
+    """Where the config lives when none is named: $XDG_CONFIG_HOME/mirrorsync/config.yaml."""
+    return _xdg_dir(env, "XDG_CONFIG_HOME", ".config") / "mirrorsync" / "config.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys: PyYAML keeps the last one silently, which
+    would let a forgotten second `path:` or `password:` win without anyone noticing."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What every check needs to word its error and resolve paths."""
+
+    file: str
+    base_dir: Path
+    env: Mapping[str, str]
+
+    def fail(self, key: str, message: str, hint: str = "") -> NoReturn:
+        raise ConfigError(message, path=self.file, key=key, hint=hint)
+
+
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _describe(value: object, secret: bool = False) -> str:
+    """Name a wrong value for a message; secrets are described by type only."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if secret:
+        return f"a value of type {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _section(
+    ctx: _Ctx, value: object, key: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
+) -> dict[str, object]:
+    """A mapping with only known keys: an unknown key is almost always a typo or a
+    wrong indentation, and ignoring it would silently apply a default instead."""
+    if not isinstance(value, dict):
+        ctx.fail(key or "(top level)", f"expected a mapping, got {_describe(value)}", _SAMPLE_HINT)
+    for name in value:
+        if not isinstance(name, str):
+            ctx.fail(_join(key, str(name)), "unknown key", f"expected one of {', '.join(allowed)}")
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"expected one of {', '.join(allowed)}"
+            ctx.fail(_join(key, name), "unknown key", hint)
+    for name in required:
+        if name not in value:
+            ctx.fail(_join(key, name), "required key is missing")
+    return value
+
+
+def _string(ctx: _Ctx, value: object, key: str, secret: bool = False) -> str:
+    if not isinstance(value, str):
+        hint = "" if value is None or isinstance(value, (dict, list)) else "quote it"
+        ctx.fail(key, f"expected a string, got {_describe(value, secret)}", hint)
+    if not value:
+        ctx.fail(key, "must not be empty")
+    return value
+
+
+def _integer(ctx: _Ctx, value: object, key: str, low: int, high: int | None) -> int:
+    # bool is an int subclass in Python; `port: yes` must not become port 1.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        wanted = f"{low}-{high}" if high is not None else f">= {low}"
+        ctx.fail(key, f"expected an integer {wanted}, got {_describe(value)}")
+    return value
+
+
+def _number(ctx: _Ctx, value: object, key: str, wanted: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        ctx.fail(key, f"expected {wanted}, got {_describe(value)}")
+    return float(value)
+
+
+def _choice(ctx: _Ctx, value: object, key: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        ctx.fail(key, f"expected one of {', '.join(choices)}, got {_describe(value)}")
+    return value
+
+
+def _patterns(ctx: _Ctx, value: object, key: str) -> tuple[str, ...]:
+    """A list only: a lone string is rejected rather than wrapped, so the file has one
+    spelling and `include: INBOX, Sent` is not mistaken for one folder name."""
+    if isinstance(value, str):
+        ctx.fail(
+            key,
+            f"expected a list of folder patterns, got a string ({_describe(value)})",
+            f"write it as a list: [{json.dumps(value)}]",
+        )
+    if not isinstance(value, list):
+        ctx.fail(key, f"expected a list of folder patterns, got {_describe(value)}")
+    result = []
+    for i, item in enumerate(value):
+        result.append(_string(ctx, item, f"{key}[{i}]"))
+    return tuple(result)
+
+
+def _expand_path(ctx: _Ctx, value: object, key: str) -> Path:
+    """Expand ~ and $VARS from ctx.env (not os.environ, so tests control it); an unset
+    variable is an error because a literal "$FOO" directory is never what was meant.
+    Relative paths are taken from the config file's directory, not the current one,
+    so the same file works from cron and from a shell."""
+    raw = _string(ctx, value, key)
+    text = raw
+    if text.startswith("~"):
+        user, sep, rest = text[1:].partition("/")
+        if user:
+            try:
+                home = pwd.getpwnam(user).pw_dir
+            except KeyError:
+                ctx.fail(key, f"unknown user in {raw!r}")
+        else:
+            home = _home(ctx.env)
+        text = home + sep + rest
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in ctx.env:
+            ctx.fail(
+                key, f"${name} in {raw!r} is not set in the environment", "set it or edit the path"
+            )
+        return ctx.env[name]
+
+    text = _ENV_REF.sub(substitute, text)
+    path = Path(text)
+    if not path.is_absolute():
+        path = ctx.base_dir / path
+    return Path(os.path.normpath(path))
+
+
+def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
+    section = _section(ctx, value, key, _REMOTE_KEYS, required=("host", "username"))
+    k = functools.partial(_join, key)
+
+    host = _string(ctx, section["host"], k("host"))
+    if any(c.isspace() for c in host) or "/" in host:
+        ctx.fail(k("host"), f"expected a host name or address, got {host!r}")
+    if _HOST_WITH_PORT.fullmatch(host):
+        ctx.fail(
+            k("host"), f"expected a host name without a port, got {host!r}", "set port: separately"
+        )
+
+    tls = _choice(ctx, section.get("tls", "imaps"), k("tls"), _TLS_MODES)
+    port = (
+        _integer(ctx, section["port"], k("port"), 1, 65535)
+        if "port" in section
+        else _DEFAULT_PORTS[tls]
+    )
+    username = _string(ctx, section["username"], k("username"))
+
+    given = [name for name in _PASSWORD_SOURCES if name in section]
+    if not given:
+        ctx.fail(
+            k("password"),
+            "no password source",
+            "set exactly one of password, password_command, password_env",
+        )
+    if len(given) > 1:
+        both = f"{given[0]} and {given[1]} are both set"
+        every = "password, password_command and password_env are all set"
+        ctx.fail(
+            key,
+            both if len(given) == 2 else every,
+            "set exactly one of password, password_command, password_env",
+        )
+    password = password_command = password_env = None
+    if "password" in section:
+        password = _string(ctx, section["password"], k("password"), secret=True)
+    if "password_command" in section:
+        password_command = _string(ctx, section["password_command"], k("password_command"))
+    if "password_env" in section:
+        password_env = _string(ctx, section["password_env"], k("password_env"))
+        if not _ENV_NAME.fullmatch(password_env):
+            ctx.fail(
+                k("password_env"),
+                f"expected an environment variable name, got {password_env!r}",
+                "give the name only, without $",
+            )
+
+    ca_file = None
+    if "ca_file" in section:
+        if tls == "none":
+            ctx.fail(k("ca_file"), "has no effect with tls: none", "use tls: imaps or starttls")
+        ca_file = _expand_path(ctx, section["ca_file"], k("ca_file"))
+
+    timeout = 60.0
+    if "timeout" in section:
+        timeout = _number(ctx, section["timeout"], k("timeout"), "a number of seconds > 0")
+        if timeout <= 0:
+            ctx.fail(k("timeout"), f"expected a number of seconds > 0, got {section['timeout']!r}")
+    max_connections = 4
+    if "max_connections" in section:
+        max_connections = _integer(
+            ctx, section["max_connections"], k("max_connections"), 1, _MAX_CONNECTIONS
+        )
+
+    return RemoteConfig(
+        host=host,
+        username=username,
+        port=port,
+        tls=tls,
+        password=password,
+        password_command=password_command,
+        password_env=password_env,
+        ca_file=ca_file,
+        timeout=timeout,
+        max_connections=max_connections,
+        source_file=ctx.file,
+        source_key=key,
+    )
+
+
+def _load_local(ctx: _Ctx, value: object, key: str) -> LocalConfig:
+    section = _section(ctx, value, key, _LOCAL_KEYS, required=("path",))
+    path = _expand_path(ctx, section["path"], _join(key, "path"))
+    layout = _choice(ctx, section.get("layout", "nested"), _join(key, "layout"), _LAYOUTS)
+    return LocalConfig(path=path, layout=layout)
+
+
+def _load_folders(ctx: _Ctx, value: object, key: str) -> FolderFilter:
+    section = _section(ctx, value, key, _FOLDERS_KEYS)
+    include = FolderFilter.include
+    if "include" in section:
+        include = _patterns(ctx, section["include"], _join(key, "include"))
+        if not include:
+            ctx.fail(
+                _join(key, "include"),
+                "an empty list selects no folders",
+                'remove the key to sync every folder (["*"])',
+            )
+    exclude = FolderFilter.exclude
+    if "exclude" in section:
+        exclude = _patterns(ctx, section["exclude"], _join(key, "exclude"))
+    return FolderFilter(include=include, exclude=exclude)
+
+
+def _load_sync(ctx: _Ctx, value: object, key: str) -> SyncConfig:
+    section = _section(ctx, value, key, _SYNC_KEYS)
+    share = SyncConfig.max_delete_share
+    if "max_delete_share" in section:
+        k = _join(key, "max_delete_share")
+        wanted = "a number greater than 0 and at most 1"
+        share = _number(ctx, section["max_delete_share"], k, wanted)
+        if not 0 < share <= 1:
+            ctx.fail(k, f"expected {wanted}, got {section['max_delete_share']!r}")
+    guard_min = SyncConfig.guard_min
+    if "guard_min" in section:
+        guard_min = _integer(ctx, section["guard_min"], _join(key, "guard_min"), 0, None)
+    return SyncConfig(max_delete_share=share, guard_min=guard_min)
+
+
+def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
+    if not isinstance(name, str):
+        ctx.fail(
+            f"accounts.{name}",
+            f"an account name must be a string, got {_describe(name)}",
+            f"quote it: '{name}'",
+        )
+    key = f"accounts.{name}"
+    if not _ACCOUNT_NAME.fullmatch(name) or name in (".", ".."):
+        # The name becomes a directory name (state_dir) and a command-line argument.
+        ctx.fail(key, "an account name may only use letters, digits, '_', '.' and '-'")
+    section = _section(ctx, value, key, _ACCOUNT_KEYS, required=("remote", "local"))
+    remote = _load_remote(ctx, section["remote"], f"{key}.remote")
+    local = _load_local(ctx, section["local"], f"{key}.local")
+    if "state_dir" in section:
+        state_dir = _expand_path(ctx, section["state_dir"], f"{key}.state_dir")
+    else:
+        state_dir = _xdg_dir(ctx.env, "XDG_STATE_HOME", ".local/state") / "mirrorsync" / name
+    folders = (
+        _load_folders(ctx, section["folders"], f"{key}.folders")
+        if "folders" in section
+        else FolderFilter()
+    )
+    sync = _load_sync(ctx, section["sync"], f"{key}.sync") if "sync" in section else SyncConfig()
+    return AccountConfig(
+        name=name, remote=remote, local=local, state_dir=state_dir, folders=folders, sync=sync
+    )
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _check_separate(ctx: _Ctx, accounts: dict[str, AccountConfig]) -> None:
+    """Two accounts sharing a Maildir would sync each other's mail to both servers, and
+    sharing state would let one account's run apply the other's deletions. A state
+    directory inside a Maildir tree would itself be picked up as mail folders."""
+    seen: list[tuple[str, AccountConfig]] = []
+    for name, account in accounts.items():
+        for other_name, other in seen:
+            where = f"accounts.{other_name}"
+            if _overlaps(account.local.path, other.local.path):
+                relation = (
+                    "is the same as" if account.local.path == other.local.path else "overlaps"
+                )
+                ctx.fail(
+                    f"accounts.{name}.local.path",
+                    f"{relation} {where}.local.path ({other.local.path})",
+                    "give each account its own Maildir directory",
+                )
+            if account.state_dir == other.state_dir:
+                ctx.fail(
+                    f"accounts.{name}.state_dir",
+                    f"is the same as {where}.state_dir ({other.state_dir})",
+                    "give each account its own state_dir",
+                )
+        seen.append((name, account))
+    for name, account in accounts.items():
+        for other_name, other in accounts.items():
+            if _overlaps(account.state_dir, other.local.path):
+                ctx.fail(
+                    f"accounts.{name}.state_dir",
+                    f"overlaps accounts.{other_name}.local.path ({other.local.path})",
+                    "keep the state directory outside every Maildir",
+                )
+
+
+def _read(path: Path) -> str:
+    file = str(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=file, hint=f"create it; {_SAMPLE_HINT}") from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a configuration file", path=file) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", path=file) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError("not valid UTF-8", path=file, key=f"line {line}") from None
+
+
+def _parse(text: str, file: str) -> object:
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        message = f"invalid YAML: {e.problem or e.context}"
+        if e.context and e.problem and e.context_mark and mark and e.context_mark.line != mark.line:
+            message += f" ({e.context} at line {e.context_mark.line + 1})"
+        hint = "indent with spaces; YAML does not allow tabs" if "'\\t'" in str(e.problem) else ""
+        raise ConfigError(message, path=file, key=where, hint=hint) from None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(
+            f"invalid YAML: character {e.character!r} is not allowed", path=file, key=f"line {line}"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML: {e}", path=file) from None
 
 
 def load(path: Path, env: Mapping[str, str]) -> Config:
-    raise NotImplementedError
+    """Read and validate the whole file up front, so a mistake in any account is
+    reported before anything touches mail."""
+    path = Path(path)
+    file = str(path)
+    text = _read(path)
+    data = _parse(text, file)
+    ctx = _Ctx(file=file, base_dir=path.absolute().parent, env=env)
+    if data is None:
+        ctx.fail("", "the file is empty", f"add an accounts: section; {_SAMPLE_HINT}")
+    top = _section(ctx, data, "", _TOP_KEYS, required=("accounts",))
+    raw_accounts = top["accounts"]
+    if raw_accounts is None or raw_accounts == {}:
+        ctx.fail("accounts", "no accounts are defined", f"add one; {_SAMPLE_HINT}")
+    if not isinstance(raw_accounts, dict):
+        ctx.fail("accounts", f"expected a mapping of account names, got {_describe(raw_accounts)}")
+    accounts = {}
+    for name, value in raw_accounts.items():
+        account = _load_account(ctx, name, value)
+        accounts[account.name] = account
+    _check_separate(ctx, accounts)
+    return Config(path=path, accounts=accounts)
 
 
-def resolve_password(remote: RemoteConfig, env: Mapping[str, str]) -> str:
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------
+# Passwords
+
+
+def resolve_password(
+    remote: RemoteConfig, env: Mapping[str, str], *, timeout: float = _PASSWORD_COMMAND_TIMEOUT
+) -> str:
+    """Fetch the password only when connecting, so `load` never runs commands (and a
+    locked password store does not break `--dry-run` on another account)."""
+    base = remote.source_key
+
+    def fail(key: str, message: str, hint: str = "") -> NoReturn:
+        raise ConfigError(message, path=remote.source_file, key=_join(base, key), hint=hint)
+
+    if remote.password is not None:
+        return remote.password
+    if remote.password_env is not None:
+        name = remote.password_env
+        value = env.get(name)
+        if value is None:
+            fail("password_env", f"environment variable {name} is not set", f"export {name}")
+        if not value:
+            fail("password_env", f"environment variable {name} is empty")
+        return value
+    if remote.password_command is not None:
+        return _run_password_command(remote.password_command, env, timeout, fail)
+    fail("password", "no password source", "set one of password, password_command, password_env")
+
+
+def _run_password_command(
+    command: str,
+    env: Mapping[str, str],
+    timeout: float,
+    fail: Callable[[str, str, str], NoReturn],
+) -> str:
+    """Run through the shell (users write pipelines). stdin and stderr are inherited so
+    a prompting tool still works and its complaints reach the user; stdout is captured
+    and never quoted in errors, nor is the command itself, since either may hold the
+    secret."""
+    key = "password_command"
+    try:
+        proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, env=dict(env))
+    except OSError as e:
+        fail(key, f"could not start the command: {e.strerror or e}", "")
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Kill the shell and stop reading: waiting for end-of-file could hang forever
+        # when a grandchild still holds the pipe open.
+        proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        proc.wait()
+        fail(key, f"the command did not finish within {timeout:g} s", "check it runs without input")
+    if proc.returncode < 0:
+        try:
+            signame = signal.Signals(-proc.returncode).name
+        except ValueError:
+            signame = f"signal {-proc.returncode}"
+        fail(key, f"the command was killed by {signame}", "")
+    if proc.returncode != 0:
+        hint = {127: "command not found", 126: "command not executable"}.get(proc.returncode, "")
+        hint = (hint + "; " if hint else "") + "run it in a shell to see why"
+        fail(key, f"the command exited with status {proc.returncode}", hint)
+    try:
+        text = out.decode("utf-8")
+    except UnicodeDecodeError:
+        fail(key, "the command printed something that is not UTF-8", "")
+    first = text.split("\n", 1)[0].removesuffix("\r")
+    if not first:
+        fail(key, "the command exited with status 0 but printed no password", "")
+    return first

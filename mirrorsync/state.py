@@ -79,10 +79,19 @@ class Pair:
     local_flags: Flags
 
 
+# Fault injection for the crash tests (mbsync's discipline: crash after each journal
+# step, then prove the next run recovers). When set to N, the process dies as if by
+# `kill -9` just before the Nth state commit: after the change it records was made,
+# before it is recorded, which is the window where a crash could lose or duplicate.
+KILL_ENV = "MIRRORSYNC_TEST_KILL_BEFORE_COMMIT"
+
+
 class State:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._db = conn
         self.path = path
+        self._kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+        self._commits = 0
 
     @classmethod
     def open(cls, state_dir: Path) -> State:
@@ -151,6 +160,9 @@ class State:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._commits += 1
+        if self._commits == self._kill_at:
+            os._exit(137)
         self._db.execute("COMMIT")
 
     # -- folders

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -61,6 +61,12 @@ def _new_account(server: Dovecot) -> Account:
 @pytest.fixture
 def account(dovecot: Dovecot) -> Account:
     return _new_account(dovecot)
+
+
+@pytest.fixture
+def make_account(dovecot: Dovecot) -> Callable[[], Account]:
+    """For tests that need several fresh users (one per scenario)."""
+    return lambda: _new_account(dovecot)
 
 
 @pytest.fixture

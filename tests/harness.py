@@ -1,0 +1,160 @@
+"""Helpers for end-to-end tests: a config for a fresh Dovecot user, the CLI run in
+process (or as a real subprocess, for kill tests), and snapshots of both sides."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mirrorsync import flags as flagmod
+from mirrorsync.cli import Environment, main
+from mirrorsync.content import content_hash, to_lf
+
+Snapshot = dict[str, Counter[tuple[str, str]]]  # folder -> multiset of (hash, flag letters)
+
+
+def message(n: int | str, subject: str = "", body: str = "", extra: str = "") -> bytes:
+    return (
+        f"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.org>\r\n"
+        f"Subject: {subject or f'message {n}'}\r\nMessage-ID: <{n}@example.org>\r\n"
+        f"Date: Mon, 02 Nov 2026 10:00:00 +0000\r\n{extra}\r\n"
+        f"{body or f'body of {n}'}\r\nsecond line\r\n"
+    ).encode()
+
+
+@dataclass
+class Result:
+    status: int
+    out: str
+    err: str
+
+
+class Mirror:
+    """One account: a fresh server user, a local root, a config, and ways to look."""
+
+    def __init__(self, account: Any, tmp: Path, **overrides: Any) -> None:
+        self.account = account
+        self.root = tmp / "Mail"
+        self.state_dir = tmp / "state"
+        self.config = tmp / "config.yaml"
+        acct: dict[str, Any] = {
+            "remote": {
+                "host": account.host,
+                "port": account.port,
+                "tls": "none",
+                "username": account.user,
+                "password": account.password,
+                "timeout": 20,
+            },
+            "local": {"path": str(self.root), "layout": overrides.pop("layout", "nested")},
+            "state_dir": str(self.state_dir),
+        }
+        acct.update(overrides)
+        self.config.write_text(yaml.safe_dump({"accounts": {"test": acct}}, allow_unicode=True))
+        self._client: Any = None
+
+    # -- running
+
+    def run(self, *args: str) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        env = Environment(stdout=out, stderr=err, environ=dict(os.environ))
+        status = main(["-c", str(self.config), *args], env)
+        return Result(status, out.getvalue(), err.getvalue())
+
+    def sync(self, *args: str) -> Result:
+        r = self.run("sync", *args)
+        assert r.status == 0, r
+        return r
+
+    def run_process(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        p = subprocess.run(
+            [sys.executable, "-m", "mirrorsync", "-c", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=120,
+        )
+        return Result(p.returncode, p.stdout, p.stderr)
+
+    # -- the server, as another client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.account.client()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.logout()
+            self._client = None
+
+    def server(self) -> Snapshot:
+        c = self.client
+        snap: Snapshot = {}
+        for attrs, _delim, name in c.list_folders():
+            if b"\\Noselect" in attrs:
+                continue
+            c.select_folder(name, readonly=True)
+            uids = c.search("ALL")
+            got: Counter[tuple[str, str]] = Counter()
+            if uids:
+                for data in c.fetch(uids, ["BODY.PEEK[]", "FLAGS"]).values():
+                    got[
+                        (
+                            content_hash(to_lf(data[b"BODY[]"])),
+                            flagmod.to_letters(flagmod.normalize(data[b"FLAGS"])),
+                        )
+                    ] += 1
+            snap["INBOX" if name.upper() == "INBOX" else name] = got
+        return snap
+
+    def server_uids(self, folder: str) -> dict[int, frozenset[str]]:
+        self.client.select_folder(folder, readonly=True)
+        uids = self.client.search("ALL")
+        if not uids:
+            return {}
+        return {
+            u: frozenset(f.decode() for f in d[b"FLAGS"])
+            for u, d in self.client.fetch(uids, ["FLAGS"]).items()
+        }
+
+    # -- the Maildir
+
+    def folder_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def local(self) -> Snapshot:
+        snap: Snapshot = {}
+        if not self.root.exists():
+            return snap
+        for cur in sorted(self.root.rglob("cur")):
+            folder = cur.parent
+            name = folder.relative_to(self.root).as_posix()
+            got: Counter[tuple[str, str]] = Counter()
+            for sub in ("cur", "new"):
+                for f in (folder / sub).iterdir():
+                    letters = f.name.split(":2,", 1)[1] if ":2," in f.name else ""
+                    flags = flagmod.to_letters(flagmod.from_letters(letters))
+                    got[(content_hash(f.read_bytes()), flags)] += 1
+            snap[name] = got
+        return snap
+
+    def files(self, folder: str) -> list[Path]:
+        d = self.folder_dir(folder)
+        return sorted(p for sub in ("cur", "new") for p in (d / sub).iterdir())
+
+    def assert_mirrored(self) -> Snapshot:
+        server, local = self.server(), self.local()
+        assert server == local
+        return server

@@ -1,0 +1,210 @@
+"""The planner, from tables: each row a situation and the actions it must produce."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mirrorsync import actions as act
+from mirrorsync.flags import SYNCED_FLAGS, merge
+from mirrorsync.model import LocalMessage
+from mirrorsync.planner import (
+    Match,
+    flag_change,
+    guard_violation,
+    plan_folders,
+    plan_messages,
+)
+from mirrorsync.state import Pair
+
+S, F, R, T = "\\Seen", "\\Flagged", "\\Answered", "\\Deleted"
+
+
+def fl(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+def lm(key: str, *flags: str) -> LocalMessage:
+    return LocalMessage(key, fl(*flags), "cur", f"{key}:2,")
+
+
+def pair(uid: int, key: str, *flags: str) -> Pair:
+    return Pair(uid, key, "h", fl(*flags), fl(*flags))
+
+
+@pytest.mark.parametrize(
+    ("base", "local", "remote", "result", "add", "remove", "to_local"),
+    [
+        # nothing changed
+        ((S,), (S,), (S,), (S,), (), (), None),
+        # local change reaches the server
+        ((), (S,), (), (S,), (S,), (), None),
+        ((S, F), (S,), (S, F), (S,), (), (F,), None),
+        # server change reaches the file
+        ((), (), (S,), (S,), (), (), (S,)),
+        ((S,), (S,), (), (), (), (), ()),
+        # both sides changed different flags: combined
+        ((S,), (S, F), (), (F,), (F,), (), (F,)),
+        ((), (R,), (S,), (R, S), (R,), (), (R, S)),
+        # both made the same change: nothing to do
+        ((), (F,), (F,), (F,), (), (), None),
+        # one side adds T (deleted flag) - carried like any flag
+        ((S,), (S, T), (S,), (S, T), (T,), (), None),
+    ],
+)
+def test_flag_change(base, local, remote, result, add, remove, to_local) -> None:  # type: ignore[no-untyped-def]
+    change = flag_change(pair(1, "k", *base), fl(*remote), fl(*local))
+    assert change.result == fl(*result)
+    assert change.remote_add == fl(*add)
+    assert change.remote_remove == fl(*remove)
+    assert change.local == (None if to_local is None else fl(*to_local))
+
+
+flagsets = st.frozensets(st.sampled_from(sorted(SYNCED_FLAGS)))
+
+
+@given(flagsets, flagsets, flagsets)
+def test_flag_change_is_the_three_way_merge(base, local, remote) -> None:  # type: ignore[no-untyped-def]
+    change = flag_change(Pair(1, "k", "h", base, base), remote, local)
+    assert change.result == merge(base, local, remote)
+    # Both sides end with the result.
+    assert (remote | change.remote_add) - change.remote_remove == change.result
+    assert (change.local if change.local is not None else local) == change.result
+
+
+@pytest.mark.parametrize(
+    ("pairs", "remote", "local", "expected"),
+    [
+        # in sync: no actions
+        ([pair(1, "a", S)], {1: fl(S)}, [lm("a", S)], []),
+        # new on the server: download
+        ([], {7: fl(F)}, [], [act.Download(7, fl(F))]),
+        # new locally: upload
+        ([], {}, [lm("n", S)], [act.Upload("n", fl(S))]),
+        # expunged on the server: delete the file
+        ([pair(1, "a")], {}, [lm("a")], [act.DeleteLocal(1, "a")]),
+        # deleted locally: expunge that UID
+        ([pair(1, "a")], {1: fl()}, [], [act.DeleteRemote(1, "a")]),
+        # gone on both sides: forget
+        ([pair(1, "a")], {}, [], [act.Forget(1, "a")]),
+        # deleted locally while flagged on the server: the deletion wins
+        ([pair(1, "a")], {1: fl(F)}, [], [act.DeleteRemote(1, "a")]),
+        # a flag change on each side
+        (
+            [pair(1, "a", S)],
+            {1: fl(S, F)},
+            [lm("a")],
+            [act.UpdateFlags(1, "a", act.FlagChange(fl(F), fl(), fl(S), fl(F)))],
+        ),
+    ],
+)
+def test_plan_messages(pairs, remote, local, expected) -> None:  # type: ignore[no-untyped-def]
+    assert plan_messages(pairs, remote, {m.key: m for m in local}) == expected
+
+
+def test_matches_link_instead_of_copying_and_keep_every_flag() -> None:
+    plan = plan_messages(
+        [],
+        {5: fl(S), 6: fl()},
+        {"a": lm("a", F), "b": lm("b")},
+        [Match(5, "a", "hash-a")],
+    )
+    assert plan == [
+        act.Link(5, "a", "hash-a", act.FlagChange(fl(S, F), fl(F), fl(), fl(S, F))),
+        act.Download(6, fl()),
+        act.Upload("b", fl()),
+    ]
+
+
+def test_a_match_is_used_once_and_never_for_paired_messages() -> None:
+    plan = plan_messages(
+        [pair(1, "a")],
+        {1: fl(), 2: fl(), 3: fl()},
+        {"a": lm("a"), "b": lm("b")},
+        [Match(1, "b", "h"), Match(2, "b", "h"), Match(3, "b", "h")],
+    )
+    links = [a for a in plan if isinstance(a, act.Link)]
+    assert [(a.uid, a.key) for a in links] == [(2, "b")]
+    assert act.Download(3, fl()) in plan
+    assert not any(isinstance(a, act.Upload) for a in plan)
+
+
+@pytest.mark.parametrize(
+    ("known", "local", "remote", "counts", "expected"),
+    [
+        # on both sides
+        ({"A"}, {"A"}, {"A"}, {}, [act.SyncFolder("A")]),
+        # new on the server / locally
+        (set(), set(), {"A"}, {}, [act.CreateLocalFolder("A"), act.SyncFolder("A")]),
+        (set(), {"A"}, set(), {}, [act.CreateRemoteFolder("A"), act.SyncFolder("A")]),
+        # deleted locally, empty on the server: delete it there
+        ({"A"}, set(), {"A"}, {"A": 0}, [act.DeleteRemoteFolder("A"), act.ForgetFolder("A")]),
+        # deleted on the server, empty locally
+        ({"A"}, {"A"}, set(), {"A": 0}, [act.DeleteLocalFolder("A"), act.ForgetFolder("A")]),
+        # gone on both
+        ({"A"}, set(), set(), {}, [act.ForgetFolder("A")]),
+        # children are deleted before their parents
+        (
+            {"A", "A/B"},
+            set(),
+            {"A", "A/B"},
+            {"A": 0, "A/B": 0},
+            [
+                act.DeleteRemoteFolder("A/B"),
+                act.ForgetFolder("A/B"),
+                act.DeleteRemoteFolder("A"),
+                act.ForgetFolder("A"),
+            ],
+        ),
+    ],
+)
+def test_plan_folders(known, local, remote, counts, expected) -> None:  # type: ignore[no-untyped-def]
+    assert plan_folders(known, local, remote, counts) == expected
+
+
+def test_vanished_local_folder_with_server_mail_is_resynced_not_deleted() -> None:
+    out = plan_folders({"A"}, set(), {"A"}, {"A": 12})
+    assert [type(a) for a in out] == [act.ResetFolder, act.CreateLocalFolder, act.SyncFolder]
+    assert "12" in out[0].reason  # type: ignore[union-attr]
+
+
+def test_vanished_server_folder_with_local_mail_is_uploaded_again() -> None:
+    out = plan_folders({"A"}, {"A"}, set(), {"A": 3})
+    assert [type(a) for a in out] == [act.ResetFolder, act.CreateRemoteFolder, act.SyncFolder]
+
+
+def test_inbox_is_never_deleted_on_the_server() -> None:
+    out = plan_folders({"INBOX"}, set(), {"INBOX"}, {"INBOX": 0})
+    assert not any(isinstance(a, act.DeleteRemoteFolder) for a in out)
+
+
+def test_folder_deletions_run_children_first() -> None:
+    out = plan_folders({"A", "A/B"}, set(), {"A", "A/B"}, {"A": 0, "A/B": 0})
+    deletes = [a.name for a in out if isinstance(a, act.DeleteRemoteFolder)]
+    assert deletes == ["A/B", "A"]
+
+
+@pytest.mark.parametrize(
+    ("deletes", "known", "share", "minimum", "trips"),
+    [
+        (10, 10, 0.5, 5, True),  # an emptied folder
+        (5, 10, 0.5, 5, False),  # exactly half is not more than half
+        (6, 10, 0.5, 5, True),
+        (4, 4, 0.5, 5, False),  # below the minimum: small folders may be emptied
+        (0, 0, 0.5, 5, False),
+        (100, 1000, 0.05, 5, True),
+    ],
+)
+def test_guard(deletes, known, share, minimum, trips) -> None:  # type: ignore[no-untyped-def]
+    plan = [act.DeleteRemote(i, f"k{i}") for i in range(deletes)]
+    why = guard_violation(plan, known, share, minimum)
+    assert (why is not None) == trips
+    if trips:
+        assert "--force" in why and f"{deletes} of {known}" in why  # type: ignore[operator]
+
+
+def test_guard_counts_local_deletions_too() -> None:
+    plan = [act.DeleteLocal(i, f"k{i}") for i in range(8)]
+    why = guard_violation(plan, 8, 0.5, 5)
+    assert why is not None and "locally" in why
