@@ -58,7 +58,7 @@ class Dovecot:
 
     @property
     def passwd(self) -> Path:
-        return self.base / "passwd"
+        return self.base / "users"
 
     def maildir_of(self, user: str) -> Path:
         return self.base / "mail" / user / "Maildir"
@@ -84,14 +84,17 @@ class Dovecot:
             f"ssl_key = <{self.base}/key.pem",
             f"mail_location = maildir:{self.base}/mail/%u/Maildir",
             "mail_fsync = never",
+            # One passwd-file per user: Dovecot re-reads a shared file only when its
+            # mtime changes, which misses users added within the same second.
             "passdb {",
             "  driver = passwd-file",
-            f"  args = scheme=PLAIN {self.passwd}",
+            f"  args = scheme=PLAIN {self.passwd}/%u",
             "}",
             "userdb {",
             "  driver = passwd-file",
-            f"  args = {self.passwd}",
+            f"  args = {self.passwd}/%u",
             "}",
+            "auth_failure_delay = 0",
             "namespace inbox {",
             "  inbox = yes",
             "  separator = /",
@@ -151,7 +154,7 @@ class Dovecot:
                  "-keyout", str(self.base / "key.pem"), "-out", str(self.cert)],
                 check=True, capture_output=True,
             )  # fmt: skip
-        self.passwd.touch()
+        self.passwd.mkdir(exist_ok=True)
         self.port = self.port or _free_port()
         self.imaps_port = self.imaps_port or _free_port()
         conf = self.base / "dovecot.conf"
@@ -176,8 +179,9 @@ class Dovecot:
         raise RuntimeError(f"dovecot did not accept connections; see {self.base}/dovecot.log")
 
     def add_user(self, name: str, password: str = "secret") -> None:
-        with self.passwd.open("a") as f:
-            f.write(f"{name}:{{PLAIN}}{password}:::::\n")
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad user name {name!r}")
+        (self.passwd / name).write_text(f"{name}:{{PLAIN}}{password}:::::\n")
 
     def pid(self) -> int | None:
         try:

@@ -272,7 +272,14 @@ class AccountSync:
             hashes,
             rep,
         )
-        self._delete_remote(name, _of(plan, act.DeleteRemote), rep)
+        deletes = _of(plan, act.DeleteRemote)
+        if deletes:
+            # A directory listing is not atomic against a reader's renames, so a file
+            # being re-flagged during the scan can be missed. Look again before a
+            # "deleted locally" becomes an expunge on the server.
+            present = mfolder.scan()
+            deletes = [a for a in deletes if a.key not in present]
+        self._delete_remote(name, deletes, rep)
         self._delete_local(name, mfolder, inputs.local, _of(plan, act.DeleteLocal), rep)
         forget = [a.uid for a in _of(plan, act.Forget)]
         if forget:

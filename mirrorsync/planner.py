@@ -58,7 +58,7 @@ def plan_folders(
     (parents first), deletions in reverse order (children first).
     """
     upkeep: list[FolderAction] = []
-    deletes: list[FolderAction] = []
+    deletes: list[list[FolderAction]] = []
     for name in sorted(known | local | remote):
         in_l, in_r, was = name in local, name in remote, name in known
         if in_l and in_r:
@@ -71,7 +71,7 @@ def plan_folders(
             # Was synced, gone locally. Deleted for real only if the server's copy is
             # empty too; otherwise its mail would be lost, so download it again.
             if counts.get(name, 1) == 0 and name != "INBOX":
-                deletes += [DeleteRemoteFolder(name), ForgetFolder(name)]
+                deletes.append([DeleteRemoteFolder(name), ForgetFolder(name)])
             else:
                 reason = (
                     f"removed locally but the server holds {counts.get(name, '?')} messages;"
@@ -81,7 +81,7 @@ def plan_folders(
         elif in_l:
             # Was synced, gone on the server: the mirror image of the case above.
             if counts.get(name, 1) == 0:
-                deletes += [DeleteLocalFolder(name), ForgetFolder(name)]
+                deletes.append([DeleteLocalFolder(name), ForgetFolder(name)])
             else:
                 reason = (
                     f"deleted on the server but {counts.get(name, '?')} messages are still "
@@ -90,9 +90,8 @@ def plan_folders(
                 upkeep += [ResetFolder(name, reason), CreateRemoteFolder(name), SyncFolder(name)]
         else:
             # Gone on both sides.
-            deletes.append(ForgetFolder(name))
-    deletes.reverse()
-    return upkeep + deletes
+            deletes.append([ForgetFolder(name)])
+    return upkeep + [a for group in reversed(deletes) for a in group]
 
 
 def flag_change(pair: Pair, remote_now: Flags, local_now: Flags) -> FlagChange:

@@ -46,6 +46,7 @@ class Mirror:
         self.root = tmp / "Mail"
         self.state_dir = tmp / "state"
         self.config = tmp / "config.yaml"
+        tmp.mkdir(parents=True, exist_ok=True)
         acct: dict[str, Any] = {
             "remote": {
                 "host": account.host,
@@ -103,7 +104,7 @@ class Mirror:
         c = self.client
         snap: Snapshot = {}
         for attrs, _delim, name in c.list_folders():
-            if b"\\Noselect" in attrs:
+            if {b"\\Noselect", b"\\NonExistent"} & set(attrs):
                 continue
             c.select_folder(name, readonly=True)
             uids = c.search("ALL")

@@ -1,0 +1,612 @@
+"""The local Maildir store.
+
+A message's identity here is the *key*: the unique part of its file name, before the
+info (":2,FS"). Mail readers rename files to change flags and move them from new/ to
+cur/, but keep the key, so the key is what the state database remembers. Flags live
+only in the info letters.
+
+Durability follows the Maildir delivery protocol with the step most implementations
+forget: write into tmp/, fsync the file, set its mtime, link it into new/ or cur/
+(never overwriting), then fsync the target *directory*, without which a power loss
+can forget the rename although the state database already recorded the message.
+
+Nothing here ever opens a delivered message for writing; the only changes to an
+existing message are renames (flags) and unlinks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from mirrorsync import flags as flagmod
+from mirrorsync.errors import LocalStoreError
+from mirrorsync.layout import MAILDIR_SUBDIRS, MAILDIRPP, NESTED, check_layout, folder_path
+from mirrorsync.layout import list_folders as _list_folders
+from mirrorsync.model import Flags, LocalMessage, canonical_folder
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+INFO_SEPARATORS = (":", "!")  # "!" where ":" is not allowed in file names (mbsync, Windows)
+_INFO_RE = re.compile(r"[:!]2,")
+_counter = itertools.count()
+_NAME_MAX = 255
+_MARKER = "maildirfolder"  # maildir++: tells delivery agents (quota) this is a subfolder
+
+# (key, bytes, flags, mtime): what `deliver_many` takes per message.
+DeliveryItem = tuple[str, bytes, Flags, float | None]
+
+
+class MessageVanished(LocalStoreError):
+    """The file is not where the last scan saw it: a mail reader renamed (changed
+    flags) or deleted it meanwhile. The engine re-scans instead of guessing."""
+
+    def __init__(self, path: Path, operation: str) -> None:
+        super().__init__(
+            f"cannot {operation} {display_path(path)}: the file is gone "
+            "(a mail reader moved or deleted it)",
+            "re-run to re-scan the folder",
+        )
+        self.path = path
+
+
+class MessageExists(LocalStoreError):
+    """A delivery would replace an existing file: Maildir files are never overwritten,
+    and a clash means the key was reused (a replayed delivery, or a bug)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"cannot deliver to {display_path(path)}: a message file with that name already exists",
+            "re-run; nothing was overwritten",
+        )
+        self.path = path
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames, links and unlinks in `path` durable. Filesystems that cannot fsync
+    a directory (some FUSE and network ones) say EINVAL; there is nothing better to do
+    there, so that is not an error."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def display_path(path: Path) -> str:
+    """Paths in messages as the user typed them in the configuration (~/Mail/INBOX)."""
+    home = os.path.expanduser("~")
+    if home in ("", "/", "~"):
+        return str(path)
+    try:
+        rel = Path(path).relative_to(home)
+    except ValueError:
+        return str(path)
+    return "~" if str(rel) == "." else f"~/{rel}"
+
+
+def split_filename(filename: str) -> tuple[str, str, str]:
+    """(key, separator, info letters); separator and letters are "" without an info.
+    The first ":2," or "!2," starts the info, as in the stdlib."""
+    m = _INFO_RE.search(filename)
+    if m is None:
+        return filename, "", ""
+    return filename[: m.start()], filename[m.start()], filename[m.end() :]
+
+
+def new_key() -> str:
+    """A unique name part, as the stdlib's mailbox.Maildir makes it (time, microseconds,
+    pid, a per-process counter), plus random bits so that it stays unique across
+    processes that share a pid (containers, a pid reused within the same second) and
+    after fork (which copies the counter)."""
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1e6)
+    host = socket.gethostname() or "localhost"
+    for ch, esc in (("/", r"\057"), (":", r"\072"), ("!", r"\041")):
+        host = host.replace(ch, esc)
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(8)}.{host}"
+
+
+def _check_key(key: str) -> None:
+    """Keys come from `new_key` or a scan; anything else is a caller bug, and writing
+    it would produce a file name that scans back as a different key."""
+    if (
+        not key
+        or key.startswith(".")
+        or "/" in key
+        or "\0" in key
+        or _INFO_RE.search(key) is not None
+    ):
+        raise ValueError(f"invalid Maildir key {key!r}")
+
+
+def _merge_letters(old_letters: str, flags: Flags) -> str:
+    """Letters we do not map (keywords as lowercase letters, other tools' letters) stay;
+    the mapped ones are replaced by `flags`; ASCII-sorted as the Maildir spec asks."""
+    keep = {c for c in old_letters if c not in flagmod.LETTER_TO_IMAP}
+    return "".join(sorted(keep | set(flagmod.to_letters(flagmod.normalize(flags)))))
+
+
+_REASONS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("disk full", "free space and re-run"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or raise the quota and re-run"),
+    errno.EACCES: ("permission denied", "check the directory's permissions and re-run"),
+    errno.EPERM: ("operation not permitted", "check the directory's permissions and re-run"),
+    errno.EROFS: ("read-only file system", "remount it read-write and re-run"),
+}
+
+
+def _os_error(
+    doing: str, path: Path, e: OSError, lost: str = "nothing was lost"
+) -> LocalStoreError:
+    """One wording for every OS failure: what we were doing, where, the OS's own words,
+    what to do, and what state the user's mail is in."""
+    reason, hint = _REASONS.get(e.errno or 0, ("", "re-run"))
+    detail = e.strerror or str(e)
+    if e.filename and Path(os.fsdecode(e.filename)) != path:
+        detail += f": {display_path(Path(os.fsdecode(e.filename)))}"
+    what = f"{reason} {doing}" if reason else doing
+    return LocalStoreError(f"{what} {display_path(path)} ({detail})", f"{hint}; {lost}")
+
+
+# --- the store ----------------------------------------------------------------------
+
+
+class Maildir:
+    """A tree of Maildir folders under `root`, in one of the `layout` module's layouts."""
+
+    def __init__(self, root: Path, layout: str = NESTED, *, info_sep: str = ":") -> None:
+        check_layout(layout)
+        if info_sep not in INFO_SEPARATORS:
+            raise ValueError(f"info separator must be one of {INFO_SEPARATORS}")
+        self.root = Path(root)
+        self.layout = layout
+        self.info_sep = info_sep
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def list_folders(self) -> list[str]:
+        return _list_folders(self.root, self.layout)
+
+    def folder(self, name: str) -> MaildirFolder:
+        """Raises FolderNameError for names this layout cannot store."""
+        name = canonical_folder(name)
+        return MaildirFolder(
+            folder_path(self.root, self.layout, name), name, info_sep=self.info_sep
+        )
+
+    def create_folder(self, name: str) -> MaildirFolder:
+        """Create the folder (and missing parents) with mode 0700; completes a folder
+        that lacks some of cur/new/tmp; durable before it returns, so that the state
+        never records a folder that a power loss could take back."""
+        folder = self.folder(name)
+        path = folder.path
+        created: list[Path] = []
+        try:
+            missing: list[Path] = []
+            p = path
+            while not p.exists():
+                missing.append(p)
+                if p.parent == p:
+                    break
+                p = p.parent
+            for d in [*reversed(missing), *(path / sub for sub in MAILDIR_SUBDIRS)]:
+                if _mkdir(d):
+                    created.append(d)
+            if self.layout == MAILDIRPP and path != self.root:
+                _create_marker(path / _MARKER)
+            for parent in sorted({d.parent for d in created}, key=lambda q: -len(q.parts)):
+                fsync_dir(parent)
+        except OSError as e:
+            raise _os_error("creating folder", path, e) from e
+        return folder
+
+    def delete_folder(self, name: str) -> None:
+        """Remove an empty folder. Only empty directories are ever removed (rmdir), so
+        a message delivered by someone else meanwhile makes this fail instead of
+        vanishing. A missing folder is already deleted (idempotent after a crash)."""
+        name = canonical_folder(name)
+        folder = self.folder(name)
+        path = folder.path
+        if name == "INBOX":
+            raise LocalStoreError(
+                f"cannot delete the local INBOX ({display_path(path)})",
+                "INBOX cannot be deleted; exclude it in the configuration instead",
+            )
+        if not path.is_dir():
+            return
+        try:
+            held = [f"{sub}/{e}" for sub in ("cur", "new") for e in _listdir_or_empty(path / sub)]
+            if held:
+                raise LocalStoreError(
+                    f"cannot delete folder {name!r} ({display_path(path)}): it still holds "
+                    f"{len(held)} file(s), e.g. {held[0]}",
+                    "move or delete them first, then re-run",
+                )
+            tmp = path / "tmp"
+            for leftover in _listdir_or_empty(tmp):
+                _unlink_quiet(tmp / leftover)  # aborted deliveries: never messages
+            removed: list[Path] = []
+            try:
+                for sub in ("new", "cur", "tmp"):
+                    _rmdir_quiet(path / sub)
+                    removed.append(path / sub)
+            except OSError:
+                # Put back what we took away: a folder without cur/ is no folder, and
+                # the message that just arrived in new/ would drop out of the sync.
+                for d in removed:
+                    _mkdir(d)
+                raise
+            if self.layout == MAILDIRPP:
+                _unlink_quiet(path / _MARKER)
+            self._remove_dir_if_empty(path)
+        except OSError as e:
+            raise _os_error("deleting folder", path, e, "no message was deleted") from e
+
+    def _remove_dir_if_empty(self, path: Path) -> None:
+        """The folder directory goes only when nothing else is in it: child folders
+        (nested layout) stay, and so do files of other tools, which are not ours to
+        delete. Empty parents that were only parents go too."""
+        parent = path.parent
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            left = sorted(_listdir_or_empty(path))
+            if not any((path / entry).is_dir() for entry in left):
+                log.warning(
+                    "left %s in place: it still holds files mirrorsync does not know (%s)",
+                    display_path(path),
+                    ", ".join(left[:5]),
+                )
+            fsync_dir(path)
+            return
+        fsync_dir(parent)
+        if self.layout != NESTED:
+            return
+        while parent != self.root and self.root in parent.parents:
+            if (parent / "cur").is_dir():
+                return  # a folder of its own
+            try:
+                os.rmdir(parent)
+            except OSError:
+                return
+            fsync_dir(parent.parent)
+            parent = parent.parent
+
+
+class MaildirFolder:
+    """One Maildir: the message operations the engine needs, keyed by Maildir key."""
+
+    def __init__(self, path: Path, name: str = "", *, info_sep: str = ":") -> None:
+        if info_sep not in INFO_SEPARATORS:
+            raise ValueError(f"info separator must be one of {INFO_SEPARATORS}")
+        self.path = Path(path)
+        self.name = name
+        self.info_sep = info_sep
+
+    def __repr__(self) -> str:
+        return f"MaildirFolder({str(self.path)!r}, {self.name!r})"
+
+    def exists(self) -> bool:
+        return (self.path / "cur").is_dir() and (self.path / "new").is_dir()
+
+    # -- reading --
+
+    def scan(self) -> dict[str, LocalMessage]:
+        """Key -> message from the directory listings alone (no file is opened, so a
+        scan of a large folder is cheap). new/ is listed before cur/: a reader moving a
+        file from new/ to cur/ between the two listings is then seen twice (and kept
+        once), never missed; a missed file would look deleted."""
+        out: dict[str, LocalMessage] = {}
+        for sub in ("new", "cur"):
+            for filename in self._list(sub):
+                if filename.startswith("."):
+                    continue
+                key, _sep, letters = split_filename(filename)
+                if not key:
+                    continue
+                msg = LocalMessage(key, flagmod.from_letters(letters), sub, filename)
+                prev = out.get(key)
+                if prev is not None:
+                    keep = _prefer(prev, msg)
+                    log.warning(
+                        "%s: two files with the key %s (%s, %s); using %s",
+                        display_path(self.path),
+                        key,
+                        prev.relpath,
+                        msg.relpath,
+                        keep.relpath,
+                    )
+                    msg = keep
+                out[key] = msg
+        return out
+
+    def _list(self, sub: str) -> list[str]:
+        directory = self.path / sub
+        try:
+            with os.scandir(directory) as it:
+                # is_dir() costs nothing with d_type, and a vanished entry is just False.
+                return [e.name for e in it if not e.is_dir()]
+        except FileNotFoundError as e:
+            raise LocalStoreError(
+                f"cannot scan {display_path(self.path)}: {sub}/ is missing",
+                "the folder was removed or is not a Maildir; re-run to re-check",
+            ) from e
+        except OSError as e:
+            raise _os_error("scanning", directory, e) from e
+
+    def path_of(self, msg: LocalMessage) -> Path:
+        return self.path / msg.subdir / self._filename(msg)
+
+    def _filename(self, msg: LocalMessage) -> str:
+        """A message rebuilt from the state may lack its file name: use the name that
+        mirrorsync itself would have given it."""
+        if msg.filename:
+            return msg.filename
+        if msg.subdir == "new" and not flagmod.to_letters(msg.flags):
+            return msg.key
+        return f"{msg.key}{self.info_sep}2,{flagmod.to_letters(msg.flags)}"
+
+    def read(self, msg: LocalMessage) -> bytes:
+        path = self.path_of(msg)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError as e:
+            raise MessageVanished(path, "read") from e
+        except OSError as e:
+            raise _os_error("reading", path, e) from e
+
+    # -- writing --
+
+    def new_key(self) -> str:
+        return new_key()
+
+    def _target(self, key: str, flags: Flags) -> tuple[str, str]:
+        """(subdir, filename) for a new delivery. Without flags it is new mail (new/,
+        no info), so the user's reader shows it as new; anything else goes to cur/."""
+        _check_key(key)
+        letters = flagmod.to_letters(flagmod.normalize(flags))
+        if letters:
+            subdir, filename = "cur", f"{key}{self.info_sep}2,{letters}"
+        else:
+            subdir, filename = "new", key
+        # Leave room for a later flag rename to add every letter.
+        if len(os.fsencode(key)) + 3 + len(flagmod.LETTER_TO_IMAP) > _NAME_MAX:
+            raise ValueError(f"Maildir key too long: {key[:40]!r}...")
+        return subdir, filename
+
+    def deliver(
+        self, key: str, data: bytes, flags: Flags, mtime: float | None = None
+    ) -> LocalMessage:
+        """Durably add one message (see `deliver_many`); `mtime` is the INTERNALDATE."""
+        return self.deliver_many([(key, data, flags, mtime)])[0]
+
+    def deliver_many(self, items: Iterable[DeliveryItem]) -> list[LocalMessage]:
+        """Durably add messages with one directory fsync per target directory instead of
+        one per message (group commit): every file is written and fsynced in tmp/
+        first, then linked into place, then cur/ and new/ are fsynced once. All or
+        nothing: on any error the files of this batch are removed again, so a caller
+        that retries never makes a duplicate. The bytes are written as given."""
+        temps: list[Path] = []
+        placed: list[Path] = []
+        staged: list[tuple[Path, Path, LocalMessage]] = []
+        try:
+            # The caller's iterable may fail too (a dropped connection is an OSError):
+            # that error passes through as it is, only our own I/O is reworded.
+            for key, data, flags, mtime in items:
+                staged.append(self._stage(key, data, flags, mtime, temps))
+            self._commit(staged, placed)
+        except BaseException:
+            self._undo(temps, placed)
+            raise
+        return [msg for _tmp, _target, msg in staged]
+
+    def _stage(
+        self, key: str, data: bytes, flags: Flags, mtime: float | None, temps: list[Path]
+    ) -> tuple[Path, Path, LocalMessage]:
+        subdir, filename = self._target(key, flags)
+        try:
+            tmp = self._write_tmp(data, mtime, temps)
+        except OSError as e:
+            raise _os_error("writing to", self.path, e) from e
+        msg = LocalMessage(key, flagmod.from_letters(split_filename(filename)[2]), subdir, filename)
+        return tmp, self.path / subdir / filename, msg
+
+    def _commit(self, staged: list[tuple[Path, Path, LocalMessage]], placed: list[Path]) -> None:
+        try:
+            for tmp, target, _msg in staged:
+                _place(tmp, target)
+                placed.append(target)
+                _unlink_quiet(tmp)
+            for d in sorted({target.parent for _tmp, target, _msg in staged}):
+                fsync_dir(d)
+        except FileExistsError as e:
+            raise MessageExists(Path(e.filename2 or e.filename or self.path)) from e
+        except OSError as e:
+            raise _os_error("writing to", self.path, e) from e
+
+    def _write_tmp(self, data: bytes, mtime: float | None, temps: list[Path]) -> Path:
+        tmp = self.path / "tmp" / new_key()
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+            FILE_MODE,
+        )
+        temps.append(tmp)  # registered before the first byte, so a failure removes it
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if mtime is not None:
+                # Before the fsync, so the fsync makes the date durable too.
+                times = (time.time(), mtime)
+                if os.utime in os.supports_fd:
+                    os.utime(fd, times)
+                else:
+                    os.utime(tmp, times)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    @staticmethod
+    def _undo(temps: list[Path], placed: list[Path]) -> None:
+        for p in (*placed, *temps):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+    def set_flags(self, msg: LocalMessage, flags: Flags) -> LocalMessage:
+        """Rename to cur/KEY:2,LETTERS. Letters we do not map are carried over, and the
+        file keeps the separator it had (a reader using "!" expects "!"). Nothing is
+        renamed when the mapped flags already match, so an unread message stays in
+        new/ until a flag really changes."""
+        filename = self._filename(msg)
+        src = self.path / msg.subdir / filename
+        key, sep, letters = split_filename(filename)
+        if flagmod.from_letters(letters) == flagmod.normalize(flags):
+            return LocalMessage(key, flagmod.from_letters(letters), msg.subdir, filename)
+        new_name = f"{key}{sep or self.info_sep}2,{_merge_letters(letters, flags)}"
+        dst = self.path / "cur" / new_name
+        result = LocalMessage(
+            key, flagmod.from_letters(split_filename(new_name)[2]), "cur", new_name
+        )
+        try:
+            if os.path.lexists(dst):
+                if os.path.lexists(src):
+                    # A second file with the same key: renaming would overwrite it.
+                    raise LocalStoreError(
+                        f"cannot change flags of {display_path(src)}: "
+                        f"{display_path(dst)} already exists",
+                        "two files share one key; remove the duplicate and re-run",
+                    )
+                return result  # a reader made the very same change meanwhile
+            os.rename(src, dst)
+        except FileNotFoundError as e:
+            if not os.path.lexists(src):
+                raise MessageVanished(src, "change flags of") from e
+            raise _os_error("changing flags of", src, e, "the message is unchanged") from e
+        except OSError as e:
+            raise _os_error("changing flags of", src, e, "the message is unchanged") from e
+        try:
+            fsync_dir(dst.parent)
+            if src.parent != dst.parent:
+                fsync_dir(src.parent)
+        except OSError as e:
+            raise _os_error(
+                "flushing", dst.parent, e, "the flag change may not survive a crash"
+            ) from e
+        return result
+
+    def remove(self, msg: LocalMessage) -> None:
+        """Unlink; a file already gone is already removed. (A file a reader renamed
+        meanwhile is gone too from here: the next scan finds it under its new name.)"""
+        path = self.path_of(msg)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise _os_error("removing", path, e, "the message is still there") from e
+        try:
+            fsync_dir(path.parent)
+        except OSError as e:
+            raise _os_error(
+                "flushing", path.parent, e, "the removal may not survive a crash"
+            ) from e
+
+    def fsync_dirs(self) -> None:
+        """Flush cur/, new/ and the folder itself (after a batch of renames)."""
+        for d in (self.path / "cur", self.path / "new", self.path):
+            try:
+                fsync_dir(d)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise _os_error("flushing", d, e) from e
+
+
+def _prefer(a: LocalMessage, b: LocalMessage) -> LocalMessage:
+    """Of two files with one key, cur/ is the newer state (readers move new -> cur);
+    otherwise the smaller name, so that repeated scans agree."""
+    if a.subdir != b.subdir:
+        return a if a.subdir == "cur" else b
+    return a if a.filename <= b.filename else b
+
+
+def _place(tmp: Path, target: Path) -> None:
+    """link() fails instead of overwriting, which rename() would do silently. Some
+    filesystems (FAT, some FUSE) have no hard links: fall back to a checked rename."""
+    try:
+        os.link(tmp, target)
+        return
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "File exists", str(tmp), None, str(target))
+    os.rename(tmp, target)
+
+
+def _mkdir(path: Path) -> bool:
+    """True when created; an existing directory is fine, anything else in its place is not."""
+    try:
+        os.mkdir(path, DIR_MODE)
+        return True
+    except FileExistsError:
+        if path.is_dir():
+            return False
+        raise NotADirectoryError(
+            errno.ENOTDIR, "exists and is not a directory", str(path)
+        ) from None
+
+
+def _create_marker(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _listdir_or_empty(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink_quiet(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _rmdir_quiet(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)

@@ -1,0 +1,324 @@
+"""An in-memory `RemoteStore` for fast engine tests.
+
+It passes the same contract suite as `ImapStore` against Dovecot, so engine tests that
+use it mean something. It behaves like Dovecot where servers differ: implied parents
+are listed as ``\\Noselect``, creating an existing folder is a no-op, a re-created
+folder gets a new UIDVALIDITY, unknown UIDs in STORE/EXPUNGE are ignored. Without
+"UIDPLUS" in `capabilities` it expunges the way `ImapStore`'s fallback does.
+
+The `inject`, `set_flags`, `expunge_external`, `set_uidvalidity` and `fail` helpers let
+a test act as another client, or as a failing network, between the engine's calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from mirrorsync.content import message_id
+from mirrorsync.errors import ConnectionFailed, FolderNameError, MirrorsyncError, ServerError
+from mirrorsync.model import (
+    SEP,
+    Flags,
+    FolderStatus,
+    RemoteFolder,
+    RemoteIdentity,
+    RemoteMessage,
+    canonical_folder,
+)
+
+FULL_CAPABILITIES = frozenset(
+    {"IMAP4REV1", "ENABLE", "UIDPLUS", "CONDSTORE", "QRESYNC", "MOVE", "UNSELECT", "LITERAL+"}
+)
+BASIC_CAPABILITIES = frozenset({"IMAP4REV1", "LITERAL+", "SASL-IR", "LOGIN-REFERRALS", "IDLE"})
+
+_SYSTEM_FLAGS = {
+    f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+}
+_FLAG_RE = re.compile(r'^\\?[^\x00-\x20\x7f-\U0010ffff(){%*"\\\]]+$')
+_uidvalidities = itertools.count(1_000_000)
+
+
+def _canon_flag(flag: str) -> str:
+    return _SYSTEM_FLAGS.get(flag.lower(), flag)
+
+
+@dataclass
+class FakeMessage:
+    data: bytes
+    flags: set[str]
+    internaldate: datetime
+    modseq: int
+
+
+@dataclass
+class FakeFolder:
+    uidvalidity: int
+    uidnext: int = 1
+    highestmodseq: int = 1
+    messages: dict[int, FakeMessage] = field(default_factory=dict)
+
+    def bump(self) -> int:
+        self.highestmodseq += 1
+        return self.highestmodseq
+
+
+class FakeRemoteStore:
+    def __init__(
+        self,
+        capabilities: Iterable[str] = FULL_CAPABILITIES,
+        appenduid: bool = True,
+    ) -> None:
+        """`appenduid=False` makes `append` return None, as `ImapStore` does when it
+        cannot tell the new UID, so the engine's handling of that can be tested."""
+        self._capabilities = frozenset(c.upper() for c in capabilities)
+        self.appenduid = appenduid
+        self.folders: dict[str, FakeFolder] = {"INBOX": FakeFolder(next(_uidvalidities))}
+        self.selected: str | None = None
+        self.closed = False
+        self.calls: list[str] = []  # protocol method names, in call order
+        self._failures: dict[str, list[MirrorsyncError]] = {}
+
+    # -- helpers for tests: another client, a failing network ------------------------
+
+    def inject(
+        self,
+        folder: str,
+        data: bytes,
+        flags: Iterable[str] = (),
+        date: datetime | None = None,
+        create: bool = False,
+    ) -> int:
+        """Deliver a message as another client or the MTA would; returns its UID."""
+        name = canonical_folder(folder)
+        if create and name not in self.folders:
+            self.folders[name] = FakeFolder(next(_uidvalidities))
+        return self._add(self._folder(name, "inject into"), data, flags, date)
+
+    def set_flags(self, folder: str, uid: int, flags: Iterable[str]) -> None:
+        """Replace a message's flags as another client would."""
+        f = self._folder(canonical_folder(folder), "set flags in")
+        msg = f.messages[uid]
+        msg.flags = {_canon_flag(x) for x in flags}
+        msg.modseq = f.bump()
+
+    def expunge_external(self, folder: str, uids: Iterable[int]) -> None:
+        f = self._folder(canonical_folder(folder), "expunge in")
+        for uid in uids:
+            if f.messages.pop(uid, None) is not None:
+                f.bump()
+
+    def set_uidvalidity(self, folder: str, uidvalidity: int, renumber: bool = True) -> None:
+        """What a server does after losing its UID database: a new UIDVALIDITY and,
+        with `renumber`, the same messages under new UIDs counted from 1."""
+        f = self._folder(canonical_folder(folder), "reset")
+        f.uidvalidity = uidvalidity
+        if renumber:
+            msgs = [f.messages[u] for u in sorted(f.messages)]
+            f.messages = {i: m for i, m in enumerate(msgs, start=1)}
+            f.uidnext = len(msgs) + 1
+        f.bump()
+
+    def message(self, folder: str, uid: int) -> FakeMessage:
+        return self._folder(canonical_folder(folder), "read").messages[uid]
+
+    def fail(self, method: str, error: MirrorsyncError | None = None, times: int = 1) -> None:
+        """Make the next `times` calls of `method` raise `error` (a dropped connection
+        by default) before doing anything."""
+        err = error or ConnectionFailed("fake connection dropped (injected)")
+        self._failures.setdefault(method, []).extend([err] * times)
+
+    # -- the protocol ---------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self._capabilities
+
+    def list_folders(self) -> list[RemoteFolder]:
+        self._enter("list_folders")
+        names = set(self.folders)
+        parents = {SEP.join(n.split(SEP)[:i]) for n in names for i in range(1, n.count(SEP) + 1)}
+        out = []
+        for name in sorted(names | parents):
+            has_children = any(n.startswith(name + SEP) for n in names | parents)
+            attrs = {"\\HasChildren" if has_children else "\\HasNoChildren"}
+            if name not in names:
+                attrs.add("\\Noselect")
+            out.append(RemoteFolder(name, frozenset(attrs)))
+        return out
+
+    def create_folder(self, name: str) -> None:
+        self._enter("create_folder")
+        name = _checked(name)
+        if name not in self.folders:
+            self.folders[name] = FakeFolder(next(_uidvalidities))
+
+    def delete_folder(self, name: str) -> None:
+        self._enter("delete_folder")
+        name = canonical_folder(name)
+        if name == "INBOX":
+            raise ServerError("delete folder 'INBOX' failed: INBOX can't be deleted")
+        self._folder(name, "delete folder")
+        if self.selected == name:
+            self.selected = None
+        del self.folders[name]
+
+    def status(self, name: str) -> FolderStatus:
+        self._enter("status")
+        return self._status(self._folder(canonical_folder(name), "status"))
+
+    def select(self, name: str) -> FolderStatus:
+        self._enter("select")
+        self.selected = None
+        name = canonical_folder(name)
+        result = self._status(self._folder(name, "select"))
+        self.selected = name
+        return result
+
+    def list_messages(self) -> dict[int, RemoteMessage]:
+        self._enter("list_messages")
+        f = self._current("list messages")
+        return {
+            uid: RemoteMessage(uid, frozenset(m.flags), len(m.data))
+            for uid, m in sorted(f.messages.items())
+        }
+
+    def identities(self, uids: Sequence[int]) -> dict[int, RemoteIdentity]:
+        self._enter("identities")
+        f = self._current("read message identities")
+        return {
+            uid: RemoteIdentity(uid, len(f.messages[uid].data), message_id(f.messages[uid].data))
+            for uid in set(uids)
+            if uid in f.messages
+        }
+
+    def fetch(self, uids: Sequence[int]) -> Iterator[tuple[int, bytes, Flags, datetime | None]]:
+        self._enter("fetch")
+        name = self.selected
+        f = self._current("fetch")
+        for uid in sorted(set(uids)):
+            if self.selected != name:
+                raise ServerError("fetch was interrupted by selecting another folder")
+            msg = f.messages.get(uid)
+            if msg is not None:  # looked up lazily: vanishing mid-iteration is skipped too
+                yield uid, msg.data, frozenset(msg.flags), msg.internaldate
+
+    def append(
+        self, name: str, data: bytes, flags: Flags, date: datetime | None = None
+    ) -> int | None:
+        self._enter("append")
+        _check_flags(flags)
+        uid = self._add(self._folder(canonical_folder(name), "append to"), data, flags, date)
+        return uid if self.appenduid else None
+
+    def add_flags(self, uids: Iterable[int], flags: Flags) -> None:
+        self._enter("add_flags")
+        self._store(uids, flags, add=True)
+
+    def remove_flags(self, uids: Iterable[int], flags: Flags) -> None:
+        self._enter("remove_flags")
+        self._store(uids, flags, add=False)
+
+    def expunge(self, uids: Iterable[int]) -> None:
+        self._enter("expunge")
+        wanted = set(uids)
+        if not wanted:
+            return
+        self._store(wanted, frozenset({"\\Deleted"}), add=True)
+        f = self._current("expunge")
+        if "UIDPLUS" not in self._capabilities:
+            deleted = {u for u, m in f.messages.items() if "\\Deleted" in m.flags}
+            if deleted - wanted:
+                return  # as ImapStore: a bare EXPUNGE would take others' messages too
+        for uid in wanted:
+            if f.messages.pop(uid, None) is not None:
+                f.bump()
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self.closed = True
+        self.selected = None
+
+    # -- internals ------------------------------------------------------------------
+
+    def _enter(self, method: str) -> None:
+        self.calls.append(method)
+        pending = self._failures.get(method)
+        if pending:
+            raise pending.pop(0)
+        if self.closed:
+            raise ConnectionFailed("fake store is closed")
+
+    def _folder(self, name: str, operation: str) -> FakeFolder:
+        f = self.folders.get(name)
+        if f is None:
+            raise ServerError(
+                f"{operation} {name!r} failed: [NONEXISTENT] Mailbox doesn't exist",
+                hint="the folder does not exist on the server",
+            )
+        return f
+
+    def _current(self, operation: str) -> FakeFolder:
+        if self.selected is None or self.selected not in self.folders:
+            raise ServerError(f"cannot {operation}: no folder is selected")
+        return self.folders[self.selected]
+
+    def _status(self, f: FakeFolder) -> FolderStatus:
+        return FolderStatus(
+            uidvalidity=f.uidvalidity,
+            uidnext=f.uidnext,
+            messages=len(f.messages),
+            highestmodseq=f.highestmodseq if "CONDSTORE" in self._capabilities else 0,
+        )
+
+    def _add(self, f: FakeFolder, data: bytes, flags: Iterable[str], date: datetime | None) -> int:
+        uid = f.uidnext
+        f.uidnext += 1
+        when = (date or datetime.now(timezone.utc)).replace(microsecond=0)
+        if when.tzinfo is None:
+            when = when.astimezone()  # naive means local time, as in IMAP APPEND
+        kept = {_canon_flag(x) for x in flags if x.lower() != "\\recent"}
+        f.messages[uid] = FakeMessage(bytes(data), kept, when, f.bump())
+        return uid
+
+    def _store(self, uids: Iterable[int], flags: Flags, add: bool) -> None:
+        wanted = set(uids)
+        if not wanted:
+            return
+        f = self._current("store flags")
+        _check_flags(flags)
+        changes = {_canon_flag(x) for x in flags if x.lower() != "\\recent"}
+        if not changes:
+            return
+        lowered = {c.lower() for c in changes}
+        for uid in wanted:
+            msg = f.messages.get(uid)
+            if msg is None:
+                continue
+            if add:
+                new = msg.flags | {c for c in changes if c.lower() not in _lower(msg.flags)}
+            else:
+                new = {x for x in msg.flags if x.lower() not in lowered}
+            if new != msg.flags:
+                msg.flags = new
+                msg.modseq = f.bump()
+
+
+def _lower(flags: Iterable[str]) -> set[str]:
+    return {f.lower() for f in flags}
+
+
+def _check_flags(flags: Iterable[str]) -> None:
+    for flag in flags:
+        if not _FLAG_RE.match(flag):
+            raise ServerError(f"{flag!r} is not a valid IMAP flag name")
+
+
+def _checked(name: str) -> str:
+    name = canonical_folder(name)
+    if any(not part for part in name.split(SEP)):
+        raise FolderNameError(f"folder name {name!r} has an empty component")
+    return name

@@ -1,0 +1,724 @@
+"""One contract for every `RemoteStore`: ImapStore on a full Dovecot, ImapStore on a
+Dovecot that advertises no extensions (so the UIDPLUS/CONDSTORE fallbacks run against
+a real server), and the in-memory fake, with full and with basic capabilities.
+
+Each case may use `backend.other`, a second client acting on the same account, to do
+what another mail program would. Then come ImapStore-only tests (connecting, TLS,
+errors) and table tests of its pure helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import imapclient
+import pytest
+from conftest import Account
+from fakeremote import BASIC_CAPABILITIES, FakeRemoteStore
+from imapclient.imap_utf7 import decode as utf7_decode
+
+from mirrorsync.config import RemoteConfig
+from mirrorsync.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    FolderNameError,
+    ServerError,
+)
+from mirrorsync.imapstore import (
+    ImapStore,
+    canonical_to_server,
+    server_to_canonical,
+    uid_set,
+    uid_set_chunks,
+)
+from mirrorsync.model import RemoteFolder
+from mirrorsync.remote import RemoteStore
+
+# -- backends -----------------------------------------------------------------------
+
+
+class Other:
+    """Another mail client on the same account."""
+
+    def append(self, folder: str, data: bytes, flags: tuple[str, ...] = ()) -> int:
+        raise NotImplementedError
+
+    def add_flags(self, folder: str, uid: int, flags: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    def flags(self, folder: str, uid: int) -> set[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ImapOther(Other):
+    def __init__(self, account: Account) -> None:
+        self.client = account.client()
+
+    def append(self, folder: str, data: bytes, flags: tuple[str, ...] = ()) -> int:
+        self.client.select_folder(folder)
+        before = set(self.client.search("ALL"))
+        self.client.append(folder, data, flags)
+        self.client.noop()
+        (uid,) = set(self.client.search("ALL")) - before
+        return int(uid)
+
+    def add_flags(self, folder: str, uid: int, flags: tuple[str, ...]) -> None:
+        self.client.select_folder(folder)
+        self.client.add_flags([uid], flags, silent=True)
+
+    def flags(self, folder: str, uid: int) -> set[str]:
+        self.client.select_folder(folder, readonly=True)
+        got = self.client.get_flags([uid])
+        return {f.decode() for f in got[uid]}
+
+    def close(self) -> None:
+        self.client.logout()
+
+
+class FakeOther(Other):
+    def __init__(self, store: FakeRemoteStore) -> None:
+        self.store = store
+
+    def append(self, folder: str, data: bytes, flags: tuple[str, ...] = ()) -> int:
+        return self.store.inject(folder, data, flags)
+
+    def add_flags(self, folder: str, uid: int, flags: tuple[str, ...]) -> None:
+        msg = self.store.message(folder, uid)
+        self.store.set_flags(folder, uid, msg.flags | set(flags))
+
+    def flags(self, folder: str, uid: int) -> set[str]:
+        return set(self.store.message(folder, uid).flags)
+
+
+@dataclass
+class Backend:
+    kind: str
+    store: RemoteStore
+    other: Other
+    account: Account | None = None
+
+    @property
+    def uidplus(self) -> bool:
+        return "UIDPLUS" in self.store.capabilities
+
+
+def remote_config(account: Account, **kw: Any) -> RemoteConfig:
+    settings: dict[str, Any] = {
+        "host": account.host,
+        "username": account.user,
+        "port": account.port,
+        "tls": "none",
+        "timeout": 10.0,
+    }
+    settings.update(kw)
+    return RemoteConfig(**settings)
+
+
+_dovecot = pytest.mark.dovecot
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("dovecot", marks=_dovecot),
+        pytest.param("dovecot_basic", marks=_dovecot),
+        "fake",
+        "fake_basic",
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    kind = request.param
+    if kind.startswith("fake"):
+        fake = FakeRemoteStore(BASIC_CAPABILITIES) if kind == "fake_basic" else FakeRemoteStore()
+        yield Backend(kind, fake, FakeOther(fake))
+        return
+    account = request.getfixturevalue("account" if kind == "dovecot" else "basic_account")
+    store = ImapStore.connect(remote_config(account), account.password)
+    other = ImapOther(account)
+    try:
+        yield Backend(kind, store, other, account)
+    finally:
+        store.close()
+        other.close()
+
+
+def msg(n: int | str, body: bytes = b"Hello.\r\n", msgid: bool = True) -> bytes:
+    head = f"Message-ID: <{n}@mirrorsync.test>\r\n".encode() if msgid else b""
+    return head + f"Subject: message {n}\r\nFrom: a@b.example\r\n\r\n".encode() + body
+
+
+def add(
+    store: RemoteStore,
+    folder: str,
+    data: bytes,
+    flags: frozenset[str] = frozenset(),
+    date: datetime | None = None,
+) -> int:
+    """APPEND that must tell the new UID: every backend here can (the limited Dovecot
+    through the Message-ID fallback)."""
+    uid = store.append(folder, data, flags, date)
+    assert uid is not None
+    return uid
+
+
+def names(store: RemoteStore) -> dict[str, RemoteFolder]:
+    return {f.name: f for f in store.list_folders()}
+
+
+def visible(flags: frozenset[str]) -> set[str]:
+    """\\Recent is per session and only the server sets it: not part of the contract."""
+    return {f for f in flags if f.lower() != "\\recent"}
+
+
+# -- folders ------------------------------------------------------------------------
+
+
+def test_capabilities_are_upper_case_strings(backend: Backend) -> None:
+    caps = backend.store.capabilities
+    assert "IMAP4REV1" in caps
+    assert all(c == c.upper() for c in caps)
+    basic = backend.kind.endswith("basic")
+    assert ("UIDPLUS" in caps) is not basic
+    assert ("CONDSTORE" in caps) is not basic
+
+
+def test_fresh_account_lists_a_selectable_inbox(backend: Backend) -> None:
+    folders = names(backend.store)
+    assert "INBOX" in folders
+    assert folders["INBOX"].selectable
+
+
+def test_create_nested_and_delete(backend: Backend) -> None:
+    store = backend.store
+    store.create_folder("Work/Projects/2024")
+    folders = names(store)
+    assert folders["Work/Projects/2024"].selectable
+    # the parents are listed (Dovecot: as \Noselect) but need not be selectable
+    assert "Work" in folders and "Work/Projects" in folders
+
+    store.create_folder("Work")  # a parent can become a real folder
+    assert names(store)["Work"].selectable
+    store.create_folder("Work/Projects/2024")  # already there: not an error
+
+    store.delete_folder("Work/Projects/2024")
+    assert "Work/Projects/2024" not in names(store)
+    store.delete_folder("Work")
+    assert not any(n.startswith("Work") for n in names(store) if names(store)[n].selectable)
+
+
+def test_non_ascii_names_round_trip(backend: Backend) -> None:
+    store = backend.store
+    for name in ("Entwürfe/Ünïcödé", "日本語", "Sent & Drafts"):
+        store.create_folder(name)
+        assert names(store)[name].selectable
+        store.select(name)
+        uid = add(store, name, msg(name))
+        assert set(store.list_messages()) == {uid}
+    if backend.account is not None:
+        # on the wire the names are modified UTF-7 (RFC 3501 5.1.3)
+        raw = imapclient.IMAPClient(backend.account.host, backend.account.port, ssl=False)
+        raw.folder_encode = False
+        raw.login(backend.account.user, backend.account.password)
+        wire = {n for _flags, _delim, n in raw.list_folders()}
+        raw.logout()
+        assert b"&ZeVnLIqe-" in wire
+        assert b"Sent &- Drafts" in wire
+        assert all(n.isascii() for n in wire)
+        assert {utf7_decode(n) for n in wire} >= {"Entwürfe/Ünïcödé", "日本語"}
+
+
+def test_folder_errors(backend: Backend) -> None:
+    store = backend.store
+    with pytest.raises(ServerError) as err:
+        store.select("Nope")
+    assert "Nope" in str(err.value)
+    with pytest.raises(ServerError):
+        store.status("Nope")
+    with pytest.raises(ServerError):
+        store.append("Nope", msg(1), frozenset())
+    with pytest.raises(ServerError):
+        store.delete_folder("Nope")
+    with pytest.raises(FolderNameError):
+        store.create_folder("a//b")
+
+
+def test_message_operations_need_a_selected_folder(backend: Backend) -> None:
+    with pytest.raises(ServerError):
+        backend.store.list_messages()
+    with pytest.raises(ServerError):
+        backend.store.select("Nope")
+    with pytest.raises(ServerError):  # a failed select leaves nothing selected
+        backend.store.list_messages()
+
+
+def test_delete_selected_folder_keeps_the_store_usable(backend: Backend) -> None:
+    store = backend.store
+    store.create_folder("Gone")
+    store.select("Gone")
+    store.delete_folder("Gone")
+    assert "Gone" not in names(store)
+    store.select("INBOX")
+    assert store.list_messages() == {}
+
+
+# -- status, select, append -----------------------------------------------------------
+
+
+def test_status_and_select_numbers(backend: Backend) -> None:
+    store = backend.store
+    store.create_folder("Box")
+    empty = store.status("Box")
+    assert empty.messages == 0 and empty.uidvalidity > 0 and empty.uidnext >= 1
+    uids = [add(store, "Box", msg(i)) for i in range(3)]
+    st = store.status("Box")
+    assert st.messages == 3
+    assert st.uidvalidity == empty.uidvalidity
+    assert st.uidnext > max(uids)
+    sel = store.select("Box")
+    assert (sel.uidvalidity, sel.uidnext, sel.messages) == (
+        st.uidvalidity,
+        st.uidnext,
+        st.messages,
+    )
+    if "CONDSTORE" in store.capabilities:
+        assert sel.highestmodseq > 0 and st.highestmodseq > 0
+    else:
+        assert sel.highestmodseq == 0 and st.highestmodseq == 0
+
+
+def test_append_returns_uid_listed_with_flags_and_size(backend: Backend) -> None:
+    store = backend.store
+    data = msg("a", body=b"x" * 1000 + b"\r\n")
+    flags = frozenset({"\\Seen", "$Forwarded", "Junk", "\\Recent"})
+    uid = store.append("INBOX", data, flags)
+    assert uid is not None
+    store.select("INBOX")
+    listed = store.list_messages()
+    assert set(listed) == {uid}
+    assert listed[uid].uid == uid
+    assert visible(listed[uid].flags) == {"\\Seen", "$Forwarded", "Junk"}
+    assert listed[uid].size == len(data)
+
+
+def test_append_while_another_folder_is_selected(backend: Backend) -> None:
+    """The no-UIDPLUS fallback has to look into the target folder; the selection the
+    engine made must survive that."""
+    store = backend.store
+    store.create_folder("Other")
+    mine = add(store, "INBOX", msg("in-inbox"))
+    store.select("INBOX")
+    uid = add(store, "Other", msg("elsewhere"), frozenset({"\\Flagged"}))
+    assert set(store.list_messages()) == {mine}  # still INBOX
+    uid2 = add(store, "INBOX", msg("selected"))
+    assert set(store.list_messages()) == {mine, uid2}
+    store.select("Other")
+    assert visible(store.list_messages()[uid].flags) == {"\\Flagged"}
+
+
+def test_append_without_message_id(backend: Backend) -> None:
+    store = backend.store
+    data = msg("anon", msgid=False)
+    uid = add(store, "INBOX", data)
+    store.select("INBOX")
+    assert store.identities([uid])[uid].message_id is None
+
+
+def test_uids_strictly_increase(backend: Backend) -> None:
+    store = backend.store
+    first = add(store, "INBOX", msg(1))
+    store.select("INBOX")
+    store.expunge([first])
+    second = add(store, "INBOX", msg(1))
+    assert second > first
+    assert store.status("INBOX").uidnext > second
+
+
+def test_empty_folder_lists_no_messages(backend: Backend) -> None:
+    backend.store.create_folder("Empty")
+    backend.store.select("Empty")
+    assert backend.store.list_messages() == {}
+    assert backend.store.identities([1, 2]) == {}
+    assert list(backend.store.fetch([1, 2])) == []
+
+
+# -- fetch, identities ----------------------------------------------------------------
+
+
+def test_fetch_exact_bytes_and_internaldate(backend: Backend) -> None:
+    store = backend.store
+    body = "Grüße, \tspaces  \r\n\r\n.\r\nend without newline".encode()
+    data = msg("bytes", body=body)
+    date = datetime(2021, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=2)))
+    uid = add(store, "INBOX", data, frozenset({"\\Answered"}), date)
+    store.select("INBOX")
+    ((got_uid, got, flags, when),) = list(store.fetch([uid]))
+    assert got_uid == uid
+    assert got == data
+    assert visible(flags) == {"\\Answered"}
+    assert when == date and when is not None and when.utcoffset() is not None
+
+
+def test_fetch_does_not_set_seen(backend: Backend) -> None:
+    store = backend.store
+    uid = add(store, "INBOX", msg(1))
+    store.select("INBOX")
+    list(store.fetch([uid]))
+    assert "\\Seen" not in store.list_messages()[uid].flags
+    assert "\\Seen" not in backend.other.flags("INBOX", uid)
+
+
+def test_fetch_in_batches_skips_vanished(backend: Backend) -> None:
+    store = backend.store
+    if isinstance(store, ImapStore):
+        store.fetch_batch_count = 3
+        store.fetch_batch_bytes = 400
+    big = msg("big", body=b"y" * 600 + b"\r\n")  # more than a batch alone
+    datas = [msg(i) for i in range(7)] + [big]
+    uids = [add(store, "INBOX", d) for d in datas]
+    store.select("INBOX")
+    store.expunge([uids[2]])
+    asked = [*uids, 99999]
+    got = [(uid, data) for uid, data, _flags, _date in store.fetch(asked)]
+    assert got == [(u, d) for u, d in zip(uids, datas, strict=True) if u != uids[2]]
+
+
+def test_identities(backend: Backend) -> None:
+    store = backend.store
+    a = add(store, "INBOX", msg("ida"))
+    b = add(store, "INBOX", msg("idb", msgid=False))
+    store.select("INBOX")
+    got = store.identities([a, b, 4242])
+    assert set(got) == {a, b}
+    assert got[a].message_id == "<ida@mirrorsync.test>"
+    assert got[a].size == len(msg("ida"))
+    assert got[b].message_id is None and got[b].size == len(msg("idb", msgid=False))
+
+
+# -- flags, expunge -------------------------------------------------------------------
+
+
+def test_add_and_remove_flags(backend: Backend) -> None:
+    store = backend.store
+    uids = [add(store, "INBOX", msg(i), frozenset({"\\Seen"})) for i in range(6)]
+    store.select("INBOX")
+    chosen = uids[::2]  # non-contiguous: a compact set
+    store.add_flags(chosen, frozenset({"\\Flagged", "$Forwarded", "Junk"}))
+    listed = store.list_messages()
+    for uid in uids:
+        expected = {"\\Seen"} | ({"\\Flagged", "$Forwarded", "Junk"} if uid in chosen else set())
+        assert visible(listed[uid].flags) == expected
+    store.remove_flags(chosen, frozenset({"\\Seen", "Junk", "\\Recent"}))
+    listed = store.list_messages()
+    assert visible(listed[chosen[0]].flags) == {"\\Flagged", "$Forwarded"}
+    assert backend.other.flags("INBOX", chosen[0]) - {"\\Recent"} == {"\\Flagged", "$Forwarded"}
+    store.add_flags([], frozenset({"\\Seen"}))  # no-ops
+    store.add_flags(chosen, frozenset())
+    store.add_flags([99999], frozenset({"\\Seen"}))  # unknown UIDs are ignored
+
+
+def test_many_uids_in_one_store(backend: Backend) -> None:
+    store = backend.store
+    uids = [add(store, "INBOX", msg(i)) for i in range(30)]
+    store.select("INBOX")
+    chosen = [u for u in uids if u % 3]
+    store.add_flags(chosen, frozenset({"\\Seen"}))
+    seen = {u for u, m in store.list_messages().items() if "\\Seen" in m.flags}
+    assert seen == set(chosen)
+
+
+def test_expunge_removes_exactly_the_given_uids(backend: Backend) -> None:
+    store = backend.store
+    uids = [add(store, "INBOX", msg(i)) for i in range(5)]
+    store.select("INBOX")
+    store.expunge([uids[1], uids[3], 99999])
+    assert set(store.list_messages()) == {uids[0], uids[2], uids[4]}
+    assert store.status("INBOX").messages == 3
+    store.expunge([])
+
+
+def test_expunge_leaves_another_clients_deleted_message(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = backend.store
+    mine = [add(store, "INBOX", msg(i)) for i in range(3)]
+    theirs = backend.other.append("INBOX", msg("theirs"))
+    backend.other.add_flags("INBOX", theirs, ("\\Deleted",))
+    store.select("INBOX")
+    with caplog.at_level(logging.WARNING):
+        store.expunge([mine[0], mine[1]])
+    listed = store.list_messages()
+    assert theirs in listed and "\\Deleted" in listed[theirs].flags
+    assert mine[2] in listed and "\\Deleted" not in listed[mine[2]].flags
+    if backend.uidplus:
+        assert mine[0] not in listed and mine[1] not in listed
+    else:
+        # without UID EXPUNGE ours stay, flagged, rather than taking theirs along
+        assert "\\Deleted" in listed[mine[0]].flags
+        assert "\\Deleted" in listed[mine[1]].flags
+        if isinstance(store, ImapStore):
+            assert "flagged \\Deleted by another client" in caplog.text
+
+
+# -- ImapStore only ---------------------------------------------------------------------
+
+
+@pytest.mark.dovecot
+def test_limited_fixture_really_advertises_the_limited_set(basic_account: Account) -> None:
+    raw = basic_account.client()
+    caps = set(raw.capabilities())
+    raw.logout()
+    assert caps == {b"IMAP4REV1", b"LITERAL+", b"SASL-IR", b"LOGIN-REFERRALS", b"IDLE"}
+    store = ImapStore.connect(remote_config(basic_account), basic_account.password)
+    try:
+        assert store.capabilities == {"IMAP4REV1", "LITERAL+", "SASL-IR", "LOGIN-REFERRALS", "IDLE"}
+    finally:
+        store.close()
+
+
+@pytest.mark.dovecot
+def test_wrong_password(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Dovecot delays every later login from an IP that failed one (anvil's auth
+    # penalty, 2 s and up). Failing from 127.0.0.2 keeps that off the other tests.
+    real = socket.create_connection
+
+    def from_other_ip(address: Any, timeout: Any = None, *args: Any, **kw: Any) -> Any:
+        return real(address, timeout, source_address=("127.0.0.2", 0))
+
+    monkeypatch.setattr(socket, "create_connection", from_other_ip)
+    with pytest.raises(AuthenticationFailed) as err:
+        ImapStore.connect(remote_config(account), "wrong")
+    address = f"{account.host}:{account.port}"
+    assert str(err.value) == (
+        f"login refused for {account.user} at {address}; check username and password"
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_closed_port_fails_quickly() -> None:
+    port = _closed_port()
+    remote = RemoteConfig(host="127.0.0.1", username="u", port=port, tls="none", timeout=5)
+    start = time.monotonic()
+    with pytest.raises(ConnectionFailed) as err:
+        ImapStore.connect(remote, "pw")
+    assert time.monotonic() - start < 2
+    assert f"127.0.0.1:{port}" in str(err.value) and "refused" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_host() -> None:
+    remote = RemoteConfig(host="no-such-host.invalid", username="u", port=143, tls="none")
+    with pytest.raises(ConnectionFailed, match=r"cannot resolve host no-such-host\.invalid"):
+        ImapStore.connect(remote, "pw")
+
+
+@pytest.mark.dovecot
+def test_imaps_with_ca_file(account: Account) -> None:
+    server = account.server
+    remote = remote_config(account, tls="imaps", port=server.imaps_port, ca_file=server.cert)
+    store = ImapStore.connect(remote, account.password)
+    try:
+        assert isinstance(store._client.socket(), ssl.SSLSocket)
+        assert "INBOX" in names(store)
+    finally:
+        store.close()
+
+
+@pytest.mark.dovecot
+def test_imaps_without_ca_file_is_refused(account: Account) -> None:
+    remote = remote_config(account, tls="imaps", port=account.server.imaps_port)
+    with pytest.raises(ConnectionFailed) as err:
+        ImapStore.connect(remote, account.password)
+    assert not isinstance(err.value, AuthenticationFailed)
+    assert "certificate" in str(err.value) and "ca_file" in str(err.value)
+    assert f"{account.host}:{account.server.imaps_port}" in str(err.value)
+
+
+@pytest.mark.dovecot
+def test_starttls(account: Account) -> None:
+    remote = remote_config(account, tls="starttls", ca_file=account.server.cert)
+    store = ImapStore.connect(remote, account.password)
+    try:
+        assert isinstance(store._client.socket(), ssl.SSLSocket)
+        assert "UIDPLUS" in store.capabilities  # the post-TLS, post-login list
+        store.select("INBOX")
+        assert store.list_messages() == {}
+    finally:
+        store.close()
+
+
+@pytest.mark.dovecot
+def test_starttls_without_ca_file_is_refused(account: Account) -> None:
+    remote = remote_config(account, tls="starttls")
+    with pytest.raises(ConnectionFailed, match="certificate"):
+        ImapStore.connect(remote, account.password)
+
+
+@pytest.mark.dovecot
+def test_tls_setting_mismatches(account: Account) -> None:
+    server = account.server
+    # implicit TLS against the plain port: the handshake meets "* OK"
+    remote = remote_config(account, tls="imaps", ca_file=server.cert)
+    with pytest.raises(ConnectionFailed, match="TLS handshake"):
+        ImapStore.connect(remote, account.password)
+    # plain text against the imaps port: no greeting ever comes
+    remote = remote_config(account, tls="none", port=server.imaps_port, timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="no answer"):
+        ImapStore.connect(remote, account.password)
+    assert time.monotonic() - start < 3
+
+
+def test_missing_ca_file(tmp_path: Any) -> None:
+    remote = RemoteConfig(
+        host="127.0.0.1", username="u", port=1, tls="imaps", ca_file=tmp_path / "nope.pem"
+    )
+    with pytest.raises(ConnectionFailed, match="ca_file"):
+        ImapStore.connect(remote, "pw")
+
+
+@pytest.mark.dovecot
+def test_dropped_connection_is_connection_failed(account: Account) -> None:
+    store = ImapStore.connect(remote_config(account), account.password)
+    store.select("INBOX")
+    store._client.socket().shutdown(socket.SHUT_RDWR)
+    with pytest.raises(ConnectionFailed) as err:
+        store.list_messages()
+    assert f"{account.host}:{account.port}" in str(err.value)
+    assert "list messages 'INBOX'" in str(err.value)
+    store.close()  # never raises
+    store.close()
+
+
+@pytest.mark.dovecot
+def test_server_errors_name_operation_and_folder(account: Account) -> None:
+    store = ImapStore.connect(remote_config(account), account.password)
+    try:
+        with pytest.raises(ServerError) as err:
+            store.select("Missing/Folder")
+        text = str(err.value)
+        assert "select 'Missing/Folder' failed on" in text
+        assert f"{account.host}:{account.port}" in text
+        assert "\n" not in text and "secs)" not in text
+        with pytest.raises(ServerError, match="not a valid IMAP flag"):
+            store.select("INBOX")
+            store.add_flags([1], frozenset({"bad flag"}))
+    finally:
+        store.close()
+
+
+# -- the fake's own helpers -----------------------------------------------------------
+
+
+def test_fake_uidvalidity_reset_and_failures() -> None:
+    fake = FakeRemoteStore()
+    a = fake.inject("INBOX", msg(1))
+    b = fake.inject("INBOX", msg(2))
+    fake.expunge_external("INBOX", [a])
+    fake.set_uidvalidity("INBOX", 7)
+    st = fake.select("INBOX")
+    assert st.uidvalidity == 7 and st.uidnext == 2
+    assert fake.list_messages().keys() == {1}
+    assert b == 2
+    fake.fail("list_messages")
+    with pytest.raises(ConnectionFailed):
+        fake.list_messages()
+    assert fake.list_messages().keys() == {1}
+    fake.create_folder("X")
+    uv = fake.status("X").uidvalidity
+    fake.delete_folder("X")
+    fake.create_folder("X")
+    assert fake.status("X").uidvalidity != uv
+    fake.close()
+    with pytest.raises(ConnectionFailed):
+        fake.status("X")
+
+
+# -- pure helpers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uids", "expected"),
+    [
+        ([], ""),
+        ([5], "5"),
+        ([3, 1, 2, 5, 7, 8, 2], "1:3,5,7:8"),
+        ([10, 12, 14], "10,12,14"),
+    ],
+)
+def test_uid_set(uids: list[int], expected: str) -> None:
+    assert uid_set(uids) == expected
+
+
+def test_uid_set_chunks_keep_lines_short() -> None:
+    uids = list(range(1, 20000, 2))  # nothing contiguous: the worst case
+    chunks = uid_set_chunks(uids, max_len=100)
+    assert all(len(c) <= 100 for c in chunks)
+    back = [int(x) for c in chunks for x in c.split(",")]
+    assert back == uids
+    assert uid_set_chunks(range(1, 100001)) == ["1:100000"]
+    assert uid_set_chunks([]) == []
+
+
+@pytest.mark.parametrize(
+    ("canonical", "delimiter", "server"),
+    [
+        ("INBOX", "/", "INBOX"),
+        ("inbox", ".", "INBOX"),
+        ("A/B/C", ".", "A.B.C"),
+        ("A/B", "/", "A/B"),
+        ("INBOX/Sub", ".", "INBOX.Sub"),
+        ("Entwürfe/Ünïcödé", ".", "Entwürfe.Ünïcödé"),
+        ("flat", None, "flat"),
+    ],
+)
+def test_folder_name_mapping(canonical: str, delimiter: str | None, server: str) -> None:
+    assert canonical_to_server(canonical, delimiter) == server
+    assert server_to_canonical(server, delimiter) == canonical_to_server(canonical, "/")
+
+
+@pytest.mark.parametrize(
+    ("canonical", "delimiter"),
+    [("a.b/c", "."), ("A/B", None), ("a//b", "/"), ("/a", "."), ("a/", "/")],
+)
+def test_unrepresentable_canonical_names(canonical: str, delimiter: str | None) -> None:
+    with pytest.raises(FolderNameError):
+        canonical_to_server(canonical, delimiter)
+
+
+@pytest.mark.parametrize(
+    ("server", "delimiter"), [("a/b.c", "."), ("a..b", "."), ("x/y", None), ("a.", ".")]
+)
+def test_server_names_without_canonical_form(server: str, delimiter: str | None) -> None:
+    assert server_to_canonical(server, delimiter) is None
+
+
+def test_list_folders_skips_unrepresentable_names(caplog: pytest.LogCaptureFixture) -> None:
+    class Client:
+        def list_folders(self) -> list[tuple[tuple[bytes, ...], bytes, str]]:
+            return [
+                ((b"\\HasNoChildren",), b".", "INBOX"),
+                ((b"\\HasNoChildren",), b".", "INBOX.a/b"),
+                ((b"\\Noselect",), b".", "Lists"),
+                ((b"\\HasNoChildren",), b".", "Lists.Python"),
+            ]
+
+    store = ImapStore(Client(), "mail.example:993", frozenset(), 10)
+    with caplog.at_level(logging.WARNING):
+        got = store.list_folders()
+    assert [f.name for f in got] == ["INBOX", "Lists", "Lists/Python"]
+    assert got[1].attributes == {"\\Noselect"} and not got[1].selectable
+    assert "INBOX.a/b" in caplog.text
