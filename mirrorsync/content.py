@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import BinaryIO
 
 _MSGID_RE = re.compile(rb"^message-id:[ \t]*(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
@@ -43,3 +44,33 @@ def message_id(data: bytes) -> str | None:
         return None
     value = b" ".join(m.group(1).split()).strip()
     return value.decode("ascii", "replace") or None
+
+
+class LfWriter:
+    """A file-like sink that turns CRLF into LF on the fly and hashes what it writes,
+    for messages streamed to disk in chunks. A CR at the end of one chunk is held back
+    until the next shows whether an LF follows it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self._held = b""
+
+    def write(self, data: bytes) -> int:
+        chunk = self._held + bytes(data)
+        self._held = b""
+        if chunk.endswith(b"\r"):
+            chunk, self._held = chunk[:-1], b"\r"
+        lf = chunk.replace(b"\r\n", b"\n")
+        self._out.write(lf)
+        self._hash.update(lf)
+        return len(data)
+
+    def close(self) -> None:
+        if self._held:
+            self._out.write(self._held)
+            self._hash.update(self._held)
+            self._held = b""
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()

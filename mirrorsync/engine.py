@@ -1,11 +1,20 @@
 """One account's sync: gather both sides and the state, plan, execute.
 
+Cost follows what changed. One LIST-STATUS (or STATUS per folder) tells which server
+folders moved since the last sync (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ); two stat
+calls tell which Maildirs did. A folder unchanged on both sides is neither selected
+nor listed. A changed server folder costs a QRESYNC/CONDSTORE delta where the server
+has one (a full UID/FLAGS listing where it does not); a changed Maildir costs one
+listdir of cur/ and new/, never a file open.
+
 The executor applies the plan in an order chosen so that a kill at any instant is
 recoverable: changes are made on a side first and recorded in the state after, and
 a folder that copies messages is marked `needs_match` before the first copy and
 unmarked only after the last state commit. A marked folder is reconciled by content
 on the next run (see `matching`), so a copy whose state row was lost is linked, not
-copied again.
+copied again. The server's new HIGHESTMODSEQ and the Maildir's stamp are recorded
+only when the folder's sync completed, so an interrupted run never hides a change
+from the next one.
 """
 
 from __future__ import annotations
@@ -16,32 +25,38 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-from mirrorsync import actions as act
 from mirrorsync import flags as flagmod
-from mirrorsync.config import AccountConfig
-from mirrorsync.content import content_hash, to_crlf, to_lf
 from mirrorsync.errors import (
     ConnectionFailed,
     GuardError,
     LocalRootMissing,
     LocalStoreError,
     MirrorsyncError,
+    ServerError,
 )
-from mirrorsync.maildir import Maildir, MaildirFolder, MessageVanished
-from mirrorsync.matching import match_by_content
+from mirrorsync.maildir import Maildir, MaildirFolder, MessageVanished, Stamp
 from mirrorsync.model import Flags, FolderStatus, LocalMessage
-from mirrorsync.planner import Match, guard_violation, plan_folders, plan_messages
-from mirrorsync.remote import RemoteStore
 from mirrorsync.state import FolderState, Pair, State
+
+# What only a changed folder needs is imported when one is met, so that a run that
+# finds nothing to do does not spend its time importing (see also cli.py).
+if TYPE_CHECKING:
+    from mirrorsync import actions as act
+    from mirrorsync.config import AccountConfig
+    from mirrorsync.content import LfWriter
+    from mirrorsync.planner import Match
+    from mirrorsync.remote import RemoteStore
 
 log = logging.getLogger(__name__)
 A = TypeVar("A")
 
-DOWNLOAD_BATCH = 200  # messages per group commit (files fsynced, one dir fsync, one txn)
-DOWNLOAD_BATCH_BYTES = 16 * 1024 * 1024
+DOWNLOAD_BATCH = 500  # messages per group commit (files fsynced together, one txn)
+DOWNLOAD_BATCH_BYTES = 32 * 1024 * 1024
+LARGE_MESSAGE = 8 * 1024 * 1024  # streamed to disk in chunks, never held whole
 UPLOAD_BATCH = 50
+NOT_UPLOADED = "not uploaded"
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,7 @@ class FolderReport:
     name: str
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     error: str | None = None
-    notes: list[str] = field(default_factory=list)
+    skipped: bool = False  # unchanged on both sides: not even selected
 
     def summary(self) -> str:
         if self.error:
@@ -77,7 +92,7 @@ class AccountReport:
 
 @dataclass
 class FolderInputs:
-    """Everything the planner needs for one folder, gathered in one place."""
+    """Everything the planner needs for one folder, and how it was learned."""
 
     name: str
     status: FolderStatus | None  # None: no server folder yet (dry-run of a create)
@@ -87,6 +102,10 @@ class FolderInputs:
     local: dict[str, LocalMessage]
     matches: list[Match]
     uidvalidity_changed: bool = False
+    selected: bool = False  # the folder is selected on the connection
+    local_scanned: bool = True  # False: `local` was rebuilt from the state (unchanged)
+    stamp: Stamp | None = None  # taken before the scan
+    sizes: dict[int, int] = field(default_factory=dict)  # RFC822.SIZE where known
 
 
 class AccountSync:
@@ -105,12 +124,15 @@ class AccountSync:
         self.state = state
         self.options = options
         self.emit = emit
+        self.statuses: dict[str, FolderStatus] = {}
+        self.prior: dict[str, FolderState] = {}
 
     # -- the whole account
 
     def run(self) -> AccountReport:
         report = AccountReport(self.account.name)
-        known = self._wanted(self.state.folders())
+        self.prior = self.state.folders()
+        known = self._wanted(self.prior)
         if not self.maildir.exists():
             remembered = sum(self.state.count_pairs().values())
             if remembered:
@@ -122,20 +144,31 @@ class AccountSync:
                 )
             if not self.options.dry_run:
                 self.maildir.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        remote_names = self._wanted(f.name for f in self.remote.list_folders() if f.selectable)
+        self.statuses = {n: s for n, s in self.remote.statuses().items() if n in self._wanted([n])}
+        remote_names = set(self.statuses)
         local_names = self._wanted(self.maildir.list_folders()) if self.maildir.exists() else set()
         counts: dict[str, int] = {}
         for name in known:
             if name in remote_names and name not in local_names:
-                counts[name] = self.remote.status(name).messages
+                counts[name] = self.statuses[name].messages
             elif name in local_names and name not in remote_names:
                 counts[name] = len(self.maildir.folder(name).scan())
-        plan = plan_folders(set(known), local_names, remote_names, counts)
-        for action in plan:
-            if isinstance(action, act.SyncFolder):
-                report.folders.append(self._sync_folder_guarded(action.name))
-            else:
-                self._folder_action(action, report)
+        if set(known) == local_names == remote_names:
+            # The usual case: the same folders everywhere, so only their contents matter.
+            for name in sorted(known):
+                report.folders.append(self._sync_folder_guarded(name))
+        else:
+            from mirrorsync import actions as act
+            from mirrorsync.planner import plan_folders
+
+            for action in plan_folders(set(known), local_names, remote_names, counts):
+                if isinstance(action, act.SyncFolder):
+                    report.folders.append(self._sync_folder_guarded(action.name))
+                else:
+                    self._folder_action(action, report)
+        if not self.options.dry_run and not report.failed and not self.options.folders:
+            with self.state.transaction():
+                self.state.set_meta("last_sync", str(time.time()))
         return report
 
     def _wanted(self, names: Iterable[str]) -> set[str]:
@@ -145,6 +178,8 @@ class AccountSync:
         return chosen
 
     def _folder_action(self, action: act.FolderAction, report: AccountReport) -> None:
+        from mirrorsync import actions as act
+
         if self.options.dry_run:
             self.emit(f"[{self.account.name}] {action.describe()}")
             return
@@ -157,13 +192,12 @@ class AccountSync:
                 self.maildir.delete_folder(action.name)
             elif isinstance(action, act.DeleteRemoteFolder):
                 self.remote.delete_folder(action.name)
-            elif isinstance(action, act.ResetFolder):
-                log.warning("%s: %s", action.name, action.reason)
+            elif isinstance(action, (act.ResetFolder, act.ForgetFolder)):
+                if isinstance(action, act.ResetFolder):
+                    log.warning("%s: %s", action.name, action.reason)
                 with self.state.transaction():
                     self.state.delete_folder(action.name)
-            elif isinstance(action, act.ForgetFolder):
-                with self.state.transaction():
-                    self.state.delete_folder(action.name)
+                self.prior.pop(action.name, None)
             if not isinstance(action, (act.ForgetFolder, act.ResetFolder)):
                 log.info("%s", action.describe())
         except ConnectionFailed:
@@ -185,6 +219,11 @@ class AccountSync:
 
     def _sync_folder(self, name: str, rep: FolderReport) -> None:
         inputs = self.gather(name)
+        if inputs is None:
+            rep.skipped = True
+            return
+        from mirrorsync.planner import guard_violation, plan_messages
+
         plan = plan_messages(inputs.pairs, inputs.remote, inputs.local, inputs.matches)
         if not self.options.force:
             why = guard_violation(
@@ -201,35 +240,82 @@ class AccountSync:
             return
         self.execute(inputs, plan, rep)
 
-    def gather(self, name: str) -> FolderInputs:
+    def gather(self, name: str) -> FolderInputs | None:
+        """What each side holds now, learned as cheaply as the state allows; None when
+        neither side changed since the last sync."""
         mfolder = self.maildir.folder(name)
-        local = mfolder.scan() if mfolder.exists() else {}
-        prior = self.state.folder(name)
-        try:
-            status: FolderStatus | None = self.remote.select(name)
-        except MirrorsyncError:
-            if not self.options.dry_run:
-                raise
-            status = None  # dry-run: the folder would be created first
-        remote = (
-            {u: flagmod.normalize(m.flags) for u, m in self.remote.list_messages().items()}
-            if status
-            else {}
+        prior = self.prior.get(name)
+        now = self.statuses.get(name)
+        stamp = mfolder.stamp()
+        trusted = prior is not None and not prior.needs_match
+        remote_same = bool(
+            trusted
+            and prior
+            and now
+            and prior.highestmodseq
+            and (now.uidvalidity, now.uidnext, now.highestmodseq)
+            == (prior.uidvalidity, prior.uidnext, prior.highestmodseq)
         )
+        local_same = bool(
+            trusted and prior and prior.local_stamp and stamp and stamp.value == prior.local_stamp
+        )
+        if remote_same and local_same:
+            return None
         pairs = self.state.pairs(name) if prior else []
+
+        local: dict[str, LocalMessage]
+        if local_same:
+            local = {p.key: LocalMessage(p.key, p.local_flags, "cur") for p in pairs}
+        else:
+            local = mfolder.scan() if mfolder.exists() else {}
+
+        status: FolderStatus | None = now
+        selected = False
+        sizes: dict[int, int] = {}
+        if remote_same:
+            remote = {p.uid: p.remote_flags for p in pairs}
+        else:
+            try:
+                if trusted and prior and prior.highestmodseq:
+                    changes = self.remote.select_changes(
+                        name, prior.uidvalidity, prior.highestmodseq, [p.uid for p in pairs]
+                    )
+                    status = changes.status
+                    if changes.full:
+                        remote = {u: flagmod.normalize(m.flags) for u, m in changes.changed.items()}
+                        sizes = {u: m.size for u, m in changes.changed.items() if m.size}
+                    else:
+                        remote = {p.uid: p.remote_flags for p in pairs}
+                        for uid in changes.vanished:
+                            remote.pop(uid, None)
+                        for uid, m in changes.changed.items():
+                            remote[uid] = flagmod.normalize(m.flags)
+                else:
+                    status = self.remote.select(name)
+                    listing = self.remote.list_messages()
+                    remote = {u: flagmod.normalize(m.flags) for u, m in listing.items()}
+                    sizes = {u: m.size for u, m in listing.items() if m.size}
+                selected = True
+            except ServerError:
+                if not self.options.dry_run or now is not None:
+                    raise
+                status, remote = None, {}  # dry-run: the folder would be created first
+
         changed = bool(prior and status and prior.uidvalidity != status.uidvalidity)
         if changed:
+            assert prior is not None and status is not None
             log.warning(
                 "%s: the server's UIDVALIDITY changed (%s -> %s); matching messages by content, "
                 "uploading local ones the server lacks",
                 name,
-                prior.uidvalidity if prior else "?",
-                status.uidvalidity if status else "?",
+                prior.uidvalidity,
+                status.uidvalidity,
             )
             pairs = []
-        needs_match = changed or prior is None or prior.needs_match
         matches: list[Match] = []
-        if needs_match and status:
+        if (changed or not trusted) and status:
+            from mirrorsync.matching import match_by_content
+
             paired_u = {p.uid for p in pairs}
             paired_k = {p.key for p in pairs}
             matches = match_by_content(
@@ -238,60 +324,125 @@ class AccountSync:
                 [u for u in remote if u not in paired_u],
                 [m for k, m in local.items() if k not in paired_k],
             )
-        return FolderInputs(name, status, prior, pairs, remote, local, matches, changed)
+        return FolderInputs(
+            name,
+            status,
+            prior,
+            pairs,
+            remote,
+            local,
+            matches,
+            uidvalidity_changed=changed,
+            selected=selected,
+            local_scanned=not local_same,
+            stamp=stamp,
+            sizes=sizes,
+        )
 
     # -- execution
 
     def execute(
         self, inputs: FolderInputs, plan: Sequence[act.MessageAction], rep: FolderReport
     ) -> None:
-        name = inputs.name
-        assert inputs.status is not None
-        mfolder = self.maildir.folder(name)
-        copies = any(isinstance(a, (act.Download, act.Upload)) for a in plan)
-        folder_state = FolderState(
-            name,
-            inputs.status.uidvalidity,
-            inputs.status.uidnext,
-            inputs.status.highestmodseq,
-            needs_match=copies or bool(inputs.prior and inputs.prior.needs_match),
-            local_stamp=inputs.prior.local_stamp if inputs.prior else "",
-            last_sync=inputs.prior.last_sync if inputs.prior else 0.0,
-        )
-        with self.state.transaction():
-            if inputs.uidvalidity_changed:
-                self.state.clear_pairs(name)
-            self.state.put_folder(folder_state)
+        from mirrorsync import actions as act
 
-        hashes = {p.uid: p.hash for p in inputs.pairs}
-        self._apply_flags(
+        name = inputs.name
+        status = inputs.status
+        assert status is not None
+        mfolder = self.maildir.folder(name)
+        prior = inputs.prior
+        keep_modseq = prior is not None and not inputs.uidvalidity_changed
+        # Until this folder's sync completes, the state keeps the old server position
+        # and no local stamp: an interrupted run leaves the next one a full picture.
+        started = FolderState(
             name,
-            mfolder,
-            inputs.local,
-            _of(plan, act.UpdateFlags) + _of(plan, act.Link),
-            hashes,
-            rep,
+            status.uidvalidity,
+            prior.uidnext if prior and keep_modseq else 0,
+            prior.highestmodseq if prior and keep_modseq else 0,
+            needs_match=any(isinstance(a, (act.Download, act.Upload)) for a in plan)
+            or bool(prior and prior.needs_match),
+            local_stamp="",
+            last_sync=prior.last_sync if prior else 0.0,
         )
-        deletes = _of(plan, act.DeleteRemote)
-        if deletes:
-            # A directory listing is not atomic against a reader's renames, so a file
-            # being re-flagged during the scan can be missed. Look again before a
-            # "deleted locally" becomes an expunge on the server.
-            present = mfolder.scan()
-            deletes = [a for a in deletes if a.key not in present]
-        self._delete_remote(name, deletes, rep)
-        self._delete_local(name, mfolder, inputs.local, _of(plan, act.DeleteLocal), rep)
-        forget = [a.uid for a in _of(plan, act.Forget)]
-        if forget:
+        if plan or prior is None or inputs.uidvalidity_changed:
             with self.state.transaction():
-                self.state.delete_pairs(name, forget)
-        self._download(name, mfolder, [a.uid for a in _of(plan, act.Download)], rep)
-        uploads = [inputs.local[a.key] for a in _of(plan, act.Upload)]
-        unresolved = self._upload(name, mfolder, uploads, rep)
-        with self.state.transaction():
-            self.state.put_folder(
-                replace(folder_state, needs_match=unresolved > 0, last_sync=time.time())
+                if inputs.uidvalidity_changed:
+                    self.state.clear_pairs(name)
+                self.state.put_folder(started)
+
+        touched_local = False
+        if plan:
+            local = inputs.local
+            needs_local = _of(plan, act.DeleteLocal) or any(
+                a.change.local is not None for a in _of(plan, act.UpdateFlags)
             )
+            if needs_local and not inputs.local_scanned:
+                local = mfolder.scan()  # the state knew keys and flags, not file names
+            remote_ops = bool(
+                _of(plan, act.UpdateFlags)
+                or _of(plan, act.Link)
+                or _of(plan, act.DeleteRemote)
+                or _of(plan, act.Download)
+            )
+            if remote_ops and not inputs.selected:
+                again = self.remote.select(name)
+                if again.uidvalidity != status.uidvalidity:
+                    raise ServerError(
+                        f"{name}: UIDVALIDITY changed during the sync; nothing was lost",
+                        "run the sync again",
+                    )
+            hashes = {p.uid: p.hash for p in inputs.pairs}
+            modseq = status.highestmodseq
+            touched_local |= self._apply_flags(
+                name,
+                mfolder,
+                local,
+                _of(plan, act.UpdateFlags) + _of(plan, act.Link),
+                hashes,
+                modseq,
+                rep,
+            )
+            deletes = _of(plan, act.DeleteRemote)
+            if deletes:
+                # A directory listing is not atomic against a reader's renames, so a
+                # file being re-flagged during the scan can be missed. Look again
+                # before a "deleted locally" becomes an expunge on the server.
+                present = mfolder.scan()
+                deletes = [a for a in deletes if a.key not in present]
+            self._delete_remote(name, deletes, rep)
+            touched_local |= self._delete_local(
+                name, mfolder, local, _of(plan, act.DeleteLocal), rep
+            )
+            forget = [a.uid for a in _of(plan, act.Forget)]
+            if forget:
+                with self.state.transaction():
+                    self.state.delete_pairs(name, forget)
+            downloads = _of(plan, act.Download)
+            touched_local |= bool(downloads)
+            self._download(name, mfolder, downloads, inputs.sizes, rep)
+            uploads = [inputs.local[a.key] for a in _of(plan, act.Upload)]
+            unresolved = self._upload(name, mfolder, uploads, rep)
+            if rep.counts.get(NOT_UPLOADED):
+                rep.error = f"{rep.counts[NOT_UPLOADED]} messages could not be uploaded (see above)"
+        else:
+            unresolved = 0
+
+        settled = inputs.stamp is not None and inputs.stamp.settled
+        done = FolderState(
+            name,
+            status.uidvalidity,
+            status.uidnext,
+            status.highestmodseq,
+            needs_match=unresolved > 0,
+            local_stamp=inputs.stamp.value
+            if settled and not touched_local and inputs.stamp
+            else "",
+            last_sync=time.time(),
+        )
+        if done != replace(prior or done, last_sync=done.last_sync) or plan:
+            with self.state.transaction():
+                self.state.put_folder(done)
+        self.prior[name] = done
 
     def _apply_flags(
         self,
@@ -300,10 +451,16 @@ class AccountSync:
         local: dict[str, LocalMessage],
         items: Sequence[act.UpdateFlags | act.Link],
         hashes: dict[int, str],
+        modseq: int,
         rep: FolderReport,
-    ) -> None:
+    ) -> bool:
+        """Server first (with UNCHANGEDSINCE where the server has CONDSTORE, so a flag
+        another client changed meanwhile is merged next run, not overwritten), then
+        the files, then the state. Returns whether a file was renamed."""
         if not items:
-            return
+            return False
+        from mirrorsync.actions import Link
+
         adds: dict[Flags, list[int]] = defaultdict(list)
         removes: dict[Flags, list[int]] = defaultdict(list)
         for a in items:
@@ -311,20 +468,37 @@ class AccountSync:
                 adds[a.change.remote_add].append(a.uid)
             if a.change.remote_remove:
                 removes[a.change.remote_remove].append(a.uid)
+        modified: set[int] = set()
+        stored: set[int] = set()
         for flags, uids in adds.items():
-            self.remote.add_flags(uids, flags)
+            modified |= self.remote.store_flags(uids, flags, frozenset(), modseq)
+            stored.update(uids)
         for flags, uids in removes.items():
-            self.remote.remove_flags(uids, flags)
+            # A message whose add just went through has a newer MODSEQ of our own
+            # making; checking it again would report our own change as a conflict.
+            fresh = [u for u in uids if u not in stored and u not in modified]
+            again = [u for u in uids if u in stored and u not in modified]
+            if fresh:
+                modified |= self.remote.store_flags(fresh, frozenset(), flags, modseq)
+            if again:
+                self.remote.store_flags(again, frozenset(), flags, 0)
         done: list[Pair] = []
+        renamed = False
         for a in items:
+            if a.uid in modified:
+                continue  # changed on the server meanwhile: merged on the next run
             if a.change.local is not None:
+                msg = local.get(a.key)
+                if msg is None:
+                    continue
                 try:
-                    mfolder.set_flags(local[a.key], a.change.local)
+                    mfolder.set_flags(msg, a.change.local)
+                    renamed = True
                 except MessageVanished:
                     # The reader moved or deleted it meanwhile; the next run sees the new
                     # truth and merges again from the old base.
                     continue
-            if isinstance(a, act.Link):
+            if isinstance(a, Link):
                 h = a.hash
                 rep.counts["linked"] += 1
             else:
@@ -333,6 +507,7 @@ class AccountSync:
             done.append(Pair(a.uid, a.key, h, a.change.result, a.change.result))
         with self.state.transaction():
             self.state.put_pairs(name, done)
+        return renamed
 
     def _delete_remote(self, name: str, items: list[act.DeleteRemote], rep: FolderReport) -> None:
         if not items:
@@ -350,18 +525,34 @@ class AccountSync:
         local: dict[str, LocalMessage],
         items: list[act.DeleteLocal],
         rep: FolderReport,
-    ) -> None:
+    ) -> bool:
         if not items:
-            return
+            return False
         for a in items:
-            mfolder.remove(local[a.key])
+            msg = local.get(a.key)
+            if msg is not None:
+                mfolder.remove(msg)
         with self.state.transaction():
             self.state.delete_pairs(name, [a.uid for a in items])
         rep.counts["deleted locally"] += len(items)
+        return True
 
     def _download(
-        self, name: str, mfolder: MaildirFolder, uids: list[int], rep: FolderReport
+        self,
+        name: str,
+        mfolder: MaildirFolder,
+        items: list[act.Download],
+        sizes: dict[int, int],
+        rep: FolderReport,
     ) -> None:
+        if not items:
+            return
+        from mirrorsync.content import content_hash, to_lf
+
+        unknown = [a.uid for a in items if a.uid not in sizes]
+        if unknown:
+            sizes = {**sizes, **{u: i.size for u, i in self.remote.identities(unknown).items()}}
+        small = [a.uid for a in items if sizes.get(a.uid, 0) <= LARGE_MESSAGE]
         batch: list[tuple[int, str, bytes, Flags, float | None]] = []
         size = 0
 
@@ -379,26 +570,53 @@ class AccountSync:
             batch.clear()
             size = 0
 
-        for uid, data, flags, date in self.remote.fetch(uids):
+        for uid, data, flags, date in self.remote.fetch(small):
             lf = to_lf(data)
-            batch.append(
-                (
-                    uid,
-                    mfolder.new_key(),
-                    lf,
-                    flagmod.normalize(flags),
-                    date.timestamp() if date else None,
-                )
-            )
+            batch.append((uid, mfolder.new_key(), lf, flagmod.normalize(flags), _ts(date)))
             size += len(lf)
             if len(batch) >= DOWNLOAD_BATCH or size >= DOWNLOAD_BATCH_BYTES:
                 flush()
         flush()
+        flags_of = {a.uid: a.flags for a in items}
+        for uid in (a.uid for a in items if sizes.get(a.uid, 0) > LARGE_MESSAGE):
+            self._download_large(name, mfolder, uid, sizes[uid], flags_of[uid], rep)
+
+    def _download_large(
+        self,
+        name: str,
+        mfolder: MaildirFolder,
+        uid: int,
+        size: int,
+        flags: Flags,
+        rep: FolderReport,
+    ) -> None:
+        """Stream one big message to disk in chunks, so memory stays bounded."""
+        from mirrorsync.content import LfWriter
+
+        writer: LfWriter | None = None
+        found = True
+
+        def write(f: BinaryIO) -> None:
+            nonlocal writer, found
+            writer = LfWriter(f)
+            found = self.remote.fetch_to_file(uid, size, writer)
+            writer.close()
+
+        key = mfolder.new_key()
+        msg = mfolder.deliver_stream(key, write, flags)
+        if not found or writer is None:
+            mfolder.remove(msg)  # vanished meanwhile: nothing to keep
+            return
+        with self.state.transaction():
+            self.state.put_pairs(name, [Pair(uid, key, writer.hexdigest(), flags, flags)])
+        rep.counts["downloaded"] += 1
 
     def _upload(
         self, name: str, mfolder: MaildirFolder, items: list[LocalMessage], rep: FolderReport
     ) -> int:
         """Upload new local messages; returns how many got no UID (left for matching)."""
+        from mirrorsync.content import content_hash, to_crlf, to_lf
+
         pending: list[Pair] = []
         unresolved = 0
 
@@ -416,7 +634,13 @@ class AccountSync:
             except (LocalStoreError, OSError):
                 continue  # vanished between scan and read: nothing to upload
             date = datetime.fromtimestamp(mtime, timezone.utc) if mtime else None
-            uid = self.remote.append(name, to_crlf(data), lm.flags, date)
+            try:
+                uid = self.remote.append(name, to_crlf(data), lm.flags, date)
+            except ServerError as e:
+                # One bad file must not block the rest: name it, keep it, go on.
+                log.warning("%s: could not upload %s: %s", name, mfolder.path_of(lm), e)
+                rep.counts[NOT_UPLOADED] += 1
+                continue
             if uid is None:
                 unresolved += 1
                 log.warning(
@@ -430,6 +654,10 @@ class AccountSync:
                 flush()
         flush()
         return unresolved
+
+
+def _ts(date: datetime | None) -> float | None:
+    return date.timestamp() if date else None
 
 
 def _of(plan: Sequence[act.MessageAction], kind: type[A]) -> list[A]:

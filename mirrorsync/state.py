@@ -165,6 +165,15 @@ class State:
             os._exit(137)
         self._db.execute("COMMIT")
 
+    # -- account-wide values
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
     # -- folders
 
     def folders(self) -> dict[str, FolderState]:

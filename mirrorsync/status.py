@@ -26,10 +26,13 @@ class FolderLine:
     last_sync: float
 
 
-def folder_lines(account: AccountConfig) -> list[FolderLine]:
+def folder_lines(account: AccountConfig) -> tuple[list[FolderLine], float]:
+    """Per-folder lines, and the time of the last complete sync of the account (a
+    folder found unchanged then is as fresh as that, though its row is older)."""
     maildir = Maildir(account.local.path, account.local.layout)
     state = State.open(account.state_dir)
     try:
+        account_sync = float(state.get_meta("last_sync") or 0)
         known = state.folders()
         names = set(known) | (set(maildir.list_folders()) if maildir.exists() else set())
         lines = []
@@ -50,27 +53,34 @@ def folder_lines(account: AccountConfig) -> list[FolderLine]:
                         for k, p in paired.items()
                         if k in local and local[k].flags != p.local_flags
                     ),
-                    last_sync=known[name].last_sync if name in known else 0.0,
+                    last_sync=max(known[name].last_sync, account_sync) if name in known else 0.0,
                 )
             )
-        return lines
+        return lines, account_sync
     finally:
         state.close()
 
 
 def account_status(account: AccountConfig) -> str:
-    lines = folder_lines(account)
-    out = [f"account {account.name}: {account.local.path} <-> {account.remote.host}"]
+    lines, account_sync = folder_lines(account)
+    last = _when(account_sync)
+    out = [
+        f"account {account.name}: {account.local.path} <-> {account.remote.host} "
+        f"(last complete sync: {last})"
+    ]
     header = ("FOLDER", "LOCAL", "SERVER*", "NEW", "DELETED", "FLAGS", "LAST SYNC")
     rows = [header]
     for f in lines:
-        when = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.last_sync))
-            if f.last_sync
-            else "never"
-        )
         rows.append(
-            (f.name, str(f.local), str(f.server), str(f.new), str(f.deleted), str(f.flagged), when)
+            (
+                f.name,
+                str(f.local),
+                str(f.server),
+                str(f.new),
+                str(f.deleted),
+                str(f.flagged),
+                _when(f.last_sync),
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
@@ -87,3 +97,7 @@ def account_status(account: AccountConfig) -> str:
         else "no folders yet: run 'mirrorsync sync'"
     )
     return "\n".join(out) + "\n"
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"

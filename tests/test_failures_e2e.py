@@ -1,0 +1,117 @@
+"""Bad things happening mid-sync: each ends in one clear line, the right exit status,
+nothing lost or half-written, and a later run that completes the job."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorsync import maildir as maildir_mod
+from mirrorsync.errors import ConnectionFailed
+from mirrorsync.state import AccountLock
+from tests.harness import Mirror, message
+
+
+@pytest.fixture
+def mirror(account: Any, tmp_path: Path) -> Any:
+    m = Mirror(account, tmp_path)
+    for n in range(30):
+        m.client.append("INBOX", message(n), flags=[b"\\Seen"])
+    yield m
+    m.close()
+
+
+def _no_partial_files(m: Mirror) -> None:
+    for tmp in m.root.rglob("tmp"):
+        assert not any(tmp.iterdir()), "a half-written file was left in tmp/"
+
+
+def test_disk_full_is_one_line_and_the_rerun_completes(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    written = {"n": 0}
+
+    def failing_write(fd: int, data: Any) -> int:
+        written["n"] += 1
+        if written["n"] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(maildir_mod.os, "write", failing_write)
+    r = mirror.run("sync")
+    assert r.status == 1
+    assert "disk full" in r.err and "Traceback" not in r.err
+    _no_partial_files(mirror)
+    monkeypatch.setattr(maildir_mod.os, "write", real_write)
+    mirror.sync()
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 30 and set(snap["INBOX"].values()) == {1}
+
+
+def test_connection_dropped_mid_download_exits_3_and_resumes(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mirrorsync.imapstore import ImapStore
+
+    real_fetch = ImapStore.fetch
+
+    def dropping_fetch(self: Any, uids: Any) -> Any:
+        for i, item in enumerate(real_fetch(self, uids)):
+            if i == 12:
+                raise ConnectionFailed("connection to the server dropped", "re-run")
+            yield item
+
+    monkeypatch.setattr(ImapStore, "fetch", dropping_fetch)
+    r = mirror.run("sync")
+    assert r.status == 3, r
+    assert "dropped" in r.err and len(r.err.strip().splitlines()) == 1
+    monkeypatch.setattr(ImapStore, "fetch", real_fetch)
+    mirror.sync()
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 30 and set(snap["INBOX"].values()) == {1}
+    _no_partial_files(mirror)
+
+
+def test_a_second_run_on_a_locked_account_says_so(mirror: Mirror) -> None:
+    with AccountLock(mirror.state_dir, "test"):
+        r = mirror.run("sync")
+    assert r.status == 1
+    assert "another mirrorsync process" in r.err
+
+
+def test_corrupt_state_is_rebuilt_by_content_without_duplicates(mirror: Mirror) -> None:
+    mirror.sync()
+    (mirror.state_dir / "state.sqlite3").write_bytes(b"garbage" * 1000)
+    for p in mirror.state_dir.glob("state.sqlite3-*"):
+        p.unlink()
+    r = mirror.run("sync")
+    assert r.status == 0, r
+    assert "moved it to" in r.err
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 30 and set(snap["INBOX"].values()) == {1}
+
+
+def test_a_local_change_in_the_same_second_as_the_sync_is_not_missed(mirror: Mirror) -> None:
+    mirror.sync()
+    mirror.sync()  # records what it can of the local stamp
+    f = mirror.files("INBOX")[0]
+    f.rename(f.with_name(f.name.replace(":2,S", ":2,FS")))
+    mirror.sync()
+    assert sum(1 for fl in mirror.server_uids("INBOX").values() if "\\Flagged" in fl) == 1
+
+
+def test_a_settled_unchanged_folder_is_skipped_and_a_later_change_seen(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE", -1.0)  # trust stamps at once
+    mirror.sync()
+    mirror.sync()
+    f = mirror.files("INBOX")[0]
+    f.unlink()
+    mirror.sync()
+    assert len(mirror.server_uids("INBOX")) == 29
