@@ -113,6 +113,40 @@ class Forget:
         return f"forget UID {self.uid} (gone on both sides)"
 
 
+@dataclass(frozen=True)
+class MoveOnServer:
+    """A file moved between local folders: UID MOVE on the server, which keeps the
+    message's flags and INTERNALDATE and costs no upload."""
+
+    src: str
+    uid: int
+    dst: str
+    key: str  # the file in `dst` now
+    hash: str
+    flags: Flags  # the pair's flags as last synced
+
+    def describe(self) -> str:
+        return f"move on server UID {self.uid} {self.src} -> {self.dst} (moved locally)"
+
+
+@dataclass(frozen=True)
+class MoveLocally:
+    """A message moved between server folders by another client: rename the file,
+    which keeps it (and its inode) instead of deleting and downloading it."""
+
+    src: str
+    key: str
+    uid: int  # in `src`, gone
+    dst: str
+    new_uid: int  # in `dst`
+    hash: str
+
+    def describe(self) -> str:
+        return f"move locally {self.key} {self.src} -> {self.dst} (moved on the server)"
+
+
+MessageMove = MoveOnServer | MoveLocally
+
 MessageAction = Download | Upload | UpdateFlags | Link | DeleteRemote | DeleteLocal | Forget
 
 

@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="per-folder counts and pending local changes")
     status.add_argument("accounts", nargs="*", metavar="ACCOUNT")
     sub.add_parser("check-config", help="validate the config and test each login")
+    daemon = sub.add_parser(
+        "daemon",
+        help="keep running: sync on local changes and server push",
+        description="Sync once, then whenever a folder changes locally or on the server, "
+        "and fully every daemon.full_check_interval seconds. SIGUSR1 syncs now, SIGHUP "
+        "reloads the configuration, SIGTERM or SIGINT stops after the sync under way.",
+    )
+    daemon.add_argument("accounts", nargs="*", metavar="ACCOUNT")
     return p
 
 
@@ -69,7 +77,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         _setup_logging(env, args.verbose, args.quiet)
         if not args.command:
             raise UsageError("no command given", "try 'mirrorsync sync' or 'mirrorsync --help'")
-        command = {"sync": cmd_sync, "status": cmd_status, "check-config": cmd_check_config}
+        command = {
+            "sync": cmd_sync,
+            "status": cmd_status,
+            "check-config": cmd_check_config,
+            "daemon": cmd_daemon,
+        }
         return int(command[args.command](args, env))
     except MirrorsyncError as e:
         return int(report_error(e, env, verbose=bool(args and args.verbose)))
@@ -223,6 +236,25 @@ def cmd_check_config(args: argparse.Namespace, env: Environment) -> ExitStatus:
         except MirrorsyncError as e:
             worst = max(worst, report_error(e, env, verbose=bool(args.verbose)))
     return worst
+
+
+def cmd_daemon(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Load and check everything up front (exit 2 on a bad config, 3 when the first
+    login fails), then run until a signal stops it; see `mirrorsync.daemon`."""
+    from mirrorsync import daemon
+
+    accounts = _select_accounts(_load_config(args, env), args.accounts)
+
+    def reload_accounts() -> list[AccountConfig]:
+        return _select_accounts(_load_config(args, env), args.accounts)
+
+    return daemon.run(
+        accounts,
+        env,
+        quiet=bool(args.quiet),
+        verbose=bool(args.verbose),
+        reload_accounts=reload_accounts,
+    )
 
 
 if __name__ == "__main__":

@@ -108,6 +108,23 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """Settings of `mirrorsync daemon`; only the daemon reads them."""
+
+    # Folders watched with IDLE, one connection each, when the server lacks NOTIFY
+    # (with NOTIFY one connection watches every folder and this is not used).
+    idle_folders: tuple[str, ...] = ("INBOX",)
+    # Seconds between full checks, which catch whatever push and the watcher missed.
+    full_check_interval: float = 300.0
+    # Seconds of quiet after a local change before syncing, so a mail reader's burst
+    # of renames becomes one sync.
+    debounce: float = 0.3
+    # Seconds after which IDLE is re-issued: servers may drop a client after 30
+    # minutes without a command (RFC 2177), so this must stay below that.
+    idle_refresh: float = 1500.0
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     name: str
     remote: RemoteConfig
@@ -115,6 +132,7 @@ class AccountConfig:
     state_dir: Path
     folders: FolderFilter = field(default_factory=FolderFilter)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 @dataclass(frozen=True)
@@ -143,7 +161,7 @@ _ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]
 _HOST_WITH_PORT = re.compile(r"[^:\[\]]+:[0-9]+")
 
 _TOP_KEYS = ("accounts",)
-_ACCOUNT_KEYS = ("remote", "local", "state_dir", "folders", "sync")
+_ACCOUNT_KEYS = ("remote", "local", "state_dir", "folders", "sync", "daemon")
 _REMOTE_KEYS = (
     "host",
     "port",
@@ -157,6 +175,9 @@ _REMOTE_KEYS = (
 _LOCAL_KEYS = ("path", "layout")
 _FOLDERS_KEYS = ("include", "exclude")
 _SYNC_KEYS = ("max_delete_share", "guard_min")
+_DAEMON_KEYS = ("idle_folders", "full_check_interval", "debounce", "idle_refresh")
+_IDLE_REFRESH_MAX = 29 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
+_DEBOUNCE_MAX = 60.0
 
 _SAMPLE_HINT = "see sample-config.yaml in the mirrorsync sources for every option"
 
@@ -293,18 +314,19 @@ def _choice(ctx: _Ctx, value: object, key: str, choices: tuple[str, ...]) -> str
 def _patterns(ctx: _Ctx, value: object, key: str) -> tuple[str, ...]:
     """A list only: a lone string is rejected rather than wrapped, so the file has one
     spelling and `include: INBOX, Sent` is not mistaken for one folder name."""
+    return _strings(ctx, value, key, "folder patterns")
+
+
+def _strings(ctx: _Ctx, value: object, key: str, what: str) -> tuple[str, ...]:
     if isinstance(value, str):
         ctx.fail(
             key,
-            f"expected a list of folder patterns, got a string ({_describe(value)})",
+            f"expected a list of {what}, got a string ({_describe(value)})",
             f"write it as a list: [{json.dumps(value)}]",
         )
     if not isinstance(value, list):
-        ctx.fail(key, f"expected a list of folder patterns, got {_describe(value)}")
-    result = []
-    for i, item in enumerate(value):
-        result.append(_string(ctx, item, f"{key}[{i}]"))
-    return tuple(result)
+        ctx.fail(key, f"expected a list of {what}, got {_describe(value)}")
+    return tuple(_string(ctx, item, f"{key}[{i}]") for i, item in enumerate(value))
 
 
 def _expand_path(ctx: _Ctx, value: object, key: str) -> Path:
@@ -461,6 +483,57 @@ def _load_sync(ctx: _Ctx, value: object, key: str) -> SyncConfig:
     return SyncConfig(max_delete_share=share, guard_min=guard_min)
 
 
+def _seconds(
+    ctx: _Ctx,
+    section: dict[str, object],
+    key: str,
+    name: str,
+    default: float,
+    low: float,
+    high: float | None,
+    low_open: bool,
+) -> float:
+    """A number of seconds in a range; `low_open` excludes `low` itself."""
+    if name not in section:
+        return default
+    k = _join(key, name)
+    wanted = f"a number of seconds {'>' if low_open else '>='} {low:g}" + (
+        f" and <= {high:g}" if high is not None else ""
+    )
+    value = _number(ctx, section[name], k, wanted)
+    if (value <= low if low_open else value < low) or (high is not None and value > high):
+        ctx.fail(k, f"expected {wanted}, got {section[name]!r}")
+    return value
+
+
+def _load_daemon(ctx: _Ctx, value: object, key: str) -> DaemonConfig:
+    section = _section(ctx, value, key, _DAEMON_KEYS)
+    idle_folders = DaemonConfig.idle_folders
+    if "idle_folders" in section:
+        k = _join(key, "idle_folders")
+        names = []
+        for i, name in enumerate(_strings(ctx, section["idle_folders"], k, "folder names")):
+            if "*" in name or "%" in name:
+                ctx.fail(f"{k}[{i}]", f"expected a folder name, not a pattern: {name!r}")
+            names.append(canonical_folder(name.strip(SEP)))
+        idle_folders = tuple(dict.fromkeys(names))
+    interval = _seconds(
+        ctx, section, key, "full_check_interval", DaemonConfig.full_check_interval, 0, None, True
+    )
+    debounce = _seconds(
+        ctx, section, key, "debounce", DaemonConfig.debounce, 0, _DEBOUNCE_MAX, False
+    )
+    refresh = _seconds(
+        ctx, section, key, "idle_refresh", DaemonConfig.idle_refresh, 0, _IDLE_REFRESH_MAX, True
+    )
+    return DaemonConfig(
+        idle_folders=idle_folders,
+        full_check_interval=interval,
+        debounce=debounce,
+        idle_refresh=refresh,
+    )
+
+
 def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
     if not isinstance(name, str):
         ctx.fail(
@@ -485,8 +558,19 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         else FolderFilter()
     )
     sync = _load_sync(ctx, section["sync"], f"{key}.sync") if "sync" in section else SyncConfig()
+    daemon = (
+        _load_daemon(ctx, section["daemon"], f"{key}.daemon")
+        if "daemon" in section
+        else DaemonConfig()
+    )
     return AccountConfig(
-        name=name, remote=remote, local=local, state_dir=state_dir, folders=folders, sync=sync
+        name=name,
+        remote=remote,
+        local=local,
+        state_dir=state_dir,
+        folders=folders,
+        sync=sync,
+        daemon=daemon,
     )
 
 

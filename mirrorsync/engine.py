@@ -102,10 +102,13 @@ class FolderInputs:
     local: dict[str, LocalMessage]
     matches: list[Match]
     uidvalidity_changed: bool = False
-    selected: bool = False  # the folder is selected on the connection
     local_scanned: bool = True  # False: `local` was rebuilt from the state (unchanged)
     stamp: Stamp | None = None  # taken before the scan
     sizes: dict[int, int] = field(default_factory=dict)  # RFC822.SIZE where known
+    pending_match: bool = False  # a move whose new UID is unknown: match next run
+    # UIDs this run moved in: their server flags are known exactly (we just moved
+    # them), so their stores need no UNCHANGEDSINCE, whose MODSEQ our move outdated.
+    moved_in: set[int] = field(default_factory=set)
 
 
 class AccountSync:
@@ -126,6 +129,8 @@ class AccountSync:
         self.emit = emit
         self.statuses: dict[str, FolderStatus] = {}
         self.prior: dict[str, FolderState] = {}
+        self._selected: str | None = None
+        self._selected_status: FolderStatus | None = None
 
     # -- the whole account
 
@@ -153,19 +158,43 @@ class AccountSync:
                 counts[name] = self.statuses[name].messages
             elif name in local_names and name not in remote_names:
                 counts[name] = len(self.maildir.folder(name).scan())
+        before: list[act.FolderAction] = []
+        after: list[act.FolderAction] = []
         if set(known) == local_names == remote_names:
             # The usual case: the same folders everywhere, so only their contents matter.
-            for name in sorted(known):
-                report.folders.append(self._sync_folder_guarded(name))
+            names = sorted(known)
         else:
             from mirrorsync import actions as act
             from mirrorsync.planner import plan_folders
 
+            names = []
             for action in plan_folders(set(known), local_names, remote_names, counts):
                 if isinstance(action, act.SyncFolder):
-                    report.folders.append(self._sync_folder_guarded(action.name))
+                    names.append(action.name)
+                elif isinstance(action, (act.DeleteLocalFolder, act.DeleteRemoteFolder)) or (
+                    isinstance(action, act.ForgetFolder) and after
+                ):
+                    after.append(action)
                 else:
-                    self._folder_action(action, report)
+                    before.append(action)
+        for action in before:
+            self._folder_action(action, report)
+        reports = {n: FolderReport(n) for n in names}
+        gathered = {n: _guarded(reports[n], self.gather, n) for n in names}
+        changed = {n: i for n, i in gathered.items() if i is not None and i.status is not None}
+        if len(changed) >= 2:
+            # A move needs a folder that lost a message and one that gained it.
+            self._moves(changed, reports)
+        for n in names:
+            rep, inputs = reports[n], gathered[n]
+            if rep.error is None:
+                if inputs is None:
+                    rep.skipped = True
+                else:
+                    _guarded(rep, self._plan_and_execute, inputs, rep)
+            report.folders.append(rep)
+        for action in after:
+            self._folder_action(action, report)
         if not self.options.dry_run and not report.failed and not self.options.folders:
             with self.state.transaction():
                 self.state.set_meta("last_sync", str(time.time()))
@@ -207,21 +236,7 @@ class AccountSync:
 
     # -- one folder
 
-    def _sync_folder_guarded(self, name: str) -> FolderReport:
-        rep = FolderReport(name)
-        try:
-            self._sync_folder(name, rep)
-        except ConnectionFailed:
-            raise
-        except MirrorsyncError as e:
-            rep.error = str(e)
-        return rep
-
-    def _sync_folder(self, name: str, rep: FolderReport) -> None:
-        inputs = self.gather(name)
-        if inputs is None:
-            rep.skipped = True
-            return
+    def _plan_and_execute(self, inputs: FolderInputs, rep: FolderReport) -> None:
         from mirrorsync.planner import guard_violation, plan_messages
 
         plan = plan_messages(inputs.pairs, inputs.remote, inputs.local, inputs.matches)
@@ -236,9 +251,143 @@ class AccountSync:
                 raise GuardError(why)
         if self.options.dry_run:
             for a in plan:
-                self.emit(f"[{self.account.name}] {name}: {a.describe()}")
+                self.emit(f"[{self.account.name}] {inputs.name}: {a.describe()}")
             return
         self.execute(inputs, plan, rep)
+
+    def _select(self, name: str, expected: FolderStatus | None = None) -> FolderStatus:
+        """Select `name` unless it already is; a UIDVALIDITY that moved since the
+        folder was gathered voids the plan."""
+        if self._selected == name and self._selected_status is not None:
+            return self._selected_status
+        status = self.remote.select(name)
+        self._selected, self._selected_status = name, status
+        if expected is not None and status.uidvalidity != expected.uidvalidity:
+            raise ServerError(
+                f"{name}: UIDVALIDITY changed during the sync; nothing was lost",
+                "run the sync again",
+            )
+        return status
+
+    # -- moves between folders
+
+    def _moves(self, changed: dict[str, FolderInputs], reports: dict[str, FolderReport]) -> None:
+        """Find moves across folders (hashing only what a move could involve), carry
+        them out, and rewrite the folders' inputs as if they had always been there."""
+        from mirrorsync.content import content_hash, crlf_size, message_id, to_lf
+        from mirrorsync.planner import FolderView, plan_moves
+
+        def unpaired_local(i: FolderInputs) -> list[str]:
+            taken = {p.key for p in i.pairs} | {m.key for m in i.matches}
+            return [k for k in i.local if k not in taken]
+
+        def unpaired_remote(i: FolderInputs) -> list[int]:
+            taken = {p.uid for p in i.pairs} | {m.uid for m in i.matches}
+            return [u for u in i.remote if u not in taken]
+
+        lost_local = any(
+            p.key not in i.local and p.uid in i.remote for i in changed.values() for p in i.pairs
+        )
+        lost_remote = [
+            (n, p)
+            for n, i in changed.items()
+            for p in i.pairs
+            if p.uid not in i.remote and p.key in i.local
+        ]
+        local_hashes: dict[str, dict[str, str]] = {n: {} for n in changed}
+        remote_hashes: dict[str, dict[int, str]] = {n: {} for n in changed}
+        if lost_local:
+            for n, i in changed.items():
+                mfolder = self.maildir.folder(n)
+                for key in unpaired_local(i):
+                    try:
+                        local_hashes[n][key] = content_hash(to_lf(mfolder.read(i.local[key])))
+                    except LocalStoreError:
+                        continue
+        if lost_remote:
+            wanted: set[tuple[str | None, int]] = set()
+            for n, p in lost_remote:
+                try:
+                    data = to_lf(self.maildir.folder(n).read(changed[n].local[p.key]))
+                except LocalStoreError:
+                    continue
+                wanted.add((message_id(data), crlf_size(data)))
+            for n, i in changed.items():
+                fresh = unpaired_remote(i)
+                if not fresh or not wanted:
+                    continue
+                self._select(n, i.status)
+                ids = self.remote.identities(fresh)
+                maybe = [u for u, x in ids.items() if (x.message_id, x.size) in wanted]
+                for uid, data, _f, _d in self.remote.fetch(maybe):
+                    remote_hashes[n][uid] = content_hash(to_lf(data))
+        if not any(local_hashes.values()) and not any(remote_hashes.values()) and not lost_local:
+            return
+        views = {
+            n: FolderView(
+                i.pairs,
+                {u: f for u, f in i.remote.items() if u not in {m.uid for m in i.matches}},
+                {k: m for k, m in i.local.items() if k not in {m.key for m in i.matches}},
+                local_hashes[n],
+                remote_hashes[n],
+            )
+            for n, i in changed.items()
+        }
+        for move in plan_moves(views):
+            if self.options.dry_run:
+                self.emit(f"[{self.account.name}] {move.describe()}")
+                continue
+            _guarded(reports[move.src], self._execute_move, move, changed, reports)
+
+    def _execute_move(
+        self,
+        move: act.MessageMove,
+        changed: dict[str, FolderInputs],
+        reports: dict[str, FolderReport],
+    ) -> None:
+        from mirrorsync.actions import MoveOnServer
+
+        src, dst = changed[move.src], changed[move.dst]
+        # Until the move is recorded, the destination is matched by content on the next
+        # run, so a kill right after the server or the file system moved the message
+        # links it there instead of copying it back.
+        with self.state.transaction():
+            self.state.put_folder(_started_row(dst, needs_match=True))
+        if isinstance(move, MoveOnServer):
+            self._select(move.src, src.status)
+            new_uid = self.remote.move([move.uid], move.dst).get(move.uid)
+            with self.state.transaction():
+                self.state.delete_pairs(move.src, [move.uid])
+                if new_uid is not None:
+                    pair = Pair(new_uid, move.key, move.hash, move.flags, move.flags)
+                    self.state.put_pairs(move.dst, [pair])
+            server_flags = src.remote.pop(move.uid)
+            src.pairs = [p for p in src.pairs if p.uid != move.uid]
+            if new_uid is None:
+                dst.local.pop(move.key, None)  # linked by content on the next run
+                dst.pending_match = True
+            else:
+                dst.pairs.append(pair)
+                dst.remote[new_uid] = server_flags
+                dst.moved_in.add(new_uid)
+        else:
+            if not src.local_scanned:
+                src.local = self.maildir.folder(move.src).scan()
+                src.local_scanned = True
+            moved = self.maildir.folder(move.src).move_to(
+                src.local[move.key], self.maildir.folder(move.dst)
+            )
+            pair = Pair(move.new_uid, move.key, move.hash, dst.remote[move.new_uid], moved.flags)
+            with self.state.transaction():
+                self.state.delete_pairs(move.src, [move.uid])
+                self.state.put_pairs(move.dst, [pair])
+            src.local.pop(move.key)
+            src.pairs = [p for p in src.pairs if p.uid != move.uid]
+            dst.local[move.key] = moved
+            dst.pairs.append(pair)
+            dst.moved_in.add(move.new_uid)
+        reports[move.src].counts["moved out"] += 1
+        reports[move.dst].counts["moved in"] += 1
 
     def gather(self, name: str) -> FolderInputs | None:
         """What each side holds now, learned as cheaply as the state allows; None when
@@ -270,7 +419,6 @@ class AccountSync:
             local = mfolder.scan() if mfolder.exists() else {}
 
         status: FolderStatus | None = now
-        selected = False
         sizes: dict[int, int] = {}
         if remote_same:
             remote = {p.uid: p.remote_flags for p in pairs}
@@ -281,6 +429,7 @@ class AccountSync:
                         name, prior.uidvalidity, prior.highestmodseq, [p.uid for p in pairs]
                     )
                     status = changes.status
+                    self._selected, self._selected_status = name, status
                     if changes.full:
                         remote = {u: flagmod.normalize(m.flags) for u, m in changes.changed.items()}
                         sizes = {u: m.size for u, m in changes.changed.items() if m.size}
@@ -291,11 +440,10 @@ class AccountSync:
                         for uid, m in changes.changed.items():
                             remote[uid] = flagmod.normalize(m.flags)
                 else:
-                    status = self.remote.select(name)
+                    status = self._select(name)
                     listing = self.remote.list_messages()
                     remote = {u: flagmod.normalize(m.flags) for u, m in listing.items()}
                     sizes = {u: m.size for u, m in listing.items() if m.size}
-                selected = True
             except ServerError:
                 if not self.options.dry_run or now is not None:
                     raise
@@ -333,7 +481,6 @@ class AccountSync:
             local,
             matches,
             uidvalidity_changed=changed,
-            selected=selected,
             local_scanned=not local_same,
             stamp=stamp,
             sizes=sizes,
@@ -351,19 +498,8 @@ class AccountSync:
         assert status is not None
         mfolder = self.maildir.folder(name)
         prior = inputs.prior
-        keep_modseq = prior is not None and not inputs.uidvalidity_changed
-        # Until this folder's sync completes, the state keeps the old server position
-        # and no local stamp: an interrupted run leaves the next one a full picture.
-        started = FolderState(
-            name,
-            status.uidvalidity,
-            prior.uidnext if prior and keep_modseq else 0,
-            prior.highestmodseq if prior and keep_modseq else 0,
-            needs_match=any(isinstance(a, (act.Download, act.Upload)) for a in plan)
-            or bool(prior and prior.needs_match),
-            local_stamp="",
-            last_sync=prior.last_sync if prior else 0.0,
-        )
+        copies = any(isinstance(a, (act.Download, act.Upload)) for a in plan)
+        started = _started_row(inputs, needs_match=copies or inputs.pending_match)
         if plan or prior is None or inputs.uidvalidity_changed:
             with self.state.transaction():
                 if inputs.uidvalidity_changed:
@@ -384,13 +520,8 @@ class AccountSync:
                 or _of(plan, act.DeleteRemote)
                 or _of(plan, act.Download)
             )
-            if remote_ops and not inputs.selected:
-                again = self.remote.select(name)
-                if again.uidvalidity != status.uidvalidity:
-                    raise ServerError(
-                        f"{name}: UIDVALIDITY changed during the sync; nothing was lost",
-                        "run the sync again",
-                    )
+            if remote_ops:
+                self._select(name, status)
             hashes = {p.uid: p.hash for p in inputs.pairs}
             modseq = status.highestmodseq
             touched_local |= self._apply_flags(
@@ -400,6 +531,7 @@ class AccountSync:
                 _of(plan, act.UpdateFlags) + _of(plan, act.Link),
                 hashes,
                 modseq,
+                inputs.moved_in,
                 rep,
             )
             deletes = _of(plan, act.DeleteRemote)
@@ -433,7 +565,7 @@ class AccountSync:
             status.uidvalidity,
             status.uidnext,
             status.highestmodseq,
-            needs_match=unresolved > 0,
+            needs_match=unresolved > 0 or inputs.pending_match,
             local_stamp=inputs.stamp.value
             if settled and not touched_local and inputs.stamp
             else "",
@@ -452,6 +584,7 @@ class AccountSync:
         items: Sequence[act.UpdateFlags | act.Link],
         hashes: dict[int, str],
         modseq: int,
+        exact: set[int],
         rep: FolderReport,
     ) -> bool:
         """Server first (with UNCHANGEDSINCE where the server has CONDSTORE, so a flag
@@ -461,27 +594,15 @@ class AccountSync:
             return False
         from mirrorsync.actions import Link
 
-        adds: dict[Flags, list[int]] = defaultdict(list)
-        removes: dict[Flags, list[int]] = defaultdict(list)
+        # One conditional STORE per distinct change: the store adds, then removes with
+        # the MODSEQ its own add produced, so our first half never reads as a conflict.
+        changes: dict[tuple[Flags, Flags], list[int]] = defaultdict(list)
         for a in items:
-            if a.change.remote_add:
-                adds[a.change.remote_add].append(a.uid)
-            if a.change.remote_remove:
-                removes[a.change.remote_remove].append(a.uid)
+            if a.change.remote_add or a.change.remote_remove:
+                changes[(a.change.remote_add, a.change.remote_remove)].append(a.uid)
         modified: set[int] = set()
-        stored: set[int] = set()
-        for flags, uids in adds.items():
-            modified |= self.remote.store_flags(uids, flags, frozenset(), modseq)
-            stored.update(uids)
-        for flags, uids in removes.items():
-            # A message whose add just went through has a newer MODSEQ of our own
-            # making; checking it again would report our own change as a conflict.
-            fresh = [u for u in uids if u not in stored and u not in modified]
-            again = [u for u in uids if u in stored and u not in modified]
-            if fresh:
-                modified |= self.remote.store_flags(fresh, frozenset(), flags, modseq)
-            if again:
-                self.remote.store_flags(again, frozenset(), flags, 0)
+        for (add, remove), uids in changes.items():
+            modified |= self._store(uids, add, remove, modseq, exact)
         done: list[Pair] = []
         renamed = False
         for a in items:
@@ -508,6 +629,17 @@ class AccountSync:
         with self.state.transaction():
             self.state.put_pairs(name, done)
         return renamed
+
+    def _store(
+        self, uids: list[int], add: Flags, remove: Flags, modseq: int, exact: set[int]
+    ) -> set[int]:
+        """Store a flag change; returns the UIDs the server refused as changed since
+        `modseq` (another client got there first: merged on the next run)."""
+        sure = [u for u in uids if u in exact]
+        rest = [u for u in uids if u not in exact]
+        if sure:
+            self.remote.store_flags(sure, add, remove, 0)
+        return self.remote.store_flags(rest, add, remove, modseq) if rest else set()
 
     def _delete_remote(self, name: str, items: list[act.DeleteRemote], rep: FolderReport) -> None:
         if not items:
@@ -662,3 +794,36 @@ def _ts(date: datetime | None) -> float | None:
 
 def _of(plan: Sequence[act.MessageAction], kind: type[A]) -> list[A]:
     return [a for a in plan if isinstance(a, kind)]
+
+
+def _started_row(inputs: FolderInputs, needs_match: bool) -> FolderState:
+    """The folder's state row while its sync is under way: the old server position
+    (an interrupted run must leave the next one a full picture), no local stamp, and
+    `needs_match` when a copy or move could be cut off before its state commit."""
+    prior, status = inputs.prior, inputs.status
+    assert status is not None
+    keep = prior is not None and not inputs.uidvalidity_changed
+    return FolderState(
+        inputs.name,
+        status.uidvalidity,
+        prior.uidnext if prior and keep else 0,
+        prior.highestmodseq if prior and keep else 0,
+        needs_match=needs_match or bool(prior and prior.needs_match),
+        local_stamp="",
+        last_sync=prior.last_sync if prior else 0.0,
+    )
+
+
+R = TypeVar("R")
+
+
+def _guarded(rep: FolderReport, fn: Callable[..., R], *args: object) -> R | None:
+    """Run one folder's step; its failure is the folder's (named in the report), a
+    lost connection is the account's."""
+    try:
+        return fn(*args)
+    except ConnectionFailed:
+        raise
+    except MirrorsyncError as e:
+        rep.error = str(e)
+        return None

@@ -25,8 +25,13 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 from mirrorsync import flags as flagmod
 from mirrorsync.errors import LocalStoreError
@@ -46,6 +51,16 @@ _MARKER = "maildirfolder"  # maildir++: tells delivery agents (quota) this is a 
 
 # (key, bytes, flags, mtime): what `deliver_many` takes per message.
 DeliveryItem = tuple[str, bytes, Flags, float | None]
+
+# Called with every path mirrorsync is about to create (True), or to rename away or
+# remove (False), before it does, so that `mirrorsync daemon`'s watcher can tell our
+# own writes from a mail reader's and does not sync them back. None: nobody listens.
+on_own_change: Callable[[Path, bool], None] | None = None
+
+
+def _own(path: Path, appears: bool) -> None:
+    if on_own_change is not None:
+        on_own_change(path, appears)
 
 
 class MessageVanished(LocalStoreError):
@@ -74,6 +89,45 @@ class MessageExists(LocalStoreError):
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+_FSYNC_THREADS = 16
+_fsync_pool: ThreadPoolExecutor | None = None  # made on first use
+
+
+def _in_parallel(work: Callable[[tuple[Path, bytes, float | None]], None], jobs: list[Any]) -> None:
+    """Run `work` over `jobs` on a few threads (file system calls release the GIL);
+    the first error is raised once all have finished."""
+    global _fsync_pool
+    if len(jobs) <= 2:
+        for job in jobs:
+            work(job)
+        return
+    if _fsync_pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _fsync_pool = ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="maildir-io")
+    futures = [_fsync_pool.submit(work, job) for job in jobs]
+    errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
+
+
+def _write_synced(job: tuple[Path, bytes, float | None]) -> None:
+    """Create `tmp` (never overwriting), write, date and fsync it."""
+    tmp, data, mtime = job
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if mtime is not None:
+            # Before the fsync, so the fsync makes the date durable too.
+            os.utime(fd, (time.time(), mtime))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -268,6 +322,7 @@ class Maildir:
         delete. Empty parents that were only parents go too."""
         parent = path.parent
         try:
+            _own(path, False)
             os.rmdir(path)
         except FileNotFoundError:
             pass
@@ -290,11 +345,32 @@ class Maildir:
             if (parent / "cur").is_dir():
                 return  # a folder of its own
             try:
+                _own(parent, False)
                 os.rmdir(parent)
             except OSError:
                 return
             fsync_dir(parent.parent)
             parent = parent.parent
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """Directory mtimes as a change signal, with the granularity problem handled.
+
+    A change made in the same clock tick as the stamp (one second on some file
+    systems) may leave the mtime unchanged, so a stamp whose newest mtime is less
+    than SETTLE seconds older than the moment it was taken is not trusted: the
+    folder is scanned again next time."""
+
+    value: str
+    newest: float
+    taken: float
+
+    SETTLE: ClassVar[float] = 2.0
+
+    @property
+    def settled(self) -> bool:
+        return self.taken - self.newest > self.SETTLE
 
 
 class MaildirFolder:
@@ -314,6 +390,21 @@ class MaildirFolder:
         return (self.path / "cur").is_dir() and (self.path / "new").is_dir()
 
     # -- reading --
+
+    def stamp(self) -> Stamp | None:
+        """A cheap change signal: the mtimes of cur/ and new/. Any delivery, rename or
+        unlink in either directory changes its mtime, so an equal stamp means an
+        unchanged folder, provided the stamp was settled when taken (see Stamp)."""
+        try:
+            cur = os.stat(self.path / "cur")
+            new = os.stat(self.path / "new")
+        except OSError:
+            return None
+        return Stamp(
+            f"{cur.st_mtime_ns}:{new.st_mtime_ns}",
+            newest=max(cur.st_mtime, new.st_mtime),
+            taken=time.time(),
+        )
 
     def scan(self) -> dict[str, LocalMessage]:
         """Key -> message from the directory listings alone (no file is opened, so a
@@ -405,6 +496,44 @@ class MaildirFolder:
         """Durably add one message (see `deliver_many`); `mtime` is the INTERNALDATE."""
         return self.deliver_many([(key, data, flags, mtime)])[0]
 
+    def deliver_stream(
+        self,
+        key: str,
+        write: Callable[[BinaryIO], None],
+        flags: Flags,
+        mtime: float | None = None,
+    ) -> LocalMessage:
+        """Durably add one message whose bytes `write` produces into a file, so a
+        message of any size is never held in memory whole. Errors raised by `write`
+        (a dropped connection) pass through; the half-written file is removed."""
+        subdir, filename = self._target(key, flags)
+        temps: list[Path] = []
+        placed: list[Path] = []
+        try:
+            tmp = self.path / "tmp" / new_key()
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except OSError as e:
+                raise _os_error("writing to", self.path, e) from e
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                try:
+                    f.flush()
+                    if mtime is not None:
+                        os.utime(f.fileno(), (time.time(), mtime))
+                    os.fsync(f.fileno())
+                except OSError as e:
+                    raise _os_error("writing to", self.path, e) from e
+            msg = LocalMessage(
+                key, flagmod.from_letters(split_filename(filename)[2]), subdir, filename
+            )
+            self._commit([(tmp, self.path / subdir / filename, msg)], placed)
+        except BaseException:
+            self._undo(temps, placed)
+            raise
+        return msg
+
     def deliver_many(self, items: Iterable[DeliveryItem]) -> list[LocalMessage]:
         """Durably add messages with one directory fsync per target directory instead of
         one per message (group commit): every file is written and fsynced in tmp/
@@ -417,24 +546,29 @@ class MaildirFolder:
         try:
             # The caller's iterable may fail too (a dropped connection is an OSError):
             # that error passes through as it is, only our own I/O is reworded.
+            jobs: list[tuple[Path, bytes, float | None]] = []
             for key, data, flags, mtime in items:
-                staged.append(self._stage(key, data, flags, mtime, temps))
+                subdir, filename = self._target(key, flags)
+                tmp = self.path / "tmp" / new_key()
+                temps.append(tmp)  # registered before it exists, so a failure removes it
+                msg = LocalMessage(
+                    key, flagmod.from_letters(split_filename(filename)[2]), subdir, filename
+                )
+                staged.append((tmp, self.path / subdir / filename, msg))
+                jobs.append((tmp, data, mtime))
+            # Write and fsync the batch from several threads: creating and syncing
+            # files mostly waits on the file system's journal, which commits concurrent
+            # requests together. Exactly as durable as one after another: every file
+            # is on disk before any is placed.
+            try:
+                _in_parallel(_write_synced, jobs)
+            except OSError as e:
+                raise _os_error("writing to", self.path, e) from e
             self._commit(staged, placed)
         except BaseException:
             self._undo(temps, placed)
             raise
         return [msg for _tmp, _target, msg in staged]
-
-    def _stage(
-        self, key: str, data: bytes, flags: Flags, mtime: float | None, temps: list[Path]
-    ) -> tuple[Path, Path, LocalMessage]:
-        subdir, filename = self._target(key, flags)
-        try:
-            tmp = self._write_tmp(data, mtime, temps)
-        except OSError as e:
-            raise _os_error("writing to", self.path, e) from e
-        msg = LocalMessage(key, flagmod.from_letters(split_filename(filename)[2]), subdir, filename)
-        return tmp, self.path / subdir / filename, msg
 
     def _commit(self, staged: list[tuple[Path, Path, LocalMessage]], placed: list[Path]) -> None:
         try:
@@ -449,34 +583,10 @@ class MaildirFolder:
         except OSError as e:
             raise _os_error("writing to", self.path, e) from e
 
-    def _write_tmp(self, data: bytes, mtime: float | None, temps: list[Path]) -> Path:
-        tmp = self.path / "tmp" / new_key()
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-            FILE_MODE,
-        )
-        temps.append(tmp)  # registered before the first byte, so a failure removes it
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            if mtime is not None:
-                # Before the fsync, so the fsync makes the date durable too.
-                times = (time.time(), mtime)
-                if os.utime in os.supports_fd:
-                    os.utime(fd, times)
-                else:
-                    os.utime(tmp, times)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return tmp
-
     @staticmethod
     def _undo(temps: list[Path], placed: list[Path]) -> None:
         for p in (*placed, *temps):
+            _own(p, False)
             with contextlib.suppress(OSError):
                 os.unlink(p)
 
@@ -505,6 +615,8 @@ class MaildirFolder:
                         "two files share one key; remove the duplicate and re-run",
                     )
                 return result  # a reader made the very same change meanwhile
+            _own(src, False)
+            _own(dst, True)
             os.rename(src, dst)
         except FileNotFoundError as e:
             if not os.path.lexists(src):
@@ -522,11 +634,35 @@ class MaildirFolder:
             ) from e
         return result
 
+    def move_to(self, msg: LocalMessage, other: MaildirFolder) -> LocalMessage:
+        """Rename the file into another Maildir (same subdirectory and name), so the
+        message keeps its inode and never exists twice or not at all. Both
+        directories are fsynced, the target first."""
+        src = self.path_of(msg)
+        dst = other.path / msg.subdir / src.name
+        if dst.exists():
+            raise MessageExists(dst)
+        try:
+            _own(src, False)
+            _own(dst, True)
+            os.rename(src, dst)
+        except FileNotFoundError as e:
+            raise MessageVanished(src, "move") from e
+        except OSError as e:
+            raise _os_error("moving", src, e, "the message is still where it was") from e
+        try:
+            fsync_dir(dst.parent)
+            fsync_dir(src.parent)
+        except OSError as e:
+            raise _os_error("flushing", dst.parent, e, "the move may not survive a crash") from e
+        return LocalMessage(msg.key, msg.flags, msg.subdir, src.name)
+
     def remove(self, msg: LocalMessage) -> None:
         """Unlink; a file already gone is already removed. (A file a reader renamed
         meanwhile is gone too from here: the next scan finds it under its new name.)"""
         path = self.path_of(msg)
         try:
+            _own(path, False)
             os.unlink(path)
         except FileNotFoundError:
             return
@@ -561,6 +697,7 @@ def _prefer(a: LocalMessage, b: LocalMessage) -> LocalMessage:
 def _place(tmp: Path, target: Path) -> None:
     """link() fails instead of overwriting, which rename() would do silently. Some
     filesystems (FAT, some FUSE) have no hard links: fall back to a checked rename."""
+    _own(target, True)
     try:
         os.link(tmp, target)
         return
@@ -577,6 +714,7 @@ def _place(tmp: Path, target: Path) -> None:
 def _mkdir(path: Path) -> bool:
     """True when created; an existing directory is fine, anything else in its place is not."""
     try:
+        _own(path, True)
         os.mkdir(path, DIR_MODE)
         return True
     except FileExistsError:
@@ -608,5 +746,6 @@ def _unlink_quiet(path: Path) -> None:
 
 
 def _rmdir_quiet(path: Path) -> None:
+    _own(path, False)
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(path)

@@ -56,6 +56,26 @@ class RemoteMessage:
 
 
 @dataclass(frozen=True)
+class FolderChanges:
+    """What changed in a server folder since a known HIGHESTMODSEQ, as learned while
+    selecting it (`RemoteStore.select_changes`). Carrying the whole answer in one value
+    lets the engine treat the incremental and the full case alike: with `full` it
+    diffs `changed` against its state as after a plain `list_messages()`."""
+
+    status: FolderStatus  # as selected now; highestmodseq as of the SELECT
+    # UID -> all flags (size may be 0) of the messages new or with flags changed since
+    # the given modseq; when `full`, every message in the folder (sizes then known)
+    changed: dict[int, RemoteMessage]
+    # UIDs expunged since the given modseq; may include UIDs the caller never knew.
+    # When `full`: the known UIDs not listed (empty under another UIDVALIDITY).
+    vanished: frozenset[int]
+    # True when no incremental answer was possible (no CONDSTORE, modseq 0, another
+    # UIDVALIDITY, a NOMODSEQ folder, a modseq the server never reached): `changed` is
+    # then the complete listing
+    full: bool
+
+
+@dataclass(frozen=True)
 class RemoteIdentity:
     """Cheap facts to pick candidates when matching messages by content."""
 

@@ -26,6 +26,9 @@ from mirrorsync.actions import (
     ForgetFolder,
     Link,
     MessageAction,
+    MessageMove,
+    MoveLocally,
+    MoveOnServer,
     ResetFolder,
     SyncFolder,
     UpdateFlags,
@@ -185,3 +188,93 @@ def guard_violation(
 
 def normalize_remote(messages: Mapping[int, Flags]) -> dict[int, Flags]:
     return {uid: flagmod.normalize(f) for uid, f in messages.items()}
+
+
+@dataclass(frozen=True)
+class FolderView:
+    """One folder's gathered facts, as `plan_moves` needs them.
+
+    `local_hashes` holds the content hash of unpaired local files and `remote_hashes`
+    that of unpaired server messages, where the engine computed them (only when some
+    other folder lost a message, so a sync without moves reads nothing extra)."""
+
+    pairs: Sequence[Pair]
+    remote: Mapping[int, Flags]
+    local: Mapping[str, LocalMessage]
+    local_hashes: Mapping[str, str]
+    remote_hashes: Mapping[int, str]
+
+
+def plan_moves(views: Mapping[str, FolderView]) -> list[MessageMove]:
+    """Moves between folders, so they stay moves instead of a copy and a deletion.
+
+    - A file gone from folder A whose key (a rename: notmuch, afew, aerc) or whose
+      content (mutt's copy then delete) turned up as a new file in folder B is moved
+      on the server (UID MOVE), never uploaded again.
+    - A server message gone from A while a new one with the same content appeared in
+      B (another client moved it) is renamed locally, never downloaded again.
+
+    Each message takes part in at most one move; a message gone and new in the same
+    folder is no move."""
+    moves: list[MessageMove] = []
+    # Local side: files that left a folder, and new files, by key and by hash.
+    gone_local: list[tuple[str, Pair]] = []
+    gone_remote: list[tuple[str, Pair]] = []
+    for name in sorted(views):
+        v = views[name]
+        for p in sorted(v.pairs, key=lambda p: p.uid):
+            if p.key not in v.local and p.uid in v.remote:
+                gone_local.append((name, p))
+            elif p.uid not in v.remote and p.key in v.local:
+                gone_remote.append((name, p))
+    new_local = {
+        (name, key)
+        for name, v in views.items()
+        for key in v.local
+        if key not in {p.key for p in v.pairs}
+    }
+    by_key: dict[str, list[str]] = {}
+    by_local_hash: dict[str, list[tuple[str, str]]] = {}
+    for name, key in sorted(new_local):
+        by_key.setdefault(key, []).append(name)
+        h = views[name].local_hashes.get(key)
+        if h:
+            by_local_hash.setdefault(h, []).append((name, key))
+    taken_local: set[tuple[str, str]] = set()
+    for src, p in gone_local:
+        dst_key = next(
+            (
+                (d, p.key)
+                for d in by_key.get(p.key, [])
+                if d != src and (d, p.key) not in taken_local
+            ),
+            None,
+        ) or next(
+            (c for c in by_local_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
+            None,
+        )
+        if dst_key is None:
+            continue
+        taken_local.add(dst_key)
+        dst, key = dst_key
+        moves.append(MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags))
+    # Server side: messages that left a folder, matched by hash to new UIDs elsewhere.
+    by_remote_hash: dict[str, list[tuple[str, int]]] = {}
+    for name in sorted(views):
+        v = views[name]
+        paired = {p.uid for p in v.pairs}
+        for uid, h in sorted(v.remote_hashes.items()):
+            if uid not in paired and uid in v.remote:
+                by_remote_hash.setdefault(h, []).append((name, uid))
+    taken_remote: set[tuple[str, int]] = set()
+    for src, p in gone_remote:
+        found = next(
+            (c for c in by_remote_hash.get(p.hash, []) if c[0] != src and c not in taken_remote),
+            None,
+        )
+        if found is None:
+            continue
+        taken_remote.add(found)
+        dst, new_uid = found
+        moves.append(MoveLocally(src, p.key, p.uid, dst, new_uid, p.hash))
+    return moves

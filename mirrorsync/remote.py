@@ -12,7 +12,25 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from mirrorsync.model import Flags, FolderStatus, RemoteFolder, RemoteIdentity, RemoteMessage
+from mirrorsync.model import (
+    Flags,
+    FolderChanges,
+    FolderStatus,
+    RemoteFolder,
+    RemoteIdentity,
+    RemoteMessage,
+)
+
+# The default piece size of `RemoteStore.fetch_to_file`: big enough that a round trip
+# per piece costs little, small enough that a piece in memory does not matter.
+FETCH_CHUNK = 4 * 1024 * 1024
+
+
+class ByteSink(Protocol):
+    """Where `RemoteStore.fetch_to_file` writes: a binary file, or a filter in front
+    of one (say, one that turns CRLF into LF on the way to a Maildir file)."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class RemoteStore(Protocol):
@@ -66,4 +84,59 @@ class RemoteStore(Protocol):
         never a bare EXPUNGE that would also remove other clients' deleted messages."""
         ...
 
+    def move(self, uids: Sequence[int], name: str) -> dict[int, int]:
+        """Move messages of the selected folder to `name` (UID MOVE, else COPY and an
+        expunge of exactly these UIDs); old UID -> new UID where the server tells."""
+        ...
+
     def close(self) -> None: ...
+
+    # -- fast paths: a sync should cost what changed, not what exists ----------------
+
+    def statuses(self) -> dict[str, FolderStatus]:
+        """MESSAGES, UIDNEXT, UIDVALIDITY and HIGHESTMODSEQ (0 without CONDSTORE) of
+        every selectable folder, keyed by canonical name as in `list_folders`. With
+        LIST-STATUS this is one round trip for the whole account, so unchanged
+        folders can be skipped without selecting them. A `list_folders()` right after
+        may answer from the same listing instead of asking the server again."""
+        ...
+
+    def select_changes(
+        self,
+        name: str,
+        uidvalidity: int,
+        modseq: int,
+        known_uids: Sequence[int] | None = None,
+    ) -> FolderChanges:
+        """Select `name` read-write (as `select`) and tell what changed since `modseq`
+        (the HIGHESTMODSEQ the caller saw last, under `uidvalidity`).
+
+        QRESYNC: new and changed messages and the expunged UIDs come with the SELECT
+        itself. CONDSTORE only: changes come from one ``CHANGEDSINCE`` FETCH, and the
+        expunged UIDs are `known_uids` minus those still there (empty when
+        `known_uids` is None: the server cannot say which UIDs vanished then).
+        Otherwise, with modseq 0, when the UIDVALIDITY is not `uidvalidity` any more,
+        or when `modseq` is above the folder's HIGHESTMODSEQ (the server lost state):
+        `full` is True, `changed` is the complete listing and `vanished` the
+        `known_uids` not in it (none under another UIDVALIDITY)."""
+        ...
+
+    def store_flags(
+        self, uids: Iterable[int], add: Flags, remove: Flags, unchanged_since: int = 0
+    ) -> set[int]:
+        """Add `add` and remove `remove` on `uids` in the selected folder. With
+        CONDSTORE and `unchanged_since` > 0 a message whose flags changed on the
+        server after that modseq is left alone, and its UID is returned so the caller
+        can re-read and merge; otherwise the stores are plain and the result empty."""
+        ...
+
+    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of these UIDs in the selected folder (vanished ones missing),
+        so the caller can send big messages to `fetch_to_file` instead of `fetch`."""
+        ...
+
+    def fetch_to_file(self, uid: int, size: int, out: ByteSink, chunk: int = FETCH_CHUNK) -> bool:
+        """Write the body of `uid` (CRLF, exactly as served) to `out` in pieces of
+        `chunk` bytes, so a message of any size costs one piece of memory. `size` is
+        its RFC822.SIZE. False if the UID vanished (then `out` may hold a part)."""
+        ...

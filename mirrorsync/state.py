@@ -251,24 +251,32 @@ class AccountLock:
     """An exclusive lock per account, so two runs never interleave on one state.
 
     flock is released by the kernel when the process dies, so a killed run never
-    leaves a stale lock behind.
-    """
+    leaves a stale lock behind. `name` and the wording let the daemon hold a second,
+    lifetime lock of the same kind (one daemon per account)."""
 
-    def __init__(self, state_dir: Path, account: str) -> None:
-        self.path = state_dir / "lock"
+    def __init__(
+        self,
+        state_dir: Path,
+        account: str,
+        name: str = "lock",
+        busy: str = "is being synced by another mirrorsync process",
+        hint: str = "wait for it to finish",
+    ) -> None:
+        self.path = state_dir / name
         self.account = account
+        self._busy = busy
+        self._hint = hint
         self._fd: int | None = None
 
     def __enter__(self) -> AccountLock:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
             os.close(fd)
             raise LockedError(
-                f"account {self.account} is being synced by another mirrorsync process",
-                f"wait for it to finish (lock {self.path})",
+                f"account {self.account} {self._busy}", f"{self._hint} (lock {self.path})"
             ) from e
         self._fd = fd
         return self

@@ -6,6 +6,13 @@ are listed as ``\\Noselect``, creating an existing folder is a no-op, a re-creat
 folder gets a new UIDVALIDITY, unknown UIDs in STORE/EXPUNGE are ignored. Without
 "UIDPLUS" in `capabilities` it expunges the way `ImapStore`'s fallback does.
 
+The fast paths follow the capabilities as `ImapStore`'s do: every change gives the
+message the folder's next modseq and every expunge is remembered with its modseq, so
+`select_changes` answers as a QRESYNC server (VANISHED from that history), as a
+CONDSTORE-only one (vanished = known UIDs no longer there) or with the full listing;
+`store_flags` honours UNCHANGEDSINCE only with CONDSTORE. HIGHESTMODSEQ reads 0
+without CONDSTORE, as a server without it has none.
+
 The `inject`, `set_flags`, `expunge_external`, `set_uidvalidity` and `fail` helpers let
 a test act as another client, or as a failing network, between the engine's calls.
 """
@@ -23,16 +30,31 @@ from mirrorsync.errors import ConnectionFailed, FolderNameError, MirrorsyncError
 from mirrorsync.model import (
     SEP,
     Flags,
+    FolderChanges,
     FolderStatus,
     RemoteFolder,
     RemoteIdentity,
     RemoteMessage,
     canonical_folder,
 )
+from mirrorsync.remote import FETCH_CHUNK, ByteSink
 
 FULL_CAPABILITIES = frozenset(
-    {"IMAP4REV1", "ENABLE", "UIDPLUS", "CONDSTORE", "QRESYNC", "MOVE", "UNSELECT", "LITERAL+"}
+    {
+        "IMAP4REV1",
+        "ENABLE",
+        "UIDPLUS",
+        "CONDSTORE",
+        "QRESYNC",
+        "MOVE",
+        "UNSELECT",
+        "LITERAL+",
+        "LIST-STATUS",
+        "ESEARCH",
+    }
 )
+# what Gmail offers of the fast paths: CONDSTORE but no QRESYNC
+CONDSTORE_CAPABILITIES = FULL_CAPABILITIES - {"QRESYNC"}
 BASIC_CAPABILITIES = frozenset({"IMAP4REV1", "LITERAL+", "SASL-IR", "LOGIN-REFERRALS", "IDLE"})
 
 _SYSTEM_FLAGS = {
@@ -60,6 +82,12 @@ class FakeFolder:
     uidnext: int = 1
     highestmodseq: int = 1
     messages: dict[int, FakeMessage] = field(default_factory=dict)
+    # UID -> the modseq of its expunge: what a QRESYNC server's VANISHED is made of
+    expunged: dict[int, int] = field(default_factory=dict)
+
+    def expunge(self, uid: int) -> None:
+        if self.messages.pop(uid, None) is not None:
+            self.expunged[uid] = self.bump()
 
     def bump(self) -> int:
         self.highestmodseq += 1
@@ -108,8 +136,7 @@ class FakeRemoteStore:
     def expunge_external(self, folder: str, uids: Iterable[int]) -> None:
         f = self._folder(canonical_folder(folder), "expunge in")
         for uid in uids:
-            if f.messages.pop(uid, None) is not None:
-                f.bump()
+            f.expunge(uid)
 
     def set_uidvalidity(self, folder: str, uidvalidity: int, renumber: bool = True) -> None:
         """What a server does after losing its UID database: a new UIDVALIDITY and,
@@ -120,6 +147,7 @@ class FakeRemoteStore:
             msgs = [f.messages[u] for u in sorted(f.messages)]
             f.messages = {i: m for i, m in enumerate(msgs, start=1)}
             f.uidnext = len(msgs) + 1
+        f.expunged.clear()  # history of the old UIDs: meaningless now
         f.bump()
 
     def message(self, folder: str, uid: int) -> FakeMessage:
@@ -180,11 +208,7 @@ class FakeRemoteStore:
 
     def list_messages(self) -> dict[int, RemoteMessage]:
         self._enter("list_messages")
-        f = self._current("list messages")
-        return {
-            uid: RemoteMessage(uid, frozenset(m.flags), len(m.data))
-            for uid, m in sorted(f.messages.items())
-        }
+        return _listing(self._current("list messages"))
 
     def identities(self, uids: Sequence[int]) -> dict[int, RemoteIdentity]:
         self._enter("identities")
@@ -222,6 +246,19 @@ class FakeRemoteStore:
         self._enter("remove_flags")
         self._store(uids, flags, add=False)
 
+    def move(self, uids: Sequence[int], name: str) -> dict[int, int]:
+        self._enter("move")
+        src = self._current("move messages from")
+        dst = self._folder(canonical_folder(name), "move messages to")
+        found: dict[int, int] = {}
+        for uid in sorted(set(uids)):
+            m = src.messages.get(uid)
+            if m is None:
+                continue
+            found[uid] = self._add(dst, m.data, set(m.flags), m.internaldate)
+            src.expunge(uid)
+        return found  # with UIDPLUS from COPYUID; without, ImapStore finds them too
+
     def expunge(self, uids: Iterable[int]) -> None:
         self._enter("expunge")
         wanted = set(uids)
@@ -234,8 +271,80 @@ class FakeRemoteStore:
             if deleted - wanted:
                 return  # as ImapStore: a bare EXPUNGE would take others' messages too
         for uid in wanted:
-            if f.messages.pop(uid, None) is not None:
-                f.bump()
+            f.expunge(uid)
+
+    # -- the fast paths -------------------------------------------------------------
+
+    def statuses(self) -> dict[str, FolderStatus]:
+        self._enter("statuses")
+        return {name: self._status(f) for name, f in sorted(self.folders.items())}
+
+    def select_changes(
+        self,
+        name: str,
+        uidvalidity: int,
+        modseq: int,
+        known_uids: Sequence[int] | None = None,
+    ) -> FolderChanges:
+        self._enter("select_changes")
+        self.selected = None
+        name = canonical_folder(name)
+        f = self._folder(name, "select")
+        status = self._status(f)
+        self.selected = name
+        known = None if known_uids is None else set(known_uids)
+        same = f.uidvalidity == uidvalidity
+        if "CONDSTORE" in self._capabilities and same and 0 < modseq <= f.highestmodseq:
+            changed = {
+                uid: RemoteMessage(uid, frozenset(m.flags))
+                for uid, m in sorted(f.messages.items())
+                if m.modseq > modseq
+            }
+            if "QRESYNC" in self._capabilities:
+                vanished = {uid for uid, when in f.expunged.items() if when > modseq}
+                if known is not None:
+                    vanished &= known
+            else:
+                vanished = known - f.messages.keys() if known is not None else set()
+            return FolderChanges(status, changed, frozenset(vanished), full=False)
+        listing = _listing(f)
+        vanished = known - listing.keys() if known is not None and same else set()
+        return FolderChanges(status, listing, frozenset(vanished), full=True)
+
+    def store_flags(
+        self, uids: Iterable[int], add: Flags, remove: Flags, unchanged_since: int = 0
+    ) -> set[int]:
+        self._enter("store_flags")
+        wanted = set(uids)
+        if not wanted:
+            return set()
+        f = self._current("store flags")
+        _check_flags(add)
+        _check_flags(remove)
+        modified: set[int] = set()
+        if unchanged_since > 0 and "CONDSTORE" in self._capabilities:
+            modified = {
+                u for u in wanted if u in f.messages and f.messages[u].modseq > unchanged_since
+            }
+        self._store(wanted - modified, add, add=True)
+        self._store(wanted - modified, remove, add=False)
+        return modified
+
+    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        self._enter("sizes")
+        f = self._current("read message sizes")
+        return {uid: len(f.messages[uid].data) for uid in set(uids) if uid in f.messages}
+
+    def fetch_to_file(self, uid: int, size: int, out: ByteSink, chunk: int = FETCH_CHUNK) -> bool:
+        self._enter("fetch_to_file")
+        if chunk <= 0:
+            raise ValueError("chunk must be positive")
+        msg = self._current("fetch").messages.get(uid)
+        if msg is None:
+            return False
+        for offset in range(0, len(msg.data), chunk):
+            out.write(msg.data[offset : offset + chunk])
+        return True
 
     def close(self) -> None:
         self.calls.append("close")
@@ -305,6 +414,13 @@ class FakeRemoteStore:
             if new != msg.flags:
                 msg.flags = new
                 msg.modseq = f.bump()
+
+
+def _listing(f: FakeFolder) -> dict[int, RemoteMessage]:
+    return {
+        uid: RemoteMessage(uid, frozenset(m.flags), len(m.data))
+        for uid, m in sorted(f.messages.items())
+    }
 
 
 def _lower(flags: Iterable[str]) -> set[str]:

@@ -157,5 +157,5 @@ class Mirror:
 
     def assert_mirrored(self) -> Snapshot:
         server, local = self.server(), self.local()
-        assert server == local
+        assert server == local, (server, local)
         return server

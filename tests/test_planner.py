@@ -208,3 +208,84 @@ def test_guard_counts_local_deletions_too() -> None:
     plan = [act.DeleteLocal(i, f"k{i}") for i in range(8)]
     why = guard_violation(plan, 8, 0.5, 5)
     assert why is not None and "locally" in why
+
+
+def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None):  # type: ignore[no-untyped-def]
+    from mirrorsync.planner import FolderView
+
+    return FolderView(
+        list(pairs),
+        remote or {},
+        {m.key: m for m in local},
+        local_hashes or {},
+        remote_hashes or {},
+    )
+
+
+def hpair(uid: int, key: str, h: str, *flags: str) -> Pair:
+    return Pair(uid, key, h, fl(*flags), fl(*flags))
+
+
+def test_a_local_rename_between_folders_is_a_server_move() -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "k", "H", S)], {5: fl(S)}, []),
+        "Archive": view([], {}, [lm("k", S)]),
+    }
+    assert plan_moves(views) == [act.MoveOnServer("INBOX", 5, "Archive", "k", "H", fl(S))]
+
+
+def test_a_copy_then_delete_is_recognised_by_content() -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
+        "Archive": view([], {}, [lm("new")], local_hashes={"new": "H"}),
+    }
+    assert plan_moves(views) == [act.MoveOnServer("INBOX", 5, "Archive", "new", "H", fl())]
+
+
+def test_a_server_move_becomes_a_local_rename() -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "k", "H")], {}, [lm("k")]),
+        "Archive": view([], {9: fl(S)}, [], remote_hashes={9: "H"}),
+    }
+    assert plan_moves(views) == [act.MoveLocally("INBOX", "k", 5, "Archive", 9, "H")]
+
+
+@pytest.mark.parametrize(
+    "views",
+    [
+        # different content is no move
+        {
+            "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
+            "Archive": view([], {}, [lm("new")], local_hashes={"new": "OTHER"}),
+        },
+        # gone and new within one folder is a deletion and an upload, not a move
+        {"INBOX": view([hpair(5, "old", "H")], {5: fl()}, [lm("new")], local_hashes={"new": "H"})},
+        # deleted on both sides: nothing to move
+        {
+            "INBOX": view([hpair(5, "k", "H")], {}, []),
+            "Archive": view([], {}, [lm("k")]),
+        },
+    ],
+)
+def test_no_move(views) -> None:  # type: ignore[no-untyped-def]
+    from mirrorsync.planner import plan_moves
+
+    assert plan_moves(views) == []
+
+
+def test_one_source_feeds_one_move_only() -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "A": view([hpair(5, "old", "H")], {5: fl()}, []),
+        "B": view([], {}, [lm("x")], local_hashes={"x": "H"}),
+        "C": view([], {}, [lm("y")], local_hashes={"y": "H"}),
+    }
+    moves = plan_moves(views)
+    assert len(moves) == 1 and moves[0].dst == "B"  # type: ignore[union-attr]

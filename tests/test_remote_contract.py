@@ -1,6 +1,11 @@
 """One contract for every `RemoteStore`: ImapStore on a full Dovecot, ImapStore on a
 Dovecot that advertises no extensions (so the UIDPLUS/CONDSTORE fallbacks run against
-a real server), and the in-memory fake, with full and with basic capabilities.
+a real server), and the in-memory fake, with full and with basic capabilities. Two
+more run the CONDSTORE-without-QRESYNC paths (what Gmail offers): ImapStore on the
+full Dovecot told not to use QRESYNC, and the fake with those capabilities.
+
+Where behaviour differs by capability, the test says so by branching on
+`Backend.qresync` / `Backend.condstore`; everything else holds for all six.
 
 Each case may use `backend.other`, a second client acting on the same account, to do
 what another mail program would. Then come ImapStore-only tests (connecting, TLS,
@@ -21,9 +26,10 @@ from typing import Any
 import imapclient
 import pytest
 from conftest import Account
-from fakeremote import BASIC_CAPABILITIES, FakeRemoteStore
+from fakeremote import BASIC_CAPABILITIES, CONDSTORE_CAPABILITIES, FakeRemoteStore
 from imapclient.imap_utf7 import decode as utf7_decode
 
+from mirrorsync import content
 from mirrorsync.config import RemoteConfig
 from mirrorsync.errors import (
     AuthenticationFailed,
@@ -38,7 +44,7 @@ from mirrorsync.imapstore import (
     uid_set,
     uid_set_chunks,
 )
-from mirrorsync.model import RemoteFolder
+from mirrorsync.model import RemoteFolder, RemoteMessage
 from mirrorsync.remote import RemoteStore
 
 # -- backends -----------------------------------------------------------------------
@@ -54,6 +60,9 @@ class Other:
         raise NotImplementedError
 
     def flags(self, folder: str, uid: int) -> set[str]:
+        raise NotImplementedError
+
+    def expunge(self, folder: str, uids: list[int]) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -81,6 +90,13 @@ class ImapOther(Other):
         got = self.client.get_flags([uid])
         return {f.decode() for f in got[uid]}
 
+    def expunge(self, folder: str, uids: list[int]) -> None:
+        # plain EXPUNGE: the limited Dovecot has no UID EXPUNGE; the tests using this
+        # have no other \Deleted messages
+        self.client.select_folder(folder)
+        self.client.add_flags(uids, ["\\Deleted"], silent=True)
+        self.client.expunge()
+
     def close(self) -> None:
         self.client.logout()
 
@@ -99,6 +115,9 @@ class FakeOther(Other):
     def flags(self, folder: str, uid: int) -> set[str]:
         return set(self.store.message(folder, uid).flags)
 
+    def expunge(self, folder: str, uids: list[int]) -> None:
+        self.store.expunge_external(folder, uids)
+
 
 @dataclass
 class Backend:
@@ -110,6 +129,14 @@ class Backend:
     @property
     def uidplus(self) -> bool:
         return "UIDPLUS" in self.store.capabilities
+
+    @property
+    def condstore(self) -> bool:
+        return "CONDSTORE" in self.store.capabilities
+
+    @property
+    def qresync(self) -> bool:
+        return "QRESYNC" in self.store.capabilities
 
 
 def remote_config(account: Account, **kw: Any) -> RemoteConfig:
@@ -127,22 +154,34 @@ def remote_config(account: Account, **kw: Any) -> RemoteConfig:
 _dovecot = pytest.mark.dovecot
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("dovecot", marks=_dovecot),
-        pytest.param("dovecot_basic", marks=_dovecot),
-        "fake",
-        "fake_basic",
-    ]
-)
+_IMAP_KINDS = [
+    pytest.param("dovecot", marks=_dovecot),
+    pytest.param("dovecot_basic", marks=_dovecot),
+    pytest.param("dovecot_condstore", marks=_dovecot),
+]
+
+
+@pytest.fixture(params=[*_IMAP_KINDS, "fake", "fake_basic", "fake_condstore"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    yield from _backend(request)
+
+
+@pytest.fixture(params=_IMAP_KINDS)
+def imap_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The ImapStore backends alone, for what only a real connection can show."""
+    yield from _backend(request)
+
+
+def _backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     kind = request.param
     if kind.startswith("fake"):
-        fake = FakeRemoteStore(BASIC_CAPABILITIES) if kind == "fake_basic" else FakeRemoteStore()
+        caps = {"fake_basic": BASIC_CAPABILITIES, "fake_condstore": CONDSTORE_CAPABILITIES}
+        fake = FakeRemoteStore(caps.get(kind, FakeRemoteStore().capabilities))
         yield Backend(kind, fake, FakeOther(fake))
         return
-    account = request.getfixturevalue("account" if kind == "dovecot" else "basic_account")
-    store = ImapStore.connect(remote_config(account), account.password)
+    account = request.getfixturevalue("basic_account" if kind == "dovecot_basic" else "account")
+    disable = ("QRESYNC",) if kind == "dovecot_condstore" else ()
+    store = ImapStore.connect(remote_config(account), account.password, disable=disable)
     other = ImapOther(account)
     try:
         yield Backend(kind, store, other, account)
@@ -179,6 +218,11 @@ def visible(flags: frozenset[str]) -> set[str]:
     return {f for f in flags if f.lower() != "\\recent"}
 
 
+def plain(listing: dict[int, RemoteMessage]) -> dict[int, tuple[set[str], int]]:
+    """A listing without \\Recent (a later SELECT no longer sees it)."""
+    return {uid: (visible(m.flags), m.size) for uid, m in listing.items()}
+
+
 # -- folders ------------------------------------------------------------------------
 
 
@@ -189,6 +233,7 @@ def test_capabilities_are_upper_case_strings(backend: Backend) -> None:
     basic = backend.kind.endswith("basic")
     assert ("UIDPLUS" in caps) is not basic
     assert ("CONDSTORE" in caps) is not basic
+    assert ("QRESYNC" in caps) is (not basic and not backend.kind.endswith("condstore"))
 
 
 def test_fresh_account_lists_a_selectable_inbox(backend: Backend) -> None:
@@ -468,7 +513,283 @@ def test_expunge_leaves_another_clients_deleted_message(
             assert "flagged \\Deleted by another client" in caplog.text
 
 
+# -- fast paths: statuses, select_changes, store_flags, big messages -------------------
+
+
+def test_statuses_match_status_and_follow_changes(backend: Backend) -> None:
+    store, other = backend.store, backend.other
+    for name in ("Work/Projects", "Sent & Drafts", "日本語"):
+        store.create_folder(name)
+    uids = [add(store, "INBOX", msg(i)) for i in range(3)]
+    got = store.statuses()
+    listed = store.list_folders()  # may answer from statuses' listing
+    assert set(got) == {f.name for f in listed if f.selectable}
+    assert {"INBOX", "Work/Projects", "Sent & Drafts", "日本語"} <= set(got)
+    assert "Work" not in got  # an implied parent: listed, not selectable
+    assert {(f.name, f.selectable) for f in listed} == {
+        (f.name, f.selectable) for f in store.list_folders()
+    }
+    for name, st in got.items():
+        assert st == store.status(name)
+    before = got["INBOX"]
+    assert before.messages == 3 and before.uidnext > max(uids)
+    assert (before.highestmodseq > 0) is backend.condstore
+
+    new = other.append("INBOX", msg("theirs"))
+    after_append = store.statuses()["INBOX"]
+    assert after_append.messages == 4 and after_append.uidnext > new
+    assert after_append.uidvalidity == before.uidvalidity
+
+    other.add_flags("INBOX", uids[0], ("\\Flagged",))
+    after_flag = store.statuses()["INBOX"]
+    assert after_flag.messages == 4
+    if backend.condstore:  # a flag change shows only in HIGHESTMODSEQ
+        assert after_flag.highestmodseq > after_append.highestmodseq > before.highestmodseq
+    store.select("INBOX")
+    store.expunge([uids[1]])
+    after_expunge = store.statuses()["INBOX"]
+    assert after_expunge.messages == 3 and after_expunge.uidnext == after_flag.uidnext
+    assert after_expunge == store.status("INBOX")
+
+    store.create_folder("Brand new")  # the kept listing must not hide it
+    assert "Brand new" in names(store)
+
+
+def test_select_changes_on_unchanged_folder(backend: Backend) -> None:
+    store = backend.store
+    uids = [add(store, "INBOX", msg(i), frozenset({"\\Seen"})) for i in range(3)]
+    st = store.select("INBOX")
+    store.create_folder("Elsewhere")
+    store.select("Elsewhere")  # select_changes also has to leave another folder
+    ch = store.select_changes("INBOX", st.uidvalidity, st.highestmodseq, uids)
+    assert ch.status == st
+    if backend.condstore:
+        assert not ch.full and ch.changed == {} and ch.vanished == frozenset()
+    else:  # nothing to go by: the full listing, as list_messages gives it
+        assert ch.full and ch.vanished == frozenset()
+        assert plain(ch.changed) == plain(store.list_messages())
+        assert all(m.size == len(msg(0)) for m in ch.changed.values())
+    # the folder is selected read-write, as select() leaves it
+    store.add_flags([uids[0]], frozenset({"\\Flagged"}))
+    assert "\\Flagged" in store.list_messages()[uids[0]].flags
+
+
+def test_select_changes_reports_another_clients_changes(backend: Backend) -> None:
+    store, other = backend.store, backend.other
+    uids = [add(store, "INBOX", msg(i)) for i in range(4)]
+    st = store.select("INBOX")
+    store.select("INBOX")
+
+    other.add_flags("INBOX", uids[0], ("\\Flagged",))
+    other.expunge("INBOX", [uids[1]])
+    new = other.append("INBOX", msg("new"), ("\\Seen",))
+
+    ch = store.select_changes("INBOX", st.uidvalidity, st.highestmodseq, uids)
+    assert (ch.status.uidvalidity, ch.status.messages) == (st.uidvalidity, 4)
+    assert ch.status.uidnext > new
+    assert ch.vanished == {uids[1]}
+    assert visible(ch.changed[uids[0]].flags) == {"\\Flagged"}
+    assert visible(ch.changed[new].flags) == {"\\Seen"}
+    if backend.condstore:
+        assert not ch.full
+        assert set(ch.changed) == {uids[0], new}
+        assert ch.status.highestmodseq > st.highestmodseq
+    else:
+        assert ch.full and set(ch.changed) == {uids[0], uids[2], uids[3], new}
+
+    # without known UIDs only QRESYNC (and the full listing) can tell what vanished
+    again = store.select_changes("INBOX", st.uidvalidity, st.highestmodseq)
+    assert set(again.changed) == set(ch.changed)
+    if backend.qresync:
+        assert uids[1] in again.vanished  # and maybe UIDs this caller never knew
+    else:
+        assert again.vanished == frozenset()  # documented: nothing to subtract from
+
+    # asking from the newest modseq on: nothing more
+    if backend.condstore:
+        latest = store.select_changes("INBOX", st.uidvalidity, ch.status.highestmodseq, uids)
+        assert not latest.full and latest.changed == {}
+        assert latest.vanished <= {uids[1]}
+
+
+def test_select_changes_falls_back_to_full_listing(backend: Backend) -> None:
+    store = backend.store
+    uids = [add(store, "INBOX", msg(i)) for i in range(2)]
+    st = store.select("INBOX")
+    listing = plain(store.list_messages())
+    # another UIDVALIDITY: the caller's UIDs mean nothing, nothing vanished "since"
+    ch = store.select_changes("INBOX", st.uidvalidity + 1, st.highestmodseq, uids)
+    assert ch.full and plain(ch.changed) == listing and ch.vanished == frozenset()
+    assert ch.status.uidvalidity == st.uidvalidity
+    # modseq 0: nothing known yet; vanished still follows from known UIDs
+    ch = store.select_changes("INBOX", st.uidvalidity, 0, [*uids, 77777])
+    assert ch.full and plain(ch.changed) == listing and ch.vanished == {77777}
+    # a modseq above the server's: it lost state (a restored backup), trust nothing
+    ch = store.select_changes("INBOX", st.uidvalidity, st.highestmodseq + 1000, uids)
+    assert ch.full and plain(ch.changed) == listing
+    with pytest.raises(ServerError):
+        store.select_changes("Nope", st.uidvalidity, st.highestmodseq, uids)
+    with pytest.raises(ServerError):  # a failed select leaves nothing selected
+        store.list_messages()
+
+
+def test_select_changes_after_uidvalidity_reset() -> None:
+    """The fake can do what a server does after losing its UID database."""
+    fake = FakeRemoteStore()
+    uids = [fake.inject("INBOX", msg(i)) for i in range(3)]
+    st = fake.select("INBOX")
+    fake.set_uidvalidity("INBOX", st.uidvalidity + 5)
+    ch = fake.select_changes("INBOX", st.uidvalidity, st.highestmodseq, uids)
+    assert ch.full and ch.status.uidvalidity == st.uidvalidity + 5
+    assert set(ch.changed) == {1, 2, 3} and ch.vanished == frozenset()
+
+
+def test_operations_after_select_changes(backend: Backend) -> None:
+    """After ENABLE QRESYNC expunges arrive as VANISHED, and select_changes selects
+    by a raw command: every other operation must still work afterwards."""
+    store, other = backend.store, backend.other
+    uids = [add(store, "INBOX", msg(i)) for i in range(5)]
+    st = store.select("INBOX")
+    other.add_flags("INBOX", uids[4], ("\\Answered",))
+    store.select_changes("INBOX", st.uidvalidity, st.highestmodseq, uids)
+    store.expunge([uids[0]])
+    other.expunge("INBOX", [uids[1]])  # announced to us while selected
+    other.add_flags("INBOX", uids[2], ("\\Seen",))
+    got = [uid for uid, _data, _flags, _date in store.fetch(uids)]
+    assert got == uids[2:]
+    assert set(store.list_messages()) == set(uids[2:])
+    assert store.sizes(uids) == {u: len(msg(i)) for i, u in enumerate(uids) if i >= 2}
+    store.add_flags([uids[3]], frozenset({"\\Flagged"}))
+    listed = store.list_messages()
+    assert "\\Seen" in listed[uids[2]].flags and "\\Flagged" in listed[uids[3]].flags
+    mine = add(store, "INBOX", msg("later"))
+    assert mine in store.list_messages()
+    assert store.identities([uids[0], mine]).keys() == {mine}
+
+
+def test_store_flags_unconditional(backend: Backend) -> None:
+    store = backend.store
+    uids = [add(store, "INBOX", msg(i), frozenset({"\\Seen", "Junk"})) for i in range(4)]
+    store.select("INBOX")
+    chosen = [uids[0], uids[2], 99999]
+    assert store.store_flags(chosen, frozenset({"\\Flagged"}), frozenset({"\\Seen"})) == set()
+    assert store.store_flags([uids[1]], frozenset({"$Forwarded"}), frozenset()) == set()
+    assert store.store_flags([uids[3]], frozenset(), frozenset({"Junk", "\\Recent"})) == set()
+    assert store.store_flags([], frozenset({"\\Seen"}), frozenset()) == set()
+    listed = {u: visible(m.flags) for u, m in store.list_messages().items()}
+    assert listed == {
+        uids[0]: {"\\Flagged", "Junk"},
+        uids[1]: {"\\Seen", "Junk", "$Forwarded"},
+        uids[2]: {"\\Flagged", "Junk"},
+        uids[3]: {"\\Seen"},
+    }
+    with pytest.raises(ServerError, match="not a valid IMAP flag"):
+        store.store_flags([uids[0]], frozenset({"bad flag"}), frozenset(), 5)
+
+
+def test_store_flags_unchanged_since(backend: Backend) -> None:
+    store, other = backend.store, backend.other
+    uids = [add(store, "INBOX", msg(i), frozenset({"\\Seen"})) for i in range(4)]
+    st = store.select("INBOX")
+    other.add_flags("INBOX", uids[0], ("$Other",))  # after the modseq we saw
+    add_, remove = frozenset({"\\Flagged", "$Mine"}), frozenset({"\\Seen"})
+    modified = store.store_flags(uids[:3], add_, remove, st.highestmodseq)
+    listed = {u: visible(m.flags) for u, m in store.list_messages().items()}
+    # our own addition must not make the removal refuse the messages it just changed
+    assert listed[uids[1]] == listed[uids[2]] == {"\\Flagged", "$Mine"}
+    assert listed[uids[3]] == {"\\Seen"}
+    if backend.condstore:
+        assert modified == {uids[0]}
+        assert listed[uids[0]] == {"\\Seen", "$Other"}  # as the other client left it
+        # the caller re-reads, merges and stores again from the new modseq
+        now = store.select("INBOX").highestmodseq
+        assert store.store_flags([uids[0]], add_, remove, now) == set()
+        assert visible(store.list_messages()[uids[0]].flags) == {"\\Flagged", "$Mine", "$Other"}
+    else:  # nothing to compare against: plain stores
+        assert modified == set()
+        assert listed[uids[0]] == {"\\Flagged", "$Mine", "$Other"}
+
+
+def test_fetch_to_file_in_chunks(backend: Backend) -> None:
+    store = backend.store
+    line = b"".join(bytes([65 + i % 26]) * 76 + b"\r\n" for i in range(26))
+    data = msg("big", body=line * (5 * 1024 * 1024 // len(line)))  # about 5 MB
+    small = msg("small", body=b"x" * 97 + b"\r\n")
+    small += b"y" * (-len(small) % 4)  # a multiple of the chunk below
+    big_uid = add(store, "INBOX", data)
+    small_uid = add(store, "INBOX", small)
+    store.select("INBOX")
+    assert store.sizes([big_uid, small_uid, 99999]) == {big_uid: len(data), small_uid: len(small)}
+
+    class Sink:
+        def __init__(self) -> None:
+            self.pieces: list[bytes] = []
+
+        def write(self, piece: bytes) -> int:
+            self.pieces.append(piece)
+            return len(piece)
+
+    sink = Sink()
+    assert store.fetch_to_file(big_uid, len(data), sink, chunk=1024 * 1024)
+    assert b"".join(sink.pieces) == data
+    assert len(sink.pieces) == -(-len(data) // (1024 * 1024))
+    assert all(len(p) <= 1024 * 1024 for p in sink.pieces)
+
+    sink = Sink()  # a size that is a multiple of the chunk: no empty piece at the end
+    assert store.fetch_to_file(small_uid, len(small), sink, chunk=len(small) // 4)
+    assert sink.pieces and b"".join(sink.pieces) == small and all(sink.pieces)
+
+    sink = Sink()
+    assert not store.fetch_to_file(99999, 100, sink)
+    assert sink.pieces == []
+    # fetch() still yields big messages whole, when the caller sends them there
+    ((uid, got, _flags, _date),) = list(store.fetch([big_uid]))
+    assert (uid, got) == (big_uid, data)
+
+
 # -- ImapStore only ---------------------------------------------------------------------
+
+
+def test_fast_paths_cost_few_commands(imap_backend: Backend) -> None:
+    """What the fast paths are for: a fixed, small number of commands whatever the
+    account's size, with the fallbacks where the server lacks the extension."""
+    store = imap_backend.store
+    assert isinstance(store, ImapStore)
+    for name in ("A", "B", "C/D"):
+        store.create_folder(name)
+    uids = [add(store, "INBOX", msg(i)) for i in range(3)]
+    sent: list[str] = []
+    imap = store._client._imap
+    real = imap._command
+
+    def spy(name: str, *args: Any) -> Any:
+        conditional = any(str(a).startswith("(UNCHANGEDSINCE") for a in args)
+        sent.append(f"UID {args[0]}" + (" UNCHANGEDSINCE" * conditional) if name == "UID" else name)
+        return real(name, *args)
+
+    imap._command = spy
+    numbers = store.statuses()
+    folders = store.list_folders()
+    assert {f.name for f in folders if f.selectable} == set(numbers) == {"INBOX", "A", "B", "C/D"}
+    if "LIST-STATUS" in store.capabilities:
+        assert sent == ["LIST"]  # and list_folders() reused its listing
+    else:
+        assert sent == ["LIST"] + ["STATUS"] * 4
+
+    sent.clear()
+    st = numbers["INBOX"]
+    ch = store.select_changes("INBOX", st.uidvalidity, st.highestmodseq, uids)
+    if imap_backend.qresync:
+        assert sent == ["SELECT"] and not ch.full
+    elif imap_backend.condstore:
+        assert sent == ["SELECT", "UID FETCH", "UID SEARCH"] and not ch.full
+    else:
+        assert sent == ["SELECT", "UID FETCH"] and ch.full
+
+    sent.clear()
+    store.store_flags(uids, frozenset({"\\Seen"}), frozenset({"\\Flagged"}), st.highestmodseq)
+    store_ = "UID STORE UNCHANGEDSINCE" if imap_backend.condstore else "UID STORE"
+    assert sent == [store_] * 2
 
 
 @pytest.mark.dovecot
@@ -722,3 +1043,26 @@ def test_list_folders_skips_unrepresentable_names(caplog: pytest.LogCaptureFixtu
     assert [f.name for f in got] == ["INBOX", "Lists", "Lists/Python"]
     assert got[1].attributes == {"\\Noselect"} and not got[1].selectable
     assert "INBOX.a/b" in caplog.text
+
+
+def test_move_keeps_flags_and_date_and_tells_the_new_uid(backend: Backend) -> None:
+    store = backend.store
+    store.create_folder("Archive")
+    date = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    uids = [
+        add(store, "INBOX", msg(f"mv{i}"), frozenset({"\\Seen", "\\Flagged"}), date)
+        for i in range(3)
+    ]
+    store.select("INBOX")
+    moved = store.move([uids[0], uids[2]], "Archive")
+    assert set(store.list_messages()) == {uids[1]}
+    store.select("Archive")
+    there = store.list_messages()
+    assert len(there) == 2
+    # From COPYUID, or (without UIDPLUS) found by Message-ID and size.
+    assert set(moved) == {uids[0], uids[2]} and set(moved.values()) == set(there)
+    for _uid, data, flags, when in store.fetch(sorted(there)):
+        assert {"\\Seen", "\\Flagged"} <= set(flags)
+        assert when == date
+        assert content.message_id(data) in {"<mv0@mirrorsync.test>", "<mv2@mirrorsync.test>"}
+    assert store.move([], "Archive") == {}

@@ -284,6 +284,8 @@ def _kill_scenario(m: Mirror) -> None:
     m.files("Work")[0].unlink()
     f = m.files("Work")[0]
     f.rename(f.with_name(f.name.split(":2,")[0] + ":2,FS"))
+    moved = next(p for p in m.files("INBOX") if ":2," in p.name)  # a move: Work gets it
+    moved.rename(m.folder_dir("Work") / "cur" / moved.name)
 
 
 def test_killed_before_each_commit_then_resumed_loses_and_duplicates_nothing(

@@ -98,6 +98,31 @@ class SyncMachine(RuleBasedStateMachine):
             f.unlink()
             self.live.discard(mid or "")
 
+    @precondition(lambda self: self.synced)
+    @rule(src=st.sampled_from(FOLDERS), dst=st.sampled_from(FOLDERS), data=st.data())
+    def local_move(self, src: str, dst: str, data: Any) -> None:
+        files = self.m.files(src)
+        if not files or src == dst:
+            return
+        f = data.draw(st.sampled_from(files))
+        if data.draw(st.booleans()):
+            f.rename(self.m.folder_dir(dst) / f.parent.name / f.name)  # notmuch, aerc
+        else:  # mutt: a copy under a new name, then the original removed
+            (self.m.folder_dir(dst) / "cur" / f"1800.c{next(self.serial)}.host:2,S").write_bytes(
+                f.read_bytes()
+            )
+            f.unlink()
+
+    @rule(src=st.sampled_from(FOLDERS), dst=st.sampled_from(FOLDERS), data=st.data())
+    def server_move(self, src: str, dst: str, data: Any) -> None:
+        uids = self.m.server_uids(src)
+        if not uids or src == dst:
+            return
+        uid = data.draw(st.sampled_from(sorted(uids)))
+        c = self.m.client
+        c.select_folder(src)
+        c.move([uid], dst)
+
     # -- syncing
 
     @rule()

@@ -1,0 +1,325 @@
+"""The benchmark driver: corpus, server, tools, phases, verification, report.
+
+See bench/README.md. Run it as `python3 bench/run.py --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.changes import Batch, Expected, apply_local, apply_remote, plan_batch
+from bench.corpus import FOLDERS, Corpus, ensure_corpus, install_for_user
+from bench.sides import connect, server_folder, server_folders
+from bench.tools import (
+    REPO,
+    TOOL_CLASSES,
+    TOOL_NAMES,
+    Mirrorsync,
+    OfflineImap,
+    Server,
+    Tool,
+    install_peers,
+)
+from bench.verify import Verdict, verify
+from mirrorsync.devserver import Dovecot
+
+PHASES = ("initial", "noop", "remote", "local")
+SETTLE_SECONDS = 1.1  # between a batch and the timed runs (see run_phase)
+PHASE_HEADINGS = {
+    "initial": "initial sync into an empty Maildir",
+    "noop": "no-op resync, run twice (the second is the steady state)",
+    "remote": "resync after the same batch of changes on each server user",
+    "local": "resync after the same batch of changes in each Maildir",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Time mirrorsync against mbsync and offlineimap on one throw-away "
+        "Dovecot, phase by phase, and check every mirror after every run.",
+    )
+    p.add_argument(
+        "--messages", type=int, default=10000, metavar="N",
+        help="corpus size: 10000 (default, ~75 MB) or 100000 (~750 MB)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tools", default=",".join(TOOL_NAMES),
+        help=f"comma-separated, from {','.join(TOOL_NAMES)} (default: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--phases", default=",".join(PHASES),
+        help=f"comma-separated, from {','.join(PHASES)} (default: all; initial always runs)",
+    )  # fmt: skip
+    p.add_argument("--keep", action="store_true", help="keep the work dir and server running")
+    p.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
+    p.add_argument(
+        "--corpus-dir", type=Path,
+        help="corpus cache (default /var/tmp/mirrorsync-bench-corpus-N)",
+    )  # fmt: skip
+    p.add_argument("--workdir", type=Path, help="work directory (default: a new one in /var/tmp)")
+    p.add_argument("--results", type=Path, help="JSON output (default bench/results-N.json)")
+    p.add_argument(
+        "--timeout", type=float, default=7200, help="seconds per tool run (default 7200)"
+    )
+    p.add_argument(
+        "--offlineimap-connections", type=int, default=OfflineImap.connections,
+        help="offlineimap's maxconnections (default 1, offlineimap's own default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mirrorsync-src", type=Path, default=REPO,
+        help="directory holding the mirrorsync package to run (default: this working tree; "
+        "e.g. an export of a commit: git archive HEAD mirrorsync | tar -x -C DIR)",
+    )  # fmt: skip
+    p.add_argument("--no-install", action="store_true", help="never apt-get install peers")
+    args = p.parse_args(argv)
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    args.phases = [t.strip() for t in args.phases.split(",") if t.strip()]
+    bad = [t for t in args.tools if t not in TOOL_NAMES] + [
+        ph for ph in args.phases if ph not in PHASES
+    ]
+    if bad or not args.tools or args.messages < 100:
+        p.error(f"bad value(s): {', '.join(bad) or 'no tools / too few messages'}")
+    args.phases = [ph for ph in PHASES if ph in args.phases or ph == "initial"]
+    suffix = f"{args.messages}" + (f"-seed{args.seed}" if args.seed != 1 else "")
+    args.corpus_dir = args.corpus_dir or Path(f"/var/tmp/mirrorsync-bench-corpus-{suffix}")
+    args.results = args.results or REPO / "bench" / f"results-{suffix}.json"
+    return args
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, corpus: Corpus, workdir: Path) -> None:
+        self.args = args
+        self.corpus = corpus
+        self.workdir = workdir
+        self.server = Dovecot(base=workdir / "dovecot")
+        self.tools: list[Tool] = []
+        self.expected = Expected.of(corpus)
+        self.newest: list[str] = []
+        self.results: dict[str, Any] = {
+            "messages": len(corpus.messages),
+            "corpus_bytes": corpus.total_bytes,
+            "folders": len(FOLDERS),
+            "seed": corpus.seed,
+            "tools": list(args.tools),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "workdir": str(workdir),
+            "setup": {},
+            "phases": {},
+        }
+
+    # -- setup
+
+    def setup(self) -> None:
+        started = time.perf_counter()
+        self.server.start()
+        srv = Server(self.server.host, self.server.port)
+        print(f"bench: Dovecot on {srv.host}:{srv.port}, base {self.server.base}")
+        for name in self.args.tools:
+            tool = TOOL_CLASSES[name](self.workdir / name, srv)
+            if isinstance(tool, OfflineImap):
+                tool.connections = self.args.offlineimap_connections
+            if isinstance(tool, Mirrorsync):
+                tool.src = self.args.mirrorsync_src.resolve()
+                self.results["mirrorsync_module"] = tool.module_file()
+                print(f"bench: mirrorsync runs from {self.results['mirrorsync_module']}")
+            self.server.add_user(tool.user, tool.password)
+            install_for_user(self.corpus, self.server.maildir_of(tool.user))
+            tool.prepare()
+            self.tools.append(tool)
+        copied = time.perf_counter()
+        self.results["setup"]["copy_seconds"] = round(copied - started, 2)
+        print(f"bench: copied the corpus to {len(self.tools)} users ({copied - started:.1f}s)")
+        for tool in self.tools:
+            self.warm_up(tool)
+        warm = time.perf_counter() - copied
+        self.results["setup"]["warmup_seconds"] = round(warm, 2)
+        print(f"bench: Dovecot indexed every folder of every user ({warm:.1f}s)")
+
+    def warm_up(self, tool: Tool) -> None:
+        """Let Dovecot build its indexes and caches before anything is timed, and check
+        that it sees the corpus exactly."""
+        extra = ("RFC822.SIZE", "INTERNALDATE")
+        with self.imap(tool) as c:
+            folders = server_folders(c)
+            counts = {f: sum(map(len, server_folder(c, f, extra).values())) for f in folders}
+        want = {f: len(m) for f, m in self.expected.folders.items()}
+        if counts != want:
+            raise SystemExit(f"bench: Dovecot sees {counts} for {tool.user}, expected {want}")
+
+    def imap(self, tool: Tool) -> Any:
+        return connect(self.server.host, self.server.port, tool.user, tool.password)
+
+    # -- phases
+
+    def run_phase(self, phase: str) -> None:
+        if phase == "noop":
+            self.timed_round("noop-1")
+            self.timed_round("noop")
+            return
+        if phase in ("remote", "local"):
+            batch = plan_batch(self.expected, phase, remote=phase == "remote")
+            print(f"bench: {phase} batch: {batch.summary()}")
+            for tool in self.tools:
+                self.apply(tool, batch, remote=phase == "remote")
+            self.expected.apply(batch)
+            self.newest = [mid for mid, *_ in batch.new]
+            # A mail reader rarely changes a Maildir in the very second a sync starts;
+            # mbsync would then sleep up to a second to be safe from that race.
+            time.sleep(SETTLE_SECONDS)
+        self.timed_round(phase)
+
+    def apply(self, tool: Tool, batch: Batch, remote: bool) -> None:
+        try:
+            if remote:
+                with self.imap(tool) as c:
+                    problems = apply_remote(c, batch)
+            else:
+                inbox = tool.maildir / "INBOX"
+                for sub in ("cur", "new", "tmp"):
+                    (inbox / sub).mkdir(parents=True, exist_ok=True)
+                problems = apply_local(tool.maildir, batch, inbox)
+        except Exception as e:  # e.g. a folder the tool lost; its verification will say
+            problems = [f"applying the batch failed: {type(e).__name__}: {e}"]
+        for p in problems:
+            print(f"bench: WARNING: {tool.name}: {p}")
+
+    def timed_round(self, phase: str) -> None:
+        by_tool: dict[str, Any] = {}
+        self.results["phases"][phase] = by_tool
+        for tool in self.tools:
+            r = tool.run(phase, self.args.timeout)
+            try:
+                with self.imap(tool) as c:
+                    verdict = verify(
+                        self.expected, c, tool.maildir, phase, self.newest, tool.comparable
+                    )
+            except Exception as e:  # a mirror so broken that looking at it fails
+                verdict = Verdict([f"verification itself failed: {type(e).__name__}: {e}"])
+            by_tool[tool.name] = {
+                "seconds": round(r.seconds, 3),
+                "max_rss_mb": round(r.max_rss_mb, 1),
+                "cpu_seconds": round(r.cpu_seconds, 3),
+                "returncode": r.returncode,
+                "timed_out": r.timed_out,
+                "verified": verdict.ok,
+                "content_checked": verdict.checked_content,
+                "problems": verdict.problems,
+                "log": str(r.log),
+            }
+            status = "verify OK" if verdict.ok else "VERIFY MISMATCH"
+            exit_note = "" if r.ok else (" TIMED OUT" if r.timed_out else f" EXIT {r.returncode}")
+            print(
+                f"  [{phase}] {tool.name}: {r.seconds:.2f}s, {r.max_rss_mb:.0f} MB RSS, "
+                f"{r.cpu_seconds:.1f}s CPU{exit_note}, {status} "
+                f"({verdict.checked_content} bodies compared)"
+            )
+            if not r.ok:
+                print(f"    log: {r.log}")
+                for line in _tail(r.log, 12):
+                    print(f"    | {line}")
+            if not verdict.ok:
+                print(f"  !!! {tool.name} {phase}: server and Maildir disagree or are wrong:")
+                for line in verdict.problems[:40]:
+                    print(f"    {line}")
+        self.save()
+
+    def save(self) -> None:
+        self.args.results.write_text(json.dumps(self.results, indent=2) + "\n")
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    if os.geteuid() != 0:
+        print("bench: warning: not root; Dovecot as set up here needs root", file=sys.stderr)
+    if args.no_install:
+        from bench.tools import missing_commands
+
+        missing = missing_commands(args.tools)
+        if missing:
+            raise SystemExit(f"bench: not installed: {', '.join(missing)}")
+    else:
+        install_peers(args.tools)
+
+    print(f"bench: corpus of {args.messages} messages in {args.corpus_dir}")
+    corpus, generated = ensure_corpus(args.corpus_dir, args.messages, args.seed)
+    corpus_s = time.perf_counter() - t0
+    print(
+        f"bench: corpus {'generated' if generated else 'cached'}: {len(corpus.messages)} "
+        f"messages, {corpus.total_bytes / 1e6:.0f} MB ({corpus_s:.1f}s)"
+    )
+
+    if args.workdir:
+        workdir = args.workdir.resolve()
+        if workdir.exists() and any(workdir.iterdir()):
+            raise SystemExit(f"bench: --workdir {workdir} is not empty")
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="mirrorsync-bench-", dir="/var/tmp"))
+    os.chmod(workdir, 0o755)  # Dovecot's user must reach the mail below it
+
+    bench = Bench(args, corpus, workdir)
+    bench.results["setup"]["corpus_seconds"] = round(corpus_s, 2)
+    bench.results["setup"]["corpus_generated"] = generated
+    bench.results["machine"] = report.machine_info(workdir, args.tools, args.mirrorsync_src)
+    load = bench.results["machine"]["loadavg_at_start"][0]
+    if load > 0.5:
+        print(f"bench: note: load average {load} at start; other work may skew the timings")
+    try:
+        bench.setup()
+        bench.results["machine"]["dovecot_mail_fsync"] = report.dovecot_setting(
+            bench.server.base / "dovecot.conf", "mail_fsync"
+        )
+        for phase in args.phases:
+            print(f"bench: phase {phase}: {PHASE_HEADINGS[phase]}")
+            bench.run_phase(phase)
+    finally:
+        if args.keep:
+            pidfile = bench.server.base / "run" / "master.pid"
+            print(
+                f"bench: kept {workdir}; Dovecot still runs on {bench.server.host}:"
+                f"{bench.server.port} (stop it with: kill $(cat {pidfile}))"
+            )
+        else:
+            bench.server.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+        total = time.perf_counter() - t0
+        bench.results["total_seconds"] = round(total, 1)
+        bench.save()
+
+    print()
+    print(report.text_table(bench.results))
+    print()
+    print("Markdown (for docs/benchmarks.md):")
+    print()
+    print(report.markdown(bench.results))
+    print()
+    print(f"bench: results in {args.results}; whole run took {total:.0f}s")
+    failed = [
+        (phase, tool)
+        for phase, by_tool in bench.results["phases"].items()
+        for tool, r in by_tool.items()
+        if not r["verified"] or r["returncode"] or r["timed_out"]
+    ]
+    if failed:
+        print("bench: FAILURES: " + ", ".join(f"{t} in {p}" for p, t in failed))
+        return 1
+    return 0

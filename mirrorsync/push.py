@@ -1,0 +1,780 @@
+"""The server side of `mirrorsync daemon`: IMAP push -> names of changed folders.
+
+Push runs on connections of its own, never the sync's, so a sync never waits for a
+push connection and push never misses a change because a sync holds the line. With
+NOTIFY (RFC 5465) one connection hears about every folder:
+
+    NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName))
+
+and then idles with no folder selected; the server reports a changed folder with an
+untagged STATUS and a created, deleted or renamed one with LIST. Without NOTIFY,
+each folder named in `daemon.idle_folders` gets a connection that EXAMINEs it and
+IDLEs (RFC 2177); EXISTS, EXPUNGE and FETCH there mean that folder changed.
+
+imapclient cannot do NOTIFY, and its IDLE has known traps (`idle_done` can block for
+ever when the network is gone, imapclient issue 449; a line split across packets,
+issue 519), so this module speaks IMAP itself on a plain socket: `ImapConnection` is
+a small command layer with a response reader that handles literals, partial reads
+and timeouts. Every read has a deadline; IDLE is re-issued every
+`daemon.idle_refresh` seconds (the server may drop a client after 30 minutes), and
+TCP keepalive notices a silently dead network in about two minutes.
+
+Each listener is a daemonic thread that reconnects with exponential backoff (1 s to
+5 min) and logs one warning per outage. Whenever a listener is connected (again), it
+asks for a sync of everything it covers: changes made while nobody was listening
+were never announced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from imapclient import imap_utf7
+from imapclient.response_parser import parse_response
+
+from mirrorsync.config import AccountConfig, RemoteConfig
+from mirrorsync.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    FolderNameError,
+    MirrorsyncError,
+)
+from mirrorsync.imapstore import canonical_to_server, server_to_canonical
+
+log = logging.getLogger(__name__)
+
+# A folder name, or None for "sync everything"; and a short reason for the log.
+Sink = Callable[[str | None, str], None]
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 300.0
+# Bounds on what one response may hold: push responses are a line or two, and a
+# broken or hostile server must not make the daemon's memory grow.
+MAX_LINE = 64 * 1024
+MAX_LITERAL = 1024 * 1024
+NOTIFY_EVENTS = (
+    b"(personal (MessageNew MessageExpunge FlagChange MailboxName))",
+    # A server that knows no FlagChange (it needs CONDSTORE to be useful) still tells
+    # about new and expunged messages; flag changes then wait for the full check.
+    b"(personal (MessageNew MessageExpunge MailboxName))",
+)
+# Untagged responses that mean "this selected folder changed" during IDLE.
+_FOLDER_CHANGES = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
+_LITERAL_RE = re.compile(rb"\{(\d+)(\+?)\}$")
+_CODE_RE = re.compile(r"^\[([A-Za-z0-9-]+)")
+_TIMING_RE = re.compile(r"\s*\([0-9.+ ]+secs\)\.?")
+_KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+
+
+class ConnectionLost(ConnectionFailed):
+    """The push connection broke: closed, reset, timed out, or the server said BYE."""
+
+
+class NotifyUnavailable(MirrorsyncError):
+    """The server has no usable NOTIFY; IDLE per folder is used instead."""
+
+
+# The reason a listener gives when it is (re)connected and asks for a sync of what
+# it covers; the daemon also takes it as proof that the server is reachable again.
+PUSH_CONNECTED = "push connected"
+
+
+class OutageLog:
+    """One warning per outage of an account, whichever of its connections notices
+    first (the sync's or a push listener's), and one line when all of them work
+    again. A connection that keeps failing while the others work (a server that
+    allows fewer connections) is one outage too, not a warning per retry."""
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self._lock = threading.Lock()
+        self._failing: set[str] = set()
+        self._since: float | None = None
+
+    def failed(self, source: str, error: object) -> None:
+        with self._lock:
+            new_source = source not in self._failing
+            self._failing.add(source)
+            first = self._since is None
+            if first:
+                self._since = time.monotonic()
+        if first:
+            log.warning(
+                "[%s] %s: %s; retrying with backoff (%gs to %gs)",
+                self.account,
+                source,
+                error,
+                BACKOFF_FIRST,
+                BACKOFF_MAX,
+            )
+        else:
+            log.debug("[%s] %s: %s%s", self.account, source, error, "" if new_source else " again")
+
+    def ok(self, source: str) -> None:
+        with self._lock:
+            if source not in self._failing:
+                return
+            self._failing.discard(source)
+            if self._failing or self._since is None:
+                return
+            lasted, self._since = time.monotonic() - self._since, None
+        log.warning("[%s] connected again after %.0fs", self.account, lasted)
+
+    @property
+    def failing(self) -> bool:
+        with self._lock:
+            return bool(self._failing)
+
+
+class Backoff:
+    """Exponential backoff: 1, 2, 4, ... seconds, at most `cap`; `reset` after success."""
+
+    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_MAX) -> None:
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+# -- responses -----------------------------------------------------------------------
+
+# One response as imaplib represents it, which `parse_response` reads: line parts,
+# with (text up to and including "{n}", literal bytes) for each literal.
+RawParts = tuple["bytes | tuple[bytes, bytes]", ...]
+
+
+@dataclass(frozen=True)
+class Response:
+    tag: str  # "*" untagged, "+" continuation, else the tag of a command
+    kind: str  # upper case: OK, NO, BAD, BYE, STATUS, LIST, EXISTS, FETCH, ...
+    number: int | None  # the message number in "* 3 EXISTS"
+    text: str  # the rest of the first line, for OK/NO/BAD/BYE and error messages
+    parts: RawParts  # everything after the tag (and number), for `values`
+
+    @property
+    def code(self) -> str | None:
+        """The response code of a status response: "[NOTIFICATIONOVERFLOW] ..." ->
+        "NOTIFICATIONOVERFLOW"."""
+        m = _CODE_RE.match(self.text)
+        return m.group(1).upper() if m else None
+
+    def values(self) -> tuple[Any, ...]:
+        """The parsed response after the kind: atoms and strings as bytes, numbers as
+        ints, lists as tuples (imapclient's parser)."""
+        parsed = parse_response(list(self.parts))
+        return tuple(parsed[1:])
+
+
+def parse_line(parts: RawParts) -> Response:
+    """Split one complete response into tag, kind, number and text."""
+    first = parts[0]
+    head = first[0] if isinstance(first, tuple) else first
+    tag, _, rest = head.partition(b" ")
+    if tag == b"+":
+        return Response("+", "", None, rest.decode("utf-8", "replace"), ())
+    skip = len(tag) + 1
+    word, _, after = rest.partition(b" ")
+    number = None
+    if tag == b"*" and word.isdigit():
+        number = int(word)
+        skip += len(word) + 1
+        word, _, after = after.partition(b" ")
+    # Drop "TAG " (and "N ") from the first part, so that `values` sees KIND first.
+    stripped: list[bytes | tuple[bytes, bytes]] = list(parts)
+    stripped[0] = (first[0][skip:], first[1]) if isinstance(first, tuple) else first[skip:]
+    return Response(
+        tag.decode("ascii", "replace"),
+        word.decode("ascii", "replace").upper(),
+        number,
+        after.decode("utf-8", "replace"),
+        tuple(stripped),
+    )
+
+
+def split_response(buf: bytes | bytearray) -> tuple[RawParts, int] | None:
+    """The first complete response in `buf` and how many bytes it took, or None if
+    more bytes are needed. A line ending in a literal marker {n} (or {n+}) continues
+    after the n bytes of the literal."""
+    parts: list[bytes | tuple[bytes, bytes]] = []
+    pos = 0
+    while True:
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            if len(buf) - pos > MAX_LINE:
+                raise ConnectionLost(f"the server sent a line longer than {MAX_LINE} bytes")
+            return None
+        if end - pos > MAX_LINE:
+            raise ConnectionLost(f"the server sent a line longer than {MAX_LINE} bytes")
+        line = bytes(buf[pos:end])
+        m = _LITERAL_RE.search(line)
+        if m is None:
+            parts.append(line)
+            return tuple(parts), end + 2
+        size = int(m.group(1))
+        if size > MAX_LITERAL:
+            raise ConnectionLost(f"the server sent a literal of {size} bytes during push")
+        start = end + 2
+        if len(buf) < start + size:
+            return None
+        parts.append((line, bytes(buf[start : start + size])))
+        pos = start + size
+
+
+def quote(value: str | bytes) -> bytes:
+    """An IMAP quoted string. Only for 7-bit text without CR/LF (user names and
+    modified UTF-7 folder names); `ImapConnection.login` sends anything else as a
+    literal."""
+    raw = value.encode("ascii") if isinstance(value, str) else value
+    if any(b in b"\r\n\0" or b > 0x7E for b in raw):
+        raise ValueError("cannot quote 8-bit text or line ends")
+    return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def mailbox_name(value: object, delimiter: str | None) -> str | None:
+    """The canonical name of a mailbox named in a response (an atom, a string or a
+    literal), or None if it has none (see `server_to_canonical`).
+
+    Names are modified UTF-7, except where a server sends 8-bit names anyway: Dovecot
+    2.3 names mailboxes in its NOTIFY STATUS and LIST responses as UTF-8 literals.
+    Modified UTF-7 is 7-bit, so 8-bit bytes can only be UTF-8."""
+    if isinstance(value, int):
+        raw = str(value).encode()
+    elif isinstance(value, bytes):
+        raw = value
+    else:
+        return None
+    try:
+        name = raw.decode("utf-8") if not raw.isascii() else imap_utf7.decode(raw)
+    except (UnicodeError, ValueError):
+        return None
+    return server_to_canonical(name, delimiter)
+
+
+# -- the connection ------------------------------------------------------------------
+
+
+class ImapConnection:
+    """One IMAP connection for push: commands, IDLE, and a reader with deadlines.
+
+    Not thread-safe, except `interrupt`, which another thread may call to make a
+    blocked read return at once (it shuts the socket down)."""
+
+    def __init__(self, sock: socket.socket, address: str, timeout: float) -> None:
+        self._sock = sock
+        self.address = address
+        self.timeout = timeout
+        self._buf = bytearray()
+        self._tags = itertools.count(1)
+        self.capabilities: frozenset[str] = frozenset()
+
+    # -- opening
+
+    @classmethod
+    def open(cls, remote: RemoteConfig, password: str) -> ImapConnection:
+        """Connect, secure, log in, and learn the capabilities."""
+        address = f"{remote.host}:{remote.port}"
+        context = None
+        if remote.tls != "none":
+            context = ssl.create_default_context(
+                cafile=str(remote.ca_file) if remote.ca_file is not None else None
+            )
+        try:
+            sock = socket.create_connection((remote.host, remote.port), timeout=remote.timeout)
+        except OSError as e:
+            raise ConnectionLost(f"cannot connect to {address} ({_why(e)})") from e
+        _keepalive(sock)
+        conn = None
+        try:
+            if remote.tls == "imaps":
+                assert context is not None
+                sock = context.wrap_socket(sock, server_hostname=remote.host)
+            conn = cls(sock, address, remote.timeout)
+            conn._greet_and_login(remote, password, context)
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            else:
+                sock.close()
+            if isinstance(e, (ssl.SSLError, OSError)):
+                raise ConnectionLost(f"cannot connect to {address} ({_why(e)})") from e
+            raise
+        return conn
+
+    def _greet_and_login(
+        self, remote: RemoteConfig, password: str, context: ssl.SSLContext | None
+    ) -> None:
+        greeting = self.read_response(time.monotonic() + self.timeout)
+        if greeting is None:
+            raise ConnectionLost(f"{self.address} sent no greeting within {self.timeout:g}s")
+        if greeting.tag != "*" or greeting.kind not in ("OK", "PREAUTH"):
+            raise ConnectionLost(f"{self.address} refused the connection: {_clean(greeting.text)}")
+        if remote.tls == "starttls":
+            self.check(self.command(b"STARTTLS"), "STARTTLS")
+            assert context is not None
+            if self._buf:
+                raise ConnectionLost(f"{self.address} sent data before the TLS handshake")
+            self._sock = context.wrap_socket(self._sock, server_hostname=remote.host)
+        self.capabilities = self._capability()
+        if greeting.kind == "PREAUTH":
+            return
+        if "LOGINDISABLED" in self.capabilities:
+            raise ConnectionLost(f"{self.address} refuses to log in without TLS")
+        done = self.command(b"LOGIN", _astring(remote.username), _astring(password))
+        if done.kind != "OK":
+            raise AuthenticationFailed(
+                f"login refused for {remote.username} at {self.address}",
+                "check username and password",
+            )
+        self.capabilities = self._capability()
+
+    def _capability(self) -> frozenset[str]:
+        found: list[str] = []
+
+        def collect(resp: Response) -> None:
+            if resp.kind == "CAPABILITY":
+                found.extend(resp.text.upper().split())
+
+        self.check(self.command(b"CAPABILITY", on_untagged=collect), "CAPABILITY")
+        return frozenset(found)
+
+    # -- commands
+
+    def command(
+        self,
+        *args: bytes | Literal,
+        on_untagged: Callable[[Response], None] | None = None,
+    ) -> Response:
+        """Send one command and read until its tagged response, which is returned
+        (whatever its status; see `check`). Untagged responses on the way go to
+        `on_untagged`; BYE raises ConnectionLost. Each wait has the connection's
+        timeout."""
+        tag = f"M{next(self._tags)}".encode()
+        line = tag
+        for arg in args:
+            if isinstance(arg, Literal):
+                sync = "LITERAL+" not in self.capabilities
+                self.send(line + b" {%d%s}\r\n" % (len(arg.data), b"" if sync else b"+"))
+                if sync:
+                    refused = self._await_continuation(tag, on_untagged)
+                    if refused is not None:
+                        return refused
+                line = arg.data
+            else:
+                line += b" " + arg
+        self.send(line + b"\r\n")
+        return self._await_tagged(tag, on_untagged)
+
+    def check(self, resp: Response, what: str) -> Response:
+        if resp.kind != "OK":
+            raise ConnectionLost(f"{what} refused by {self.address}: {_clean(resp.text)}")
+        return resp
+
+    def delimiter(self) -> str | None:
+        """The hierarchy delimiter (LIST "" ""); None for a flat server."""
+        found: list[str | None] = []
+
+        def collect(resp: Response) -> None:
+            if resp.kind == "LIST":
+                values = resp.values()
+                if len(values) >= 2:
+                    d = values[1]
+                    found.append(d.decode("ascii", "replace") if isinstance(d, bytes) else None)
+
+        self.check(self.command(b"LIST", b'""', b'""', on_untagged=collect), "LIST")
+        return found[0] if found else None
+
+    def idle(
+        self,
+        duration: float,
+        on_untagged: Callable[[Response], None],
+        stop: threading.Event,
+    ) -> None:
+        """IDLE for `duration` seconds (or until `stop`), passing what the server
+        says to `on_untagged`, then DONE and wait for the end of the command. DONE
+        is answered within the timeout or the connection counts as lost, so a dead
+        network never blocks here (imapclient issue 449)."""
+        tag = f"M{next(self._tags)}".encode()
+        self.send(tag + b" IDLE\r\n")
+        ended = self._await_continuation(tag, on_untagged)
+        if ended is not None:
+            if ended.kind != "OK":
+                raise ConnectionLost(f"IDLE refused by {self.address}: {_clean(ended.text)}")
+            return
+        until = time.monotonic() + duration
+        while not stop.is_set():
+            resp = self.read_response(until)
+            if resp is None:
+                break
+            if resp.tag == tag.decode():
+                return  # the server ended IDLE itself: the caller starts it again
+            self._untagged(resp, on_untagged)
+        self.send(b"DONE\r\n")
+        self._await_tagged(tag, on_untagged)
+
+    def _await_continuation(
+        self, tag: bytes, on_untagged: Callable[[Response], None] | None
+    ) -> Response | None:
+        """Wait for "+"; returns the tagged response instead if the server refused."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            resp = self._next(deadline)
+            if resp.tag == "+":
+                return None
+            if resp.tag == tag.decode():
+                return resp
+            self._untagged(resp, on_untagged)
+
+    def _await_tagged(self, tag: bytes, on_untagged: Callable[[Response], None] | None) -> Response:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            resp = self._next(deadline)
+            if resp.tag == tag.decode():
+                return resp
+            self._untagged(resp, on_untagged)
+            deadline = time.monotonic() + self.timeout  # the server is alive: wait on
+
+    def _next(self, deadline: float) -> Response:
+        resp = self.read_response(deadline)
+        if resp is None:
+            raise ConnectionLost(f"{self.address} did not answer within {self.timeout:g}s")
+        return resp
+
+    def _untagged(self, resp: Response, handler: Callable[[Response], None] | None) -> None:
+        if resp.tag == "*" and resp.kind == "BYE":
+            raise ConnectionLost(f"{self.address} closed the connection: {_clean(resp.text)}")
+        if resp.tag == "*" and handler is not None:
+            handler(resp)
+
+    # -- bytes
+
+    def read_response(self, deadline: float) -> Response | None:
+        """The next complete response, or None if none arrived by `deadline`
+        (monotonic). A partial response stays buffered for the next call."""
+        while True:
+            found = split_response(self._buf)
+            if found is not None:
+                parts, used = found
+                del self._buf[:used]
+                return parse_line(parts)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                self._sock.settimeout(remaining)
+                data = self._sock.recv(16384)
+            except TimeoutError:
+                return None
+            except (OSError, ValueError) as e:  # ValueError: closed by `interrupt`
+                raise ConnectionLost(f"connection to {self.address} lost ({_why(e)})") from e
+            if not data:
+                raise ConnectionLost(f"{self.address} closed the connection")
+            self._buf += data
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._sock.settimeout(self.timeout)
+            self._sock.sendall(data)
+        except (OSError, ValueError) as e:
+            raise ConnectionLost(f"connection to {self.address} lost ({_why(e)})") from e
+
+    def interrupt(self) -> None:
+        """From another thread: make a blocked read or write fail now. The base class's
+        shutdown is called even on a TLS socket, so the TLS object the reading thread
+        uses is left alone."""
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Without LOGOUT: closing is what ends a session the server may already have
+        dropped, and waiting for a LOGOUT answer could block on a dead network."""
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+@dataclass(frozen=True)
+class Literal:
+    """A command argument sent as an IMAP literal ({n} and the bytes)."""
+
+    data: bytes
+
+
+def _astring(value: str) -> bytes | Literal:
+    try:
+        return quote(value)
+    except (ValueError, UnicodeError):
+        return Literal(value.encode("utf-8"))
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive finds a silently dead network (a suspended laptop, a NAT that
+    forgot us) in about two minutes instead of at the next IDLE refresh."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in _KEEPALIVE:
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        log.debug("cannot enable TCP keepalive", exc_info=True)
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def _clean(text: str) -> str:
+    return _TIMING_RE.sub("", text).strip()
+
+
+# -- sessions ------------------------------------------------------------------------
+
+
+class NotifySession:
+    """NOTIFY on one connection for every folder of the personal namespace."""
+
+    label = "push (NOTIFY)"
+
+    def __init__(self, sink: Sink, wanted: Callable[[str], bool], refresh: float) -> None:
+        self.sink = sink
+        self.wanted = wanted
+        self.refresh = refresh
+        self.delimiter: str | None = None
+
+    def run(
+        self, conn: ImapConnection, stop: threading.Event, connected: Callable[[], None]
+    ) -> None:
+        if "NOTIFY" not in conn.capabilities:
+            raise NotifyUnavailable(f"{conn.address} does not offer NOTIFY")
+        self.delimiter = conn.delimiter()
+        if {"CONDSTORE", "ENABLE"} <= conn.capabilities:
+            # With CONDSTORE enabled, a flag change in a folder that is not selected
+            # is announced too (a STATUS with HIGHESTMODSEQ).
+            conn.command(b"ENABLE", b"CONDSTORE")
+        refused = ""
+        for events in NOTIFY_EVENTS:
+            resp = conn.command(b"NOTIFY", b"SET", events, on_untagged=self.handle)
+            if resp.kind == "OK":
+                break
+            refused = _clean(resp.text)
+        else:
+            raise NotifyUnavailable(f"{conn.address} refused NOTIFY SET: {refused}")
+        connected()
+        self.sink(None, PUSH_CONNECTED)
+        while not stop.is_set():
+            conn.idle(self.refresh, self.handle, stop)
+
+    def handle(self, resp: Response) -> None:
+        if resp.kind == "STATUS":
+            values = resp.values()
+            name = mailbox_name(values[0], self.delimiter) if values else None
+            if name is None:
+                self.sink(None, "server change in an unknown folder")
+            elif self.wanted(name):
+                self.sink(name, "server change")
+        elif resp.kind == "LIST":
+            self.sink(None, "server folder list changed")
+        elif resp.kind == "OK" and resp.code == "NOTIFICATIONOVERFLOW":
+            self.sink(None, "server notification overflow")
+
+
+class IdleSession:
+    """IDLE on one folder (EXAMINE, so that watching changes nothing)."""
+
+    def __init__(self, folder: str, sink: Sink, refresh: float) -> None:
+        self.folder = folder
+        self.sink = sink
+        self.refresh = refresh
+        self.label = f"push (IDLE {folder})"
+
+    def run(
+        self, conn: ImapConnection, stop: threading.Event, connected: Callable[[], None]
+    ) -> None:
+        if "IDLE" not in conn.capabilities:
+            raise NotifyUnavailable(f"{conn.address} offers neither NOTIFY nor IDLE")
+        try:
+            server = canonical_to_server(self.folder, conn.delimiter())
+        except FolderNameError as e:
+            raise ConnectionLost(f"cannot watch {self.folder!r}: {e}") from e
+        conn.check(conn.command(b"EXAMINE", quote(imap_utf7.encode(server))), "EXAMINE")
+        connected()
+        self.sink(self.folder, PUSH_CONNECTED)
+        while not stop.is_set():
+            conn.idle(self.refresh, self.handle, stop)
+
+    def handle(self, resp: Response) -> None:
+        if resp.kind in _FOLDER_CHANGES:
+            self.sink(self.folder, "server change")
+
+
+Session = NotifySession | IdleSession
+
+
+class Listener(threading.Thread):
+    """Runs one session, reconnecting with backoff until stopped."""
+
+    def __init__(
+        self,
+        account: str,
+        connect: Callable[[], ImapConnection],
+        session: Session,
+        on_unavailable: Callable[[NotifyUnavailable], None] | None = None,
+        outages: OutageLog | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__(name=f"mirrorsync-{account}-{session.label}", daemon=True)
+        self.account = account
+        self._connect = connect
+        self.session = session
+        self._on_unavailable = on_unavailable
+        self._backoff = backoff or Backoff()
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._conn: ImapConnection | None = None
+        self._outages = outages or OutageLog(account)
+        self.connections = 0  # sessions set up, for tests and the debug log
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.interrupt()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self._attempt()
+            except NotifyUnavailable as e:
+                log.info("[%s] %s", self.account, e)
+                if self._on_unavailable is not None:
+                    self._on_unavailable(e)
+                return
+            except (MirrorsyncError, OSError, ValueError) as e:
+                # ValueError: a response imapclient's parser could not read.
+                if self._stop_event.is_set():
+                    return
+                self._outages.failed(self.session.label, e)
+            except Exception:  # a bug: say so, but keep listening
+                log.exception("[%s] %s failed", self.account, self.session.label)
+                self._outages.failed(self.session.label, "internal error")
+            self._stop_event.wait(self._backoff.next())
+
+    def _attempt(self) -> None:
+        conn = self._connect()
+        with self._lock:
+            if self._stop_event.is_set():
+                conn.close()
+                return
+            self._conn = conn
+        try:
+            self.session.run(conn, self._stop_event, self._connected)
+        finally:
+            with self._lock:
+                self._conn = None
+            conn.close()
+
+    def _connected(self) -> None:
+        self.connections += 1
+        self._backoff.reset()
+        self._outages.ok(self.session.label)
+        if self.connections == 1:
+            log.info("[%s] %s: listening", self.account, self.session.label)
+
+
+class Push:
+    """Every push listener of one account: NOTIFY if the server has it, else one IDLE
+    connection per folder in `daemon.idle_folders`."""
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        password: str,
+        sink: Sink,
+        outages: OutageLog | None = None,
+        connect: Callable[[RemoteConfig, str], ImapConnection] = ImapConnection.open,
+    ) -> None:
+        self.account = account
+        self._outages = outages or OutageLog(account.name)
+        self._password = password
+        self._sink = sink
+        self._open = connect
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.listeners: list[Listener] = []
+
+    def start(self) -> None:
+        session = NotifySession(
+            self._sink, self.account.folders.matches, self.account.daemon.idle_refresh
+        )
+        self._add(
+            Listener(self.account.name, self._connect, session, self._fallback, self._outages)
+        )
+
+    @property
+    def mode(self) -> str:
+        """ "notify", "idle", or "" while that is not known yet (for tests and logs)."""
+        with self._lock:
+            kinds = {type(li.session) for li in self.listeners if li.is_alive()}
+        if NotifySession in kinds:
+            return "notify"
+        return "idle" if IdleSession in kinds else ""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._stopped = True
+            listeners = list(self.listeners)
+        for li in listeners:
+            li.stop()
+        deadline = time.monotonic() + timeout
+        for li in listeners:
+            li.join(max(0.0, deadline - time.monotonic()))
+
+    def _connect(self) -> ImapConnection:
+        return self._open(self.account.remote, self._password)
+
+    def _add(self, listener: Listener) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self.listeners.append(listener)
+        listener.start()
+
+    def _fallback(self, why: NotifyUnavailable) -> None:
+        folders = [f for f in self.account.daemon.idle_folders if self._idle_wanted(f)]
+        if not folders:
+            log.info(
+                "[%s] no folder to IDLE on; server changes are found by the full check every %gs",
+                self.account.name,
+                self.account.daemon.full_check_interval,
+            )
+        for folder in folders:
+            session = IdleSession(folder, self._sink, self.account.daemon.idle_refresh)
+            self._add(Listener(self.account.name, self._connect, session, None, self._outages))
+
+    def _idle_wanted(self, folder: str) -> bool:
+        if self.account.folders.matches(folder):
+            return True
+        log.warning(
+            "[%s] daemon.idle_folders names %r, which the folders settings exclude; "
+            "not watching it",
+            self.account.name,
+            folder,
+        )
+        return False

@@ -1,0 +1,102 @@
+"""Moves stay moves, both ways, against a real Dovecot (with and without MOVE/UIDPLUS):
+no message is uploaded or downloaded again, and flags are kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorsync.imapstore import ImapStore
+from tests.harness import Mirror, message
+
+
+@pytest.fixture(params=["full", "basic"])
+def mirror(request: Any, tmp_path: Path) -> Any:
+    account = request.getfixturevalue("account" if request.param == "full" else "basic_account")
+    m = Mirror(account, tmp_path)
+    c = m.client
+    c.create_folder("Archive")
+    for n in range(3):
+        c.append("INBOX", message(n), flags=[b"\\Seen", b"\\Flagged"] if n == 0 else [b"\\Seen"])
+    m.sync()
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def no_uploads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every APPEND mirrorsync makes; a move must make none."""
+    calls: list[Any] = []
+    real = ImapStore.append
+
+    def spy(self: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(args[0])
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(ImapStore, "append", spy)
+    return calls
+
+
+def _archive_ids(m: Mirror) -> list[int]:
+    return sorted(m.server_uids("Archive"))
+
+
+def test_a_rename_into_another_folder_is_a_server_move(
+    mirror: Mirror, no_uploads: list[Any]
+) -> None:
+    f = next(p for p in mirror.files("INBOX") if p.name.endswith("FS"))
+    f.rename(mirror.folder_dir("Archive") / "cur" / f.name)
+    r = mirror.sync()
+    assert no_uploads == []
+    assert "moved" in r.out
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 2 and sum(snap["Archive"].values()) == 1
+    (flags,) = mirror.server_uids("Archive").values()
+    assert {"\\Seen", "\\Flagged"} <= flags
+    mirror.sync()  # and nothing is left to do afterwards
+    assert mirror.assert_mirrored() == snap
+
+
+def test_mutt_style_copy_then_delete_is_a_server_move(
+    mirror: Mirror, no_uploads: list[Any]
+) -> None:
+    f = mirror.files("INBOX")[0]
+    (mirror.folder_dir("Archive") / "cur" / "1700000000.mutt.host:2,S").write_bytes(f.read_bytes())
+    f.unlink()
+    mirror.sync()
+    assert no_uploads == []
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 2 and sum(snap["Archive"].values()) == 1
+
+
+def test_a_move_on_the_server_is_a_local_rename(mirror: Mirror) -> None:
+    c = mirror.client
+    c.select_folder("INBOX")
+    uid = min(c.search("ALL"))
+    files = {p.name: p.stat().st_ino for p in mirror.files("INBOX")}
+    if c.has_capability("MOVE"):
+        c.move([uid], "Archive")
+    else:
+        c.copy([uid], "Archive")
+        c.delete_messages([uid])
+        c.expunge()
+    mirror.sync()
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 2 and sum(snap["Archive"].values()) == 1
+    (moved,) = mirror.files("Archive")
+    # The same file (same inode), renamed into the other folder: not a new download.
+    assert files.get(moved.name) == moved.stat().st_ino
+
+
+def test_a_burst_of_moves_and_their_reverse(mirror: Mirror, no_uploads: list[Any]) -> None:
+    for f in mirror.files("INBOX"):
+        f.rename(mirror.folder_dir("Archive") / "cur" / f.name)
+    mirror.sync()
+    for f in mirror.files("Archive"):
+        f.rename(mirror.folder_dir("INBOX") / "cur" / f.name)
+    mirror.sync()
+    assert no_uploads == []
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 3 and snap["Archive"] == {}
