@@ -103,6 +103,18 @@ class DeleteLocal:
 
 
 @dataclass(frozen=True)
+class Release:
+    """Backup mode: the server expunged the message, the file stays; only the state
+    forgets the pair."""
+
+    uid: int
+    key: str
+
+    def describe(self) -> str:
+        return f"keep {self.key} locally (expunged on server; backup mode)"
+
+
+@dataclass(frozen=True)
 class Forget:
     """Gone on both sides: only the state row remains."""
 
@@ -145,9 +157,26 @@ class MoveLocally:
         return f"move locally {self.key} {self.src} -> {self.dst} (moved on the server)"
 
 
-MessageMove = MoveOnServer | MoveLocally
+@dataclass(frozen=True)
+class FreeOnServer:
+    """A file moved from a synced folder into a local-only one, its content checked
+    against the state's hash: expunge the server copy, which frees space without
+    losing anything. Not a deletion, so the mass-deletion guard does not count it."""
 
-MessageAction = Download | Upload | UpdateFlags | Link | DeleteRemote | DeleteLocal | Forget
+    src: str
+    uid: int
+    key: str
+    dst: str  # the local-only folder now holding the file
+
+    def describe(self) -> str:
+        return f"free on server UID {self.uid} of {self.src} (archived locally in {self.dst})"
+
+
+MessageMove = MoveOnServer | MoveLocally | FreeOnServer
+
+MessageAction = (
+    Download | Upload | UpdateFlags | Link | DeleteRemote | DeleteLocal | Release | Forget
+)
 
 
 # -- folder actions

@@ -131,6 +131,7 @@ class AccountSync:
         self.prior: dict[str, FolderState] = {}
         self._selected: str | None = None
         self._selected_status: FolderStatus | None = None
+        self._local_names_all: list[str] = []
 
     # -- the whole account
 
@@ -151,7 +152,8 @@ class AccountSync:
                 self.maildir.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.statuses = {n: s for n, s in self.remote.statuses().items() if n in self._wanted([n])}
         remote_names = set(self.statuses)
-        local_names = self._wanted(self.maildir.list_folders()) if self.maildir.exists() else set()
+        self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
+        local_names = self._wanted(self._local_names_all)
         counts: dict[str, int] = {}
         for name in known:
             if name in remote_names and name not in local_names:
@@ -182,9 +184,9 @@ class AccountSync:
         reports = {n: FolderReport(n) for n in names}
         gathered = {n: _guarded(reports[n], self.gather, n) for n in names}
         changed = {n: i for n, i in gathered.items() if i is not None and i.status is not None}
-        if len(changed) >= 2:
-            # A move needs a folder that lost a message and one that gained it.
-            self._moves(changed, reports)
+        mirrored = {n: i for n, i in changed.items() if self.account.sync.mode_for(n) == "mirror"}
+        if mirrored:
+            self._moves(mirrored, reports)
         for n in names:
             rep, inputs = reports[n], gathered[n]
             if rep.error is None:
@@ -201,7 +203,10 @@ class AccountSync:
         return report
 
     def _wanted(self, names: Iterable[str]) -> set[str]:
-        chosen = {n for n in names if self.account.folders.matches(n)}
+        """The folders this run syncs: those the config includes, never a local-only
+        one (it exists only on disk), and with --folder only those named."""
+        local_only = self.account.local.is_local_only
+        chosen = {n for n in names if self.account.folders.matches(n) and not local_only(n)}
         if self.options.folders:
             chosen &= set(self.options.folders)
         return chosen
@@ -239,7 +244,8 @@ class AccountSync:
     def _plan_and_execute(self, inputs: FolderInputs, rep: FolderReport) -> None:
         from mirrorsync.planner import guard_violation, plan_messages
 
-        plan = plan_messages(inputs.pairs, inputs.remote, inputs.local, inputs.matches)
+        mode = self.account.sync.mode_for(inputs.name)
+        plan = plan_messages(inputs.pairs, inputs.remote, inputs.local, inputs.matches, mode)
         if not self.options.force:
             why = guard_violation(
                 plan,
@@ -321,7 +327,8 @@ class AccountSync:
                 maybe = [u for u, x in ids.items() if (x.message_id, x.size) in wanted]
                 for uid, data, _f, _d in self.remote.fetch(maybe):
                     remote_hashes[n][uid] = content_hash(to_lf(data))
-        if not any(local_hashes.values()) and not any(remote_hashes.values()) and not lost_local:
+        archives = self._archived_candidates(changed) if lost_local else {}
+        if not any(local_hashes.values()) and not any(remote_hashes.values()) and not archives:
             return
         views = {
             n: FolderView(
@@ -333,11 +340,36 @@ class AccountSync:
             )
             for n, i in changed.items()
         }
-        for move in plan_moves(views):
+        for move in plan_moves(views, archives):
             if self.options.dry_run:
                 self.emit(f"[{self.account.name}] {move.describe()}")
                 continue
             _guarded(reports[move.src], self._execute_move, move, changed, reports)
+
+    def _archived_candidates(self, changed: dict[str, FolderInputs]) -> dict[str, dict[str, str]]:
+        """Hashes of the files in local-only folders that could be a synced message
+        moved there: the same key as a message gone from a synced folder (a rename),
+        or written since the last sync (a copy). Older files cannot be either."""
+        from mirrorsync.content import content_hash, to_lf
+
+        lost = {p.key for i in changed.values() for p in i.pairs if p.key not in i.local}
+        since = float(self.state.get_meta("last_sync") or 0) - 5.0
+        out: dict[str, dict[str, str]] = {}
+        for name in self._local_names_all:
+            if not self.account.local.is_local_only(name):
+                continue
+            folder = self.maildir.folder(name)
+            hashes: dict[str, str] = {}
+            for key, msg in folder.scan().items():
+                try:
+                    path = folder.path_of(msg)
+                    if key in lost or path.stat().st_mtime >= since:
+                        hashes[key] = content_hash(to_lf(folder.read(msg)))
+                except (OSError, LocalStoreError):
+                    continue
+            if hashes:
+                out[name] = hashes
+        return out
 
     def _execute_move(
         self,
@@ -345,8 +377,20 @@ class AccountSync:
         changed: dict[str, FolderInputs],
         reports: dict[str, FolderReport],
     ) -> None:
-        from mirrorsync.actions import MoveOnServer
+        from mirrorsync.actions import FreeOnServer, MoveOnServer
 
+        if isinstance(move, FreeOnServer):
+            # The content is safe in the local-only folder (its hash is the state's),
+            # so the server copy goes; the file there is never touched.
+            src = changed[move.src]
+            self._select(move.src, src.status)
+            self.remote.expunge([move.uid])
+            with self.state.transaction():
+                self.state.delete_pairs(move.src, [move.uid])
+            src.remote.pop(move.uid, None)
+            src.pairs = [p for p in src.pairs if p.uid != move.uid]
+            reports[move.src].counts["freed on server (archived locally)"] += 1
+            return
         src, dst = changed[move.src], changed[move.dst]
         # Until the move is recorded, the destination is matched by content on the next
         # run, so a kill right after the server or the file system moved the message
@@ -546,9 +590,11 @@ class AccountSync:
                 name, mfolder, local, _of(plan, act.DeleteLocal), rep
             )
             forget = [a.uid for a in _of(plan, act.Forget)]
-            if forget:
+            released = [a.uid for a in _of(plan, act.Release)]
+            if forget or released:
                 with self.state.transaction():
-                    self.state.delete_pairs(name, forget)
+                    self.state.delete_pairs(name, forget + released)
+                rep.counts["kept locally (backup)"] += len(released)
             downloads = _of(plan, act.Download)
             touched_local |= bool(downloads)
             self._download(name, mfolder, downloads, inputs.sizes, rep)

@@ -22,8 +22,6 @@ import itertools
 import logging
 import os
 import re
-import secrets
-import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ FILE_MODE = 0o600
 INFO_SEPARATORS = (":", "!")  # "!" where ":" is not allowed in file names (mbsync, Windows)
 _INFO_RE = re.compile(r"[:!]2,")
 _counter = itertools.count()
+_host: str | None = None  # escaped for a file name; looked up once
 _NAME_MAX = 255
 _MARKER = "maildirfolder"  # maildir++: tells delivery agents (quota) this is a subfolder
 
@@ -170,13 +169,15 @@ def new_key() -> str:
     pid, a per-process counter), plus random bits so that it stays unique across
     processes that share a pid (containers, a pid reused within the same second) and
     after fork (which copies the counter)."""
+    global _host
     now = time.time()
     sec = int(now)
     usec = int((now - sec) * 1e6)
-    host = socket.gethostname() or "localhost"
-    for ch, esc in (("/", r"\057"), (":", r"\072"), ("!", r"\041")):
-        host = host.replace(ch, esc)
-    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(8)}.{host}"
+    if _host is None:
+        _host = os.uname().nodename or "localhost"
+        for ch, esc in (("/", r"\057"), (":", r"\072"), ("!", r"\041")):
+            _host = _host.replace(ch, esc)
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{os.urandom(8).hex()}.{_host}"
 
 
 def _check_key(key: str) -> None:

@@ -24,11 +24,13 @@ from mirrorsync.actions import (
     FolderAction,
     Forget,
     ForgetFolder,
+    FreeOnServer,
     Link,
     MessageAction,
     MessageMove,
     MoveLocally,
     MoveOnServer,
+    Release,
     ResetFolder,
     SyncFolder,
     UpdateFlags,
@@ -36,6 +38,8 @@ from mirrorsync.actions import (
 )
 from mirrorsync.model import Flags, LocalMessage
 from mirrorsync.state import Pair
+
+MIRROR, PULL, BACKUP = "mirror", "pull", "backup"
 
 
 @dataclass(frozen=True)
@@ -120,12 +124,19 @@ def plan_messages(
     remote: Mapping[int, Flags],
     local: Mapping[str, LocalMessage],
     matches: Sequence[Match] = (),
+    mode: str = MIRROR,
 ) -> list[MessageAction]:
     """Decide what happens to each message of one folder.
 
     `remote` maps each server UID to its mappable flags; `local` maps each Maildir key
     to its file. `matches` pairs unpaired messages found to be equal by content.
+
+    `mode` is the folder's sync mode: `mirror` goes both ways; `pull` copies the
+    server to disk only (the server's flags win, a local deletion is downloaded
+    again, a new local file stays local); `backup` is `pull` where a message expunged
+    on the server stays on disk.
     """
+    two_way = mode == MIRROR
     actions: list[MessageAction] = []
     paired_uids = {p.uid for p in pairs}
     paired_keys = {p.key for p in pairs}
@@ -133,16 +144,18 @@ def plan_messages(
         r = remote.get(pair.uid)
         lm = local.get(pair.key)
         if r is not None and lm is not None:
-            # On both sides: merge the flags.
-            change = flag_change(pair, r, lm.flags)
+            # On both sides: merge the flags (or, one way, take the server's).
+            change = flag_change(pair, r, lm.flags) if two_way else _change_to(r, r, lm.flags)
             if not change.is_noop:
                 actions.append(UpdateFlags(pair.uid, pair.key, change))
         elif lm is not None:
-            # Expunged on the server: delete the local file.
-            actions.append(DeleteLocal(pair.uid, pair.key))
+            # Expunged on the server: delete the local file (backup keeps it).
+            actions.append(
+                Release(pair.uid, pair.key) if mode == BACKUP else DeleteLocal(pair.uid, pair.key)
+            )
         elif r is not None:
-            # Deleted locally: expunge exactly this UID.
-            actions.append(DeleteRemote(pair.uid, pair.key))
+            # Deleted locally: expunge exactly this UID (one way: fetch it again).
+            actions.append(DeleteRemote(pair.uid, pair.key) if two_way else Download(pair.uid, r))
         else:
             actions.append(Forget(pair.uid, pair.key))
     matched_uids = set()
@@ -154,15 +167,17 @@ def plan_messages(
             continue
         matched_uids.add(m.uid)
         matched_keys.add(m.key)
-        # Same content on both sides with no common history: keep every flag either has.
+        # Same content on both sides with no common history: keep every flag either
+        # has (one way: the server's).
         r, lf = remote[m.uid], local[m.key].flags
-        actions.append(Link(m.uid, m.key, m.hash, _change_to(r | lf, r, lf)))
+        actions.append(Link(m.uid, m.key, m.hash, _change_to(r | lf if two_way else r, r, lf)))
     for uid in sorted(remote):
         if uid not in paired_uids and uid not in matched_uids:
             actions.append(Download(uid, remote[uid]))
-    for key in sorted(local):
-        if key not in paired_keys and key not in matched_keys:
-            actions.append(Upload(key, local[key].flags))
+    if two_way:
+        for key in sorted(local):
+            if key not in paired_keys and key not in matched_keys:
+                actions.append(Upload(key, local[key].flags))
     return actions
 
 
@@ -205,7 +220,9 @@ class FolderView:
     remote_hashes: Mapping[int, str]
 
 
-def plan_moves(views: Mapping[str, FolderView]) -> list[MessageMove]:
+def plan_moves(
+    views: Mapping[str, FolderView], archives: Mapping[str, Mapping[str, str]] | None = None
+) -> list[MessageMove]:
     """Moves between folders, so they stay moves instead of a copy and a deletion.
 
     - A file gone from folder A whose key (a rename: notmuch, afew, aerc) or whose
@@ -213,6 +230,10 @@ def plan_moves(views: Mapping[str, FolderView]) -> list[MessageMove]:
       on the server (UID MOVE), never uploaded again.
     - A server message gone from A while a new one with the same content appeared in
       B (another client moved it) is renamed locally, never downloaded again.
+
+    - A file gone from a synced folder whose content (the state's hash) is found in a
+      local-only folder (`archives`: folder -> key -> hash of candidate files) is
+      freed on the server: it is safe on disk, so this is no deletion.
 
     Each message takes part in at most one move; a message gone and new in the same
     folder is no move."""
@@ -253,11 +274,15 @@ def plan_moves(views: Mapping[str, FolderView]) -> list[MessageMove]:
             (c for c in by_local_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
             None,
         )
-        if dst_key is None:
+        if dst_key is not None:
+            taken_local.add(dst_key)
+            dst, key = dst_key
+            moves.append(MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags))
             continue
-        taken_local.add(dst_key)
-        dst, key = dst_key
-        moves.append(MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags))
+        kept = _archived(p, archives or {}, taken_local)
+        if kept is not None:
+            taken_local.add(kept)
+            moves.append(FreeOnServer(src, p.uid, kept[1], kept[0]))
     # Server side: messages that left a folder, matched by hash to new UIDs elsewhere.
     by_remote_hash: dict[str, list[tuple[str, int]]] = {}
     for name in sorted(views):
@@ -278,3 +303,18 @@ def plan_moves(views: Mapping[str, FolderView]) -> list[MessageMove]:
         dst, new_uid = found
         moves.append(MoveLocally(src, p.key, p.uid, dst, new_uid, p.hash))
     return moves
+
+
+def _archived(
+    p: Pair, archives: Mapping[str, Mapping[str, str]], taken: set[tuple[str, str]]
+) -> tuple[str, str] | None:
+    """Where in a local-only folder this pair's content is, by the same key first
+    (a rename) and then by any key (a copy); None if it is nowhere safe."""
+    for name in sorted(archives):
+        if archives[name].get(p.key) == p.hash and (name, p.key) not in taken:
+            return (name, p.key)
+    for name in sorted(archives):
+        for key, h in sorted(archives[name].items()):
+            if h == p.hash and (name, key) not in taken:
+                return (name, key)
+    return None

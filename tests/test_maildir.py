@@ -170,7 +170,9 @@ def test_new_key_shape_and_uniqueness() -> None:
 
 
 def test_new_key_escapes_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(maildir_mod.socket, "gethostname", lambda: "a/b:c!d")
+    fake = os.uname_result(("Linux", "a/b:c!d", "6", "#1", "x86_64"))
+    monkeypatch.setattr(maildir_mod.os, "uname", lambda: fake)
+    monkeypatch.setattr(maildir_mod, "_host", None)  # looked up once per process
     key = new_key()
     assert key.endswith(r".a\057b\072c\041d")
     assert "/" not in key and ":" not in key

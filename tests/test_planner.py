@@ -289,3 +289,48 @@ def test_one_source_feeds_one_move_only() -> None:
     }
     moves = plan_moves(views)
     assert len(moves) == 1 and moves[0].dst == "B"  # type: ignore[union-attr]
+
+
+def test_a_move_into_a_local_only_folder_frees_the_server() -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {"INBOX": view([hpair(5, "k", "H"), hpair(6, "j", "J")], {5: fl(), 6: fl()}, [])}
+    archives = {"Archive": {"k": "H", "copy": "J"}}
+    assert plan_moves(views, archives) == [
+        act.FreeOnServer("INBOX", 5, "k", "Archive"),
+        act.FreeOnServer("INBOX", 6, "copy", "Archive"),
+    ]
+
+
+def test_a_local_only_file_with_other_content_frees_nothing() -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {"INBOX": view([hpair(5, "k", "H")], {5: fl()}, [])}
+    assert plan_moves(views, {"Archive": {"k": "CHANGED"}}) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "pairs", "remote", "local", "expected"),
+    [
+        # pull: a local flag change is not pushed, the server's flags come back
+        (
+            "pull",
+            [pair(1, "a", S)],
+            {1: fl(S)},
+            [lm("a", S, F)],
+            [act.UpdateFlags(1, "a", act.FlagChange(fl(S), local=fl(S)))],
+        ),
+        # pull: a local deletion is downloaded again
+        ("pull", [pair(1, "a")], {1: fl(S)}, [], [act.Download(1, fl(S))]),
+        # pull: a new local file stays local
+        ("pull", [], {}, [lm("n")], []),
+        # pull: a server expunge deletes the file
+        ("pull", [pair(1, "a")], {}, [lm("a")], [act.DeleteLocal(1, "a")]),
+        # backup: a server expunge keeps the file
+        ("backup", [pair(1, "a")], {}, [lm("a")], [act.Release(1, "a")]),
+        # backup: new server mail still comes down
+        ("backup", [], {3: fl()}, [], [act.Download(3, fl())]),
+    ],
+)
+def test_one_way_modes(mode, pairs, remote, local, expected) -> None:  # type: ignore[no-untyped-def]
+    assert plan_messages(pairs, remote, {m.key: m for m in local}, mode=mode) == expected

@@ -1,0 +1,76 @@
+"""A sync costs what changed: counted in server commands, against a real Dovecot
+with QRESYNC and against one with no extensions (the fallback is correct, not cheap)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorsync import maildir as maildir_mod
+from mirrorsync.imapstore import ImapStore
+from tests.harness import Mirror, message
+
+WATCHED = ("select", "select_changes", "list_messages", "fetch", "identities", "statuses")
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for name in WATCHED:
+        real = getattr(ImapStore, name)
+
+        def spy(self: Any, *a: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            seen[_name] += 1
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(ImapStore, name, spy)
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE", -1.0)  # trust stamps at once
+    return seen
+
+
+@pytest.fixture(params=["full", "basic"])
+def mirror(request: Any, tmp_path: Path) -> Any:
+    account = request.getfixturevalue("account" if request.param == "full" else "basic_account")
+    m = Mirror(account, tmp_path)
+    for f in ("A", "B", "C"):
+        m.client.create_folder(f)
+        for n in range(5):
+            m.client.append(f, message(f"{f}{n}"), flags=[b"\\Seen"])
+    m.sync()
+    m.sync()  # after our own downloads, the stamps settle
+    yield m
+    m.close()
+
+
+def test_an_unchanged_account_selects_no_folder(mirror: Mirror, calls: Counter[str]) -> None:
+    mirror.sync()
+    if mirror.client.has_capability("CONDSTORE"):
+        assert calls["select"] + calls["select_changes"] + calls["list_messages"] == 0
+        assert calls["statuses"] == 1
+    else:
+        # Without MODSEQ a flag change leaves no trace in STATUS: every folder is listed.
+        assert calls["list_messages"] == 4  # INBOX, A, B, C
+    mirror.assert_mirrored()
+
+
+def test_a_server_change_costs_one_incremental_select(mirror: Mirror, calls: Counter[str]) -> None:
+    c = mirror.client
+    c.select_folder("B")
+    c.add_flags(min(c.search("ALL")), [b"\\Flagged"])
+    mirror.sync()
+    if mirror.client.has_capability("QRESYNC"):
+        assert calls["select_changes"] == 1 and calls["list_messages"] == 0
+    mirror.assert_mirrored()
+    assert any("F" in fl for fl, _n in [(f, n) for (_h, f), n in mirror.local()["B"].items()])
+
+
+def test_a_local_change_lists_only_that_folder(mirror: Mirror, calls: Counter[str]) -> None:
+    f = mirror.files("C")[0]
+    f.rename(f.with_name(f.name.replace(":2,S", ":2,FS")))
+    mirror.sync()
+    if mirror.client.has_capability("CONDSTORE"):
+        assert calls["list_messages"] == 0 and calls["select"] + calls["select_changes"] == 1
+    mirror.assert_mirrored()
