@@ -172,3 +172,24 @@ def apply_local(maildir: Path, batch: Batch, folder_dir: Path) -> list[str]:
         os.utime(tmp, (ts, ts))
         os.rename(tmp, new_dir / name)
     return problems
+
+
+BIG_MESSAGE_BYTES = 30 * 1024 * 1024
+
+
+def plan_big(tag: str = "big") -> Batch:
+    """One 30 MB message (a large attachment, base64 as mail carries it) arriving in
+    INBOX: the phase that shows memory stays bounded whatever a message's size."""
+    rng = random.Random(f"{tag}-30MB")
+    line = b"".join(
+        bytes([65 + rng.randrange(26)]) for _ in range(76)
+    )  # one deterministic base64-looking line, repeated
+    head = (
+        f"From: Big Sender <big@example.org>\nTo: bench@example.org\nSubject: a 30 MB attachment\n"
+        f"Message-ID: <{tag}-30mb@bench.example>\nDate: Mon, 02 Nov 2026 10:00:00 +0000\n"
+        "MIME-Version: 1.0\nContent-Type: application/octet-stream\n"
+        "Content-Transfer-Encoding: base64\n\n"
+    ).encode()
+    body = (line + b"\n") * (BIG_MESSAGE_BYTES // 77)
+    when = datetime(2026, 11, 2, 10, 0, 0)
+    return Batch(tag, {}, [], [(f"<{tag}-30mb@bench.example>", head + body, when, "S")])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.changes import Batch, Expected, apply_local, apply_remote, plan_batch
+from bench.changes import Batch, Expected, apply_local, apply_remote, plan_batch, plan_big
 from bench.corpus import FOLDERS, Corpus, ensure_corpus, install_for_user
 from bench.sides import connect, server_folder, server_folders
 from bench.tools import (
@@ -33,13 +33,14 @@ from bench.tools import (
 from bench.verify import Verdict, verify
 from mirrorsync.devserver import Dovecot
 
-PHASES = ("initial", "noop", "remote", "local")
+PHASES = ("initial", "noop", "remote", "local", "big")
 SETTLE_SECONDS = 1.1  # between a batch and the timed runs (see run_phase)
 PHASE_HEADINGS = {
     "initial": "initial sync into an empty Maildir",
     "noop": "no-op resync, run twice (the second is the steady state)",
     "remote": "resync after the same batch of changes on each server user",
     "local": "resync after the same batch of changes in each Maildir",
+    "big": "resync after one 30 MB message arrived on the server (memory stays bounded)",
 }
 
 
@@ -167,11 +168,15 @@ class Bench:
             self.timed_round("noop-1")
             self.timed_round("noop")
             return
-        if phase in ("remote", "local"):
-            batch = plan_batch(self.expected, phase, remote=phase == "remote")
+        if phase in ("remote", "local", "big"):
+            batch = (
+                plan_big()
+                if phase == "big"
+                else plan_batch(self.expected, phase, remote=phase == "remote")
+            )
             print(f"bench: {phase} batch: {batch.summary()}")
             for tool in self.tools:
-                self.apply(tool, batch, remote=phase == "remote")
+                self.apply(tool, batch, remote=phase != "local")
             self.expected.apply(batch)
             self.newest = [mid for mid, *_ in batch.new]
             # A mail reader rarely changes a Maildir in the very second a sync starts;

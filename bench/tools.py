@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOOL_NAMES = ("mirrorsync", "mbsync", "offlineimap")
 # Debian package providing each peer's command.
 PACKAGES = {"mbsync": "isync", "offlineimap": "offlineimap3", "time": "time"}
+BENCH_VENV = Path("/var/tmp/mirrorsync-bench-venv")
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Tool:
 class Mirrorsync(Tool):
     name = "mirrorsync"
     src = REPO  # the directory holding the `mirrorsync` package to run
+    venv_dir = BENCH_VENV  # where `src` is installed (see installed_venv)
 
     def write_config(self) -> None:
         acct = {
@@ -113,13 +115,13 @@ class Mirrorsync(Tool):
         self.config.write_text(yaml.safe_dump({"accounts": {"bench": acct}}, sort_keys=False))
 
     def command(self) -> list[str]:
-        venv = installed_venv(self.src)
+        venv = installed_venv(self.src, self.venv_dir)
         if venv is not None:
             return [str(venv / "bin" / "mirrorsync"), "-c", str(self.config), "sync"]
         return [sys.executable, "-m", "mirrorsync", "-c", str(self.config), "sync"]
 
     def env(self) -> dict[str, str]:
-        if installed_venv(self.src) is not None:
+        if installed_venv(self.src, self.venv_dir) is not None:
             return dict(os.environ)
         # `src`'s mirrorsync, whatever is installed (with -m, the cwd comes first too).
         path = os.environ.get("PYTHONPATH", "")
@@ -132,7 +134,7 @@ class Mirrorsync(Tool):
 
     def module_file(self) -> str:
         """Which mirrorsync the runs will import (a check that `src` is really used)."""
-        venv = installed_venv(self.src)
+        venv = installed_venv(self.src, self.venv_dir)
         python = str(venv / "bin" / "python") if venv else sys.executable
         p = subprocess.run(
             [python, "-c", "import mirrorsync; print(mirrorsync.__file__)"],
@@ -141,19 +143,21 @@ class Mirrorsync(Tool):
         return p.stdout.strip() or p.stderr.strip()
 
 
-_venvs: dict[Path, Path | None] = {}
+_venvs: dict[tuple[Path, Path], Path | None] = {}
 
 
-def installed_venv(src: Path) -> Path | None:
+def installed_venv(src: Path, venv_dir: Path = BENCH_VENV) -> Path | None:
     """mirrorsync installed the way a user installs it (pip into its own virtual
     environment: compiled bytecode, the console script, no other site-packages),
     so the timings include a real start-up and not a source tree's. Falls back to
-    running `src` in place when it is no project (an exported package directory)."""
-    if src in _venvs:
-        return _venvs[src]
+    running `src` in place when it is no project (an exported package directory).
+    `venv_dir` lets a long-running measurement (bench/daemon_latency.py) use a venv
+    of its own, which a concurrent bench/run.py cannot reinstall under it."""
+    if (src, venv_dir) in _venvs:
+        return _venvs[src, venv_dir]
     venv: Path | None = None
     if (src / "pyproject.toml").exists():
-        venv = Path("/var/tmp/mirrorsync-bench-venv")
+        venv = venv_dir
         if not (venv / "bin" / "python").exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
@@ -165,7 +169,7 @@ def installed_venv(src: Path) -> Path | None:
             [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(src)],
             check=True, capture_output=True,
         )  # fmt: skip
-    _venvs[src] = venv
+    _venvs[src, venv_dir] = venv
     return venv
 
 

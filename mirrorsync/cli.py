@@ -22,7 +22,8 @@ from mirrorsync import __version__
 from mirrorsync.errors import ExitStatus, MirrorsyncError, UsageError
 
 if TYPE_CHECKING:
-    from mirrorsync.config import AccountConfig, Config
+    from mirrorsync.archive import ArchiveReport
+    from mirrorsync.config import AccountConfig, ArchiveRule, Config
 
 log = logging.getLogger("mirrorsync")
 
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--force", action="store_true", help="allow deleting more than max_delete_share"
     )
+    sync.add_argument(
+        "--archive",
+        action="store_true",
+        help="then apply the account's archive: rules (see 'mirrorsync archive')",
+    )
     status = sub.add_parser("status", help="per-folder counts and pending local changes")
     status.add_argument("accounts", nargs="*", metavar="ACCOUNT")
     sub.add_parser("check-config", help="validate the config and test each login")
@@ -66,7 +72,56 @@ def build_parser() -> argparse.ArgumentParser:
         "reloads the configuration, SIGTERM or SIGINT stops after the sync under way.",
     )
     daemon.add_argument("accounts", nargs="*", metavar="ACCOUNT")
+    archive = sub.add_parser(
+        "archive",
+        help="free server space: move mail into local-only folders",
+        description="Move the server messages a rule selects into a local-only folder "
+        "(local.local_only) and expunge them from the server. The rule is given with "
+        "--folder and at least one of --older-than, --larger-than; without --folder the "
+        "account's archive: rules apply. Every message is verified against the "
+        "server's bytes before its server copy goes; an interrupted run is finished by "
+        "the next one.",
+    )
+    archive.add_argument("account", nargs="?", metavar="ACCOUNT", help="default: every account")
+    _add_rule_options(archive)
+    archive.add_argument(
+        "--dry-run", action="store_true", help="print what would be archived, change nothing"
+    )
+    quota = sub.add_parser(
+        "quota",
+        help="server quota, folder sizes, and what archiving would free",
+        description="Show the server's quota, every folder's message count and size "
+        "(largest first) and how much the archive rules (--folder ..., or the "
+        "account's archive: rules) would free. Changes nothing.",
+    )
+    quota.add_argument("account", nargs="?", metavar="ACCOUNT", help="default: every account")
+    quota.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    _add_rule_options(quota)
     return p
+
+
+def _add_rule_options(p: argparse.ArgumentParser) -> None:
+    """The options that make one archive rule on the command line."""
+    p.add_argument(
+        "--folder", metavar="PATTERN", help="server folders to archive from (* and %% match)"
+    )
+    p.add_argument("--older-than", metavar="AGE", help="e.g. 1y, 6m, 30d, 2w or 2024-01-31")
+    p.add_argument("--larger-than", metavar="SIZE", help="e.g. 5M, 200K or bytes")
+    p.add_argument(
+        "--keep-flagged",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave flagged messages on the server (default: yes)",
+    )
+    p.add_argument(
+        "--keep-unread",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave unread messages on the server (default: yes)",
+    )
+    p.add_argument(
+        "--to", metavar="LOCAL_FOLDER", help="local-only destination (default: Archive/<folder>)"
+    )
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
@@ -82,6 +137,8 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             "status": cmd_status,
             "check-config": cmd_check_config,
             "daemon": cmd_daemon,
+            "archive": cmd_archive,
+            "quota": cmd_quota,
         }
         return int(command[args.command](args, env))
     except MirrorsyncError as e:
@@ -149,20 +206,33 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     from mirrorsync.engine import SyncOptions
 
     options = SyncOptions(dry_run=args.dry_run, force=args.force, folders=folders)
+    if args.archive and not any(a.archive for a in accounts):
+        raise UsageError(
+            "--archive: no archive: rules in the configuration for "
+            + ", ".join(a.name for a in accounts),
+            "add archive: rules to the account (see sample-config.yaml)",
+        )
     worst = ExitStatus.OK
     for account in accounts:
         try:
-            status = sync_account(account, options, env)
+            status = sync_account(account, options, env, archive=args.archive)
         except MirrorsyncError as e:
             status = report_error(e, env, verbose=bool(args.verbose))
         worst = max(worst, status)
     return worst
 
 
-def sync_account(account: AccountConfig, options: object, env: Environment) -> ExitStatus:
-    """Lock, connect, run, report. Returns the account's exit status."""
+def sync_account(
+    account: AccountConfig, options: object, env: Environment, archive: bool = False
+) -> ExitStatus:
+    """Lock, connect, run, report. Returns the account's exit status. With `archive`,
+    the account's archive rules are applied after the sync, under the same lock and
+    on the same connection, so they act on freshly synced folders."""
+    import sqlite3
+
     from mirrorsync.config import resolve_password
     from mirrorsync.engine import AccountSync, SyncOptions
+    from mirrorsync.errors import StateError
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.state import AccountLock, State
@@ -180,7 +250,29 @@ def sync_account(account: AccountConfig, options: object, env: Environment) -> E
                 def emit(line: str) -> None:
                     env.stdout.write(line + "\n")
 
-                report = AccountSync(account, remote, maildir, state, options, emit).run()
+                try:
+                    report = AccountSync(account, remote, maildir, state, options, emit).run()
+                except sqlite3.DatabaseError as e:
+                    raise StateError(
+                        f"state database {state.path} is damaged ({e})",
+                        "move it aside and re-run: folders are then matched by content, "
+                        "nothing is lost or duplicated",
+                    ) from e
+                archived = None
+                archive_lines: list[str] = []
+                if archive and account.archive:
+                    from mirrorsync.archive import run_archive
+
+                    # printed after the sync's summary line, in the order things happened
+                    archived = run_archive(
+                        account,
+                        remote,
+                        maildir,
+                        state,
+                        account.archive,
+                        options.dry_run,
+                        archive_lines.append,
+                    )
             finally:
                 state.close()
         finally:
@@ -201,7 +293,271 @@ def sync_account(account: AccountConfig, options: object, env: Environment) -> E
             f"{account.name}: {len(report.folders)} folders, {done}{failed} "
             f"({time.monotonic() - started:.1f}s)\n"
         )
+    if archived is not None:
+        env.stdout.writelines(line + "\n" for line in archive_lines)
+        _print_archived(account, archived, options.dry_run, env)
+        if archived.failed:
+            return ExitStatus.PARTIAL
     return ExitStatus.PARTIAL if report.failed else ExitStatus.OK
+
+
+# -- archive and quota
+
+
+def _cli_rule(args: argparse.Namespace) -> ArchiveRule | None:
+    """The rule given by --folder and friends, or None (use the config's rules)."""
+    from mirrorsync import archive_rules
+    from mirrorsync.config import ArchiveRule
+    from mirrorsync.model import SEP, canonical_folder
+
+    if args.folder is None:
+        given = [
+            o
+            for o, v in (
+                ("--older-than", args.older_than),
+                ("--larger-than", args.larger_than),
+                ("--to", args.to),
+            )
+            if v is not None
+        ]
+        if given:
+            raise UsageError(f"{given[0]} needs --folder", "name the folders: --folder 'INBOX'")
+        return None
+    if args.older_than is None and args.larger_than is None:
+        raise UsageError(
+            "--folder needs --older-than or --larger-than (or both)",
+            "without either it would archive the whole folder",
+        )
+    if args.older_than is not None:
+        try:
+            archive_rules.parse_age(args.older_than)
+        except ValueError as e:
+            raise UsageError(f"--older-than: {e}") from None
+    larger = None
+    if args.larger_than is not None:
+        try:
+            larger = archive_rules.parse_size(args.larger_than)
+        except ValueError as e:
+            raise UsageError(f"--larger-than: {e}") from None
+    to = None
+    if args.to is not None:
+        to = canonical_folder(args.to.strip(SEP))
+        if not to or "*" in to or "%" in to:
+            raise UsageError(f"--to: expected a folder name, got {args.to!r}")
+    return ArchiveRule(
+        folder=args.folder,
+        older_than=args.older_than,
+        larger_than=larger,
+        keep_flagged=args.keep_flagged,
+        keep_unread=args.keep_unread,
+        to=to,
+    )
+
+
+def _rules_for(account: AccountConfig, rule: ArchiveRule | None) -> tuple[ArchiveRule, ...]:
+    if rule is None:
+        return account.archive
+    dest = rule.destination(rule.folder)
+    if not account.local.is_local_only(dest):
+        raise UsageError(
+            f"[{account.name}] archive destination {dest!r} is not a local-only folder",
+            f"add it to accounts.{account.name}.local.local_only in the configuration",
+        )
+    return (rule,)
+
+
+def cmd_archive(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    cfg = _load_config(args, env)
+    accounts = _select_accounts(cfg, [args.account] if args.account else [])
+    rule = _cli_rule(args)
+    worst = ExitStatus.OK
+    for account in accounts:
+        try:
+            rules = _rules_for(account, rule)
+            if not rules:
+                raise UsageError(
+                    f"account {account.name} has no archive: rules",
+                    "give --folder with --older-than or --larger-than, or add rules",
+                )
+            status = archive_account(account, rules, args.dry_run, env)
+        except MirrorsyncError as e:
+            status = report_error(e, env, verbose=bool(args.verbose))
+        worst = max(worst, status)
+    return worst
+
+
+def archive_account(
+    account: AccountConfig, rules: Sequence[ArchiveRule], dry_run: bool, env: Environment
+) -> ExitStatus:
+    """Lock, connect, finish any interrupted archive, apply `rules`, report."""
+    from mirrorsync.archive import recover_archive, run_archive
+    from mirrorsync.archive_rules import messages
+    from mirrorsync.config import resolve_password
+    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.maildir import Maildir
+    from mirrorsync.state import AccountLock, State
+
+    started = time.monotonic()
+    with AccountLock(account.state_dir, account.name):
+        remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
+        try:
+            state = State.open(account.state_dir)
+            try:
+                maildir = Maildir(account.local.path, account.local.layout)
+
+                def emit(line: str) -> None:
+                    env.stdout.write(line + "\n")
+
+                if not dry_run:
+                    settled = recover_archive(remote, maildir, state)
+                    if settled:
+                        emit(
+                            f"[{account.name}] settled an interrupted archive of "
+                            f"{messages(settled)} first"
+                        )
+
+                report = run_archive(account, remote, maildir, state, rules, dry_run, emit)
+            finally:
+                state.close()
+        finally:
+            remote.close()
+    _print_archived(account, report, dry_run, env, time.monotonic() - started)
+    return ExitStatus.PARTIAL if report.failed else ExitStatus.OK
+
+
+def _print_archived(
+    account: AccountConfig,
+    report: ArchiveReport,
+    dry_run: bool,
+    env: Environment,
+    seconds: float | None = None,
+) -> None:
+    from mirrorsync.archive_rules import format_size, messages
+
+    for folder, why in report.failed.items():
+        env.stderr.write(f"mirrorsync: [{account.name}] {folder}: archive FAILED: {why}\n")
+    size = format_size(report.bytes)
+    if dry_run:
+        line = (
+            f"{account.name}: would archive {messages(report.messages)} ({size}); nothing changed"
+        )
+    else:
+        line = f"{account.name}: archived {messages(report.messages)}, {size} freed on the server"
+    if report.kept:
+        line += f"; {messages(report.kept)} selected stay on the server (see above)"
+    if report.failed:
+        line += f"; {len(report.failed)} folders FAILED"
+    if seconds is not None:
+        line += f" ({seconds:.1f}s)"
+    env.stdout.write(line + "\n")
+
+
+def cmd_quota(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Read-only: no lock is taken, so it works while a sync or daemon runs."""
+    import json
+
+    cfg = _load_config(args, env)
+    accounts = _select_accounts(cfg, [args.account] if args.account else [])
+    rule = _cli_rule(args)
+    worst = ExitStatus.OK
+    documents: dict[str, object] = {}
+    for account in accounts:
+        try:
+            documents[account.name] = quota_account(account, _rules_for(account, rule), env)
+        except MirrorsyncError as e:
+            worst = max(worst, report_error(e, env, verbose=bool(args.verbose)))
+    if args.json:
+        env.stdout.write(json.dumps({"accounts": documents}, indent=2, ensure_ascii=False) + "\n")
+    else:
+        for name, doc in documents.items():
+            env.stdout.write(_quota_text(name, doc))
+    return worst
+
+
+def quota_account(
+    account: AccountConfig, rules: Sequence[ArchiveRule], env: Environment
+) -> dict[str, object]:
+    """The quota, folder sizes (largest first) and the rules' estimate, as plain data
+    (what --json prints; the table is made from it too)."""
+    from mirrorsync.archive import estimate
+    from mirrorsync.config import resolve_password
+    from mirrorsync.imapstore import ImapStore
+
+    remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
+    try:
+        quota = remote.quota()
+        sizes = remote.folder_sizes()
+        found = estimate(account, remote, rules) if rules else None
+    finally:
+        remote.close()
+    doc: dict[str, object] = {
+        "quota": [
+            {
+                "root": q.root,
+                "resource": q.name,
+                "usage": q.usage,
+                "limit": q.limit,
+                **(
+                    {"usage_bytes": q.usage_bytes, "limit_bytes": q.limit_bytes}
+                    if q.usage_bytes is not None
+                    else {}
+                ),
+            }
+            for q in quota
+        ],
+        "folders": [
+            {"name": name, "messages": n, "bytes": b}
+            for name, (n, b) in sorted(sizes.items(), key=lambda kv: (-kv[1][1], kv[0]))
+        ],
+        "archive": None,
+    }
+    if found is not None:
+        doc["archive"] = {
+            "messages": sum(n for _t, n, _b in found),
+            "bytes": sum(b for _t, _n, b in found),
+            "folders": [
+                {"folder": t.folder, "to": t.dest, "messages": n, "bytes": b}
+                for t, n, b in found
+                if n
+            ],
+        }
+    return doc
+
+
+def _quota_text(name: str, doc: object) -> str:
+    """The table for people, from `quota_account`'s data."""
+    from mirrorsync.archive_rules import format_size, messages
+
+    assert isinstance(doc, dict)
+    lines = []
+    if not doc["quota"]:
+        lines.append(f"{name}: the server reports no quota")
+    for q in doc["quota"]:
+        used, limit = q["usage"], q["limit"]
+        share = f" ({100 * used / limit:.1f}%)" if limit else ""
+        if "usage_bytes" in q:
+            used, limit = format_size(q["usage_bytes"]), format_size(q["limit_bytes"])
+        lines.append(f"{name}: {q['resource']} {used} of {limit} used{share}")
+    folders = doc["folders"]
+    width = max([len("FOLDER"), *(len(f["name"]) for f in folders)])
+    lines.append(f"  {'FOLDER':<{width}}  {'MESSAGES':>8}  {'SIZE':>10}")
+    for f in folders:
+        lines.append(f"  {f['name']:<{width}}  {f['messages']:>8}  {format_size(f['bytes']):>10}")
+    total_n = sum(f["messages"] for f in folders)
+    total_b = sum(f["bytes"] for f in folders)
+    lines.append(f"  {'total':<{width}}  {total_n:>8}  {format_size(total_b):>10}")
+    archive = doc["archive"]
+    if archive is not None:
+        lines.append(
+            f"  archiving would free {messages(archive['messages'])}, "
+            f"{format_size(archive['bytes'])}" + (":" if archive["folders"] else "")
+        )
+        for f in archive["folders"]:
+            lines.append(
+                f"    {f['folder']} -> {f['to']}: {messages(f['messages'])}, "
+                f"{format_size(f['bytes'])}"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def cmd_status(args: argparse.Namespace, env: Environment) -> ExitStatus:

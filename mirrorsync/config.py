@@ -7,15 +7,13 @@ key path, so a typo stops the run before any mail is touched.
 
 from __future__ import annotations
 
-import difflib
+import datetime
 import functools
 import json
 import math
 import os
 import pwd
 import re
-import signal
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,15 @@ class RemoteConfig:
 class LocalConfig:
     path: Path  # expanded (~ and $VARS)
     layout: str = "nested"  # "nested" | "maildir++"
+    # Folder patterns (as in `folders`) of folders that exist only in the Maildir:
+    # never created on the server, never synced. Moving mail into one frees server space.
+    local_only: tuple[str, ...] = ()
+
+    def is_local_only(self, name: str) -> bool:
+        """Whether `name` (canonical) is a local-only folder; same patterns as
+        FolderFilter, so `Archive/*` means what it means in `folders.include`."""
+        name = canonical_folder(name)
+        return any(_match(p, name) for p in self.local_only)
 
 
 @dataclass(frozen=True)
@@ -99,12 +106,52 @@ def _match(pattern: str, name: str) -> bool:
     return len(pattern) in states
 
 
+SYNC_MODES = ("mirror", "pull", "backup")
+
+
 @dataclass(frozen=True)
 class SyncConfig:
     # Deleting more than this share of a folder's messages in one run needs --force ...
     max_delete_share: float = 0.5
     # ... unless fewer than this many messages would go.
     guard_min: int = 5
+    # How folders sync: "mirror" (two-way), "pull" or "backup"; see the README.
+    mode: str = "mirror"
+    # (pattern, mode) overrides in file order; the first pattern that matches wins.
+    folder_modes: tuple[tuple[str, str], ...] = ()
+
+    def mode_for(self, name: str) -> str:
+        """The mode of folder `name`: the first matching `folder_modes` pattern's, else
+        `mode`. First match (not most specific) so the file reads top to bottom."""
+        name = canonical_folder(name)
+        for pattern, mode in self.folder_modes:
+            if _match(pattern, name):
+                return mode
+        return self.mode
+
+
+ARCHIVE_ROOT = "Archive"
+
+
+@dataclass(frozen=True)
+class ArchiveRule:
+    """Which server messages `mirrorsync archive` moves into a local-only folder.
+
+    A message matches when it is in a folder matching `folder` and meets every
+    criterion given (older_than AND larger_than), unless it is kept for being
+    flagged or unread. The values are kept as written (`older_than` is relative to
+    the moment the rule runs); `mirrorsync.archive_rules` interprets them."""
+
+    folder: str  # a folder pattern
+    older_than: str | None = None  # "1y", "6m", "30d", "2w", "12h" or a date "2024-01-31"
+    larger_than: int | None = None  # bytes (RFC822.SIZE)
+    keep_flagged: bool = True
+    keep_unread: bool = True
+    to: str | None = None  # a local-only folder; None: "Archive/<source folder>"
+
+    def destination(self, source: str) -> str:
+        """The local folder the messages of server folder `source` go to."""
+        return self.to if self.to is not None else f"{ARCHIVE_ROOT}{SEP}{canonical_folder(source)}"
 
 
 @dataclass(frozen=True)
@@ -133,6 +180,7 @@ class AccountConfig:
     folders: FolderFilter = field(default_factory=FolderFilter)
     sync: SyncConfig = field(default_factory=SyncConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    archive: tuple[ArchiveRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,7 +209,7 @@ _ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]
 _HOST_WITH_PORT = re.compile(r"[^:\[\]]+:[0-9]+")
 
 _TOP_KEYS = ("accounts",)
-_ACCOUNT_KEYS = ("remote", "local", "state_dir", "folders", "sync", "daemon")
+_ACCOUNT_KEYS = ("remote", "local", "state_dir", "folders", "sync", "daemon", "archive")
 _REMOTE_KEYS = (
     "host",
     "port",
@@ -172,9 +220,10 @@ _REMOTE_KEYS = (
     "timeout",
     "max_connections",
 )
-_LOCAL_KEYS = ("path", "layout")
+_LOCAL_KEYS = ("path", "layout", "local_only")
 _FOLDERS_KEYS = ("include", "exclude")
-_SYNC_KEYS = ("max_delete_share", "guard_min")
+_SYNC_KEYS = ("max_delete_share", "guard_min", "mode", "folder_modes")
+_ARCHIVE_KEYS = ("folder", "older_than", "larger_than", "keep_flagged", "keep_unread", "to")
 _DAEMON_KEYS = ("idle_folders", "full_check_interval", "debounce", "idle_refresh")
 _IDLE_REFRESH_MAX = 29 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 _DEBOUNCE_MAX = 60.0
@@ -268,6 +317,8 @@ def _section(
         if not isinstance(name, str):
             ctx.fail(_join(key, str(name)), "unknown key", f"expected one of {', '.join(allowed)}")
         if name not in allowed:
+            import difflib  # only for this hint: kept out of every run's start-up
+
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f"did you mean {close[0]}?" if close else f"expected one of {', '.join(allowed)}"
             ctx.fail(_join(key, name), "unknown key", hint)
@@ -448,7 +499,20 @@ def _load_local(ctx: _Ctx, value: object, key: str) -> LocalConfig:
     section = _section(ctx, value, key, _LOCAL_KEYS, required=("path",))
     path = _expand_path(ctx, section["path"], _join(key, "path"))
     layout = _choice(ctx, section.get("layout", "nested"), _join(key, "layout"), _LAYOUTS)
-    return LocalConfig(path=path, layout=layout)
+    local_only: tuple[str, ...] = ()
+    if "local_only" in section:
+        k = _join(key, "local_only")
+        local_only = _patterns(ctx, section["local_only"], k)
+        for i, pattern in enumerate(local_only):
+            # INBOX is where the server delivers: keeping it local-only would stop all
+            # new mail, which no one means by "keep these folders off the server".
+            if _match(pattern, "INBOX"):
+                ctx.fail(
+                    f"{k}[{i}]",
+                    f"{pattern!r} matches INBOX, which cannot be local-only",
+                    'use a narrower pattern such as "Archive/*"',
+                )
+    return LocalConfig(path=path, layout=layout, local_only=local_only)
 
 
 def _load_folders(ctx: _Ctx, value: object, key: str) -> FolderFilter:
@@ -480,7 +544,100 @@ def _load_sync(ctx: _Ctx, value: object, key: str) -> SyncConfig:
     guard_min = SyncConfig.guard_min
     if "guard_min" in section:
         guard_min = _integer(ctx, section["guard_min"], _join(key, "guard_min"), 0, None)
-    return SyncConfig(max_delete_share=share, guard_min=guard_min)
+    mode = _choice(ctx, section.get("mode", SyncConfig.mode), _join(key, "mode"), SYNC_MODES)
+    folder_modes: list[tuple[str, str]] = []
+    if "folder_modes" in section:
+        k = _join(key, "folder_modes")
+        raw = section["folder_modes"]
+        if not isinstance(raw, dict):
+            ctx.fail(
+                k,
+                f"expected a mapping of folder patterns to modes, got {_describe(raw)}",
+                'e.g. folder_modes: {"Lists/*": pull}',
+            )
+        for pattern, value in raw.items():
+            if not isinstance(pattern, str) or not pattern:
+                ctx.fail(_join(k, str(pattern)), "expected a folder pattern (a string)")
+            folder_modes.append((pattern, _choice(ctx, value, _join(k, pattern), SYNC_MODES)))
+    return SyncConfig(
+        max_delete_share=share, guard_min=guard_min, mode=mode, folder_modes=tuple(folder_modes)
+    )
+
+
+def _bool(ctx: _Ctx, value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        ctx.fail(key, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _folder_name(ctx: _Ctx, value: object, key: str) -> str:
+    """One folder (not a pattern), in canonical form."""
+    name = _string(ctx, value, key)
+    if "*" in name or "%" in name:
+        ctx.fail(key, f"expected a folder name, not a pattern: {name!r}")
+    name = canonical_folder(name.strip(SEP))
+    if not name or any(not part for part in name.split(SEP)):
+        ctx.fail(key, f"expected a folder name, got {value!r}")
+    return name
+
+
+def _load_archive(
+    ctx: _Ctx, value: object, key: str, local: LocalConfig, local_key: str
+) -> tuple[ArchiveRule, ...]:
+    """`archive:` rules. Ages and sizes are checked here with the same parser that
+    applies them, so a rule that loads is a rule that runs."""
+    from mirrorsync import archive_rules
+
+    if not isinstance(value, list):
+        ctx.fail(key, f"expected a list of rules, got {_describe(value)}", _SAMPLE_HINT)
+    rules = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        section = _section(ctx, item, k, _ARCHIVE_KEYS, required=("folder",))
+        folder = _string(ctx, section["folder"], _join(k, "folder"))
+        older_than = None
+        if "older_than" in section:
+            raw = section["older_than"]
+            # YAML reads an unquoted 2024-01-31 as a date: take it as the date it is.
+            text = raw.isoformat() if isinstance(raw, datetime.date) else raw
+            older_than = _string(ctx, text, _join(k, "older_than"))
+            try:
+                archive_rules.parse_age(older_than)
+            except ValueError as e:
+                ctx.fail(_join(k, "older_than"), str(e))
+        larger_than = None
+        if "larger_than" in section:
+            raw = section["larger_than"]
+            try:
+                if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+                    raise ValueError(f"expected a size such as 5M, got {_describe(raw)}")
+                larger_than = archive_rules.parse_size(raw)
+            except ValueError as e:
+                ctx.fail(_join(k, "larger_than"), str(e))
+        if older_than is None and larger_than is None:
+            ctx.fail(
+                k,
+                "a rule needs older_than or larger_than (or both)",
+                "without either it would archive the whole folder",
+            )
+        keep_flagged = _bool(ctx, section.get("keep_flagged", True), _join(k, "keep_flagged"))
+        keep_unread = _bool(ctx, section.get("keep_unread", True), _join(k, "keep_unread"))
+        to = _folder_name(ctx, section["to"], _join(k, "to")) if "to" in section else None
+        rule = ArchiveRule(folder, older_than, larger_than, keep_flagged, keep_unread, to)
+        # The default destination depends on the source folder; the pattern itself
+        # stands in for every folder it matches (exact for the usual "Archive/*").
+        dest = rule.destination(folder)
+        if not local.is_local_only(dest):
+            ctx.fail(
+                _join(k, "to") if to is not None else k,
+                f"archives into {dest!r}, which is not a local-only folder",
+                f"add a pattern for it to {_join(local_key, 'local_only')} "
+                f'(e.g. ["{ARCHIVE_ROOT}", "{ARCHIVE_ROOT}/*"])',
+            )
+        if "*" not in folder and "%" not in folder and local.is_local_only(folder):
+            ctx.fail(_join(k, "folder"), f"{folder!r} is local-only: it has no server copies")
+        rules.append(rule)
+    return tuple(rules)
 
 
 def _seconds(
@@ -563,6 +720,11 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         if "daemon" in section
         else DaemonConfig()
     )
+    archive = (
+        _load_archive(ctx, section["archive"], f"{key}.archive", local, f"{key}.local")
+        if "archive" in section
+        else ()
+    )
     return AccountConfig(
         name=name,
         remote=remote,
@@ -571,6 +733,7 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         folders=folders,
         sync=sync,
         daemon=daemon,
+        archive=archive,
     )
 
 
@@ -712,6 +875,9 @@ def _run_password_command(
     a prompting tool still works and its complaints reach the user; stdout is captured
     and never quoted in errors, nor is the command itself, since either may hold the
     secret."""
+    import signal
+    import subprocess
+
     key = "password_command"
     try:
         proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, env=dict(env))

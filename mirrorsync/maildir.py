@@ -358,20 +358,25 @@ class Maildir:
 class Stamp:
     """Directory mtimes as a change signal, with the granularity problem handled.
 
-    A change made in the same clock tick as the stamp (one second on some file
-    systems) may leave the mtime unchanged, so a stamp whose newest mtime is less
-    than SETTLE seconds older than the moment it was taken is not trusted: the
-    folder is scanned again next time."""
+    A change made in the same clock tick as the stamp may leave the mtime unchanged,
+    so a stamp whose newest mtime is not clearly older than the moment it was taken
+    is not trusted: the folder is scanned again next time. How much older is enough
+    depends on the file system: one whose mtimes carry nanoseconds (ext4, xfs, btrfs)
+    stamps from the kernel's coarse clock, which ticks at least every 10 ms; one with
+    whole seconds (or FAT's two) needs SETTLE_COARSE."""
 
     value: str
     newest: float
     taken: float
+    fine: bool = False  # the file system keeps sub-second mtimes
 
-    SETTLE: ClassVar[float] = 2.0
+    SETTLE_FINE: ClassVar[float] = 0.05
+    SETTLE_COARSE: ClassVar[float] = 2.0
 
     @property
     def settled(self) -> bool:
-        return self.taken - self.newest > self.SETTLE
+        margin = self.SETTLE_FINE if self.fine else self.SETTLE_COARSE
+        return self.taken - self.newest > margin
 
 
 class MaildirFolder:
@@ -405,6 +410,7 @@ class MaildirFolder:
             f"{cur.st_mtime_ns}:{new.st_mtime_ns}",
             newest=max(cur.st_mtime, new.st_mtime),
             taken=time.time(),
+            fine=bool(cur.st_mtime_ns % 1_000_000_000 or new.st_mtime_ns % 1_000_000_000),
         )
 
     def scan(self) -> dict[str, LocalMessage]:

@@ -54,6 +54,18 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (folder, uid),
     UNIQUE (folder, key)
 );
+-- `mirrorsync archive`'s intent log: a row is committed before a message's file is
+-- placed in `dest` and removed after its server copy is expunged, so a killed run
+-- is completed or rolled back by `archive.recover_archive` (see there).
+CREATE TABLE IF NOT EXISTS archive_journal (
+    folder TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    dest TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (folder, uid)
+);
 """
 
 
@@ -77,6 +89,20 @@ class Pair:
     hash: str
     remote_flags: Flags
     local_flags: Flags
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """An archive under way: server message `uid` of `folder` (under `uidvalidity`)
+    is to end up as the file with key `key` and content hash `hash` in local folder
+    `dest`, and only then leave the server."""
+
+    folder: str
+    uidvalidity: int
+    uid: int
+    dest: str
+    key: str
+    hash: str
 
 
 # Fault injection for the crash tests (mbsync's discipline: crash after each journal
@@ -128,9 +154,10 @@ class State:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            ok = conn.execute("PRAGMA quick_check").fetchone()
-            if not ok or ok[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
+            # Reading the schema catches a file that is no database at all. A full
+            # integrity check would read every page on every run, a cost that grows
+            # with the mailbox; damage deeper in the file is reported when met.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
@@ -244,6 +271,33 @@ class State:
     def delete_pairs(self, folder: str, uids: Iterable[int]) -> None:
         self._db.executemany(
             "DELETE FROM messages WHERE folder = ? AND uid = ?", [(folder, u) for u in uids]
+        )
+
+    # -- the archive journal
+
+    def journal_count(self) -> int:
+        """One cheap query, so that every run can check for an interrupted archive."""
+        row = self._db.execute("SELECT COUNT(*) FROM archive_journal").fetchone()
+        return int(row[0])
+
+    def journal(self) -> list[JournalEntry]:
+        rows = self._db.execute(
+            "SELECT folder, uidvalidity, uid, dest, key, hash FROM archive_journal "
+            "ORDER BY folder, uid"
+        ).fetchall()
+        return [JournalEntry(*r) for r in rows]
+
+    def put_journal(self, entries: Iterable[JournalEntry]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO archive_journal(folder, uidvalidity, uid, dest, key, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.folder, e.uidvalidity, e.uid, e.dest, e.key, e.hash) for e in entries],
+        )
+
+    def delete_journal(self, folder: str, uids: Iterable[int]) -> None:
+        self._db.executemany(
+            "DELETE FROM archive_journal WHERE folder = ? AND uid = ?",
+            [(folder, u) for u in uids],
         )
 
 

@@ -27,7 +27,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
             return _real(self, *a, **kw)
 
         monkeypatch.setattr(ImapStore, name, spy)
-    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE", -1.0)  # trust stamps at once
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_FINE", -1.0)  # trust stamps at once
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_COARSE", -1.0)
     return seen
 
 

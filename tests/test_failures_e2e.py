@@ -108,7 +108,8 @@ def test_a_local_change_in_the_same_second_as_the_sync_is_not_missed(mirror: Mir
 def test_a_settled_unchanged_folder_is_skipped_and_a_later_change_seen(
     mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE", -1.0)  # trust stamps at once
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_FINE", -1.0)  # trust stamps at once
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_COARSE", -1.0)
     mirror.sync()
     mirror.sync()
     f = mirror.files("INBOX")[0]

@@ -672,3 +672,27 @@ def test_deliver_then_scan_round_trips(
     flipped = ALL - flags
     renamed = folder.set_flags(scanned, flipped)
     assert folder.scan()[key].flags == flipped == renamed.flags
+
+
+@pytest.mark.parametrize(
+    ("fine", "age", "settled"),
+    [
+        (True, 0.01, False),  # within a clock tick: a change now could keep the mtime
+        (True, 0.2, True),
+        (False, 1.5, False),  # whole-second mtimes: the same second is ambiguous
+        (False, 2.5, True),
+    ],
+)
+def test_a_stamp_is_trusted_only_when_clearly_older_than_its_taking(
+    fine: bool, age: float, settled: bool
+) -> None:
+    assert maildir_mod.Stamp("v", newest=100.0, taken=100.0 + age, fine=fine).settled is settled
+
+
+def test_stamp_changes_with_every_rename(tmp_path: Path) -> None:
+    folder = Maildir(tmp_path, "nested").create_folder("INBOX")
+    msg = folder.deliver(new_key(), b"x\n", frozenset())
+    before = folder.stamp()
+    folder.set_flags(msg, frozenset({"\\Seen"}))
+    after = folder.stamp()
+    assert before is not None and after is not None and before.value != after.value
