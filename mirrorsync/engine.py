@@ -330,16 +330,17 @@ class AccountSync:
         archives = self._archived_candidates(changed) if lost_local else {}
         if not any(local_hashes.values()) and not any(remote_hashes.values()) and not archives:
             return
-        views = {
-            n: FolderView(
+        views = {}
+        for n, i in changed.items():
+            matched_uids = {m.uid for m in i.matches}
+            matched_keys = {m.key for m in i.matches}
+            views[n] = FolderView(
                 i.pairs,
-                {u: f for u, f in i.remote.items() if u not in {m.uid for m in i.matches}},
-                {k: m for k, m in i.local.items() if k not in {m.key for m in i.matches}},
+                {u: f for u, f in i.remote.items() if u not in matched_uids},
+                {k: m for k, m in i.local.items() if k not in matched_keys},
                 local_hashes[n],
                 remote_hashes[n],
             )
-            for n, i in changed.items()
-        }
         for move in plan_moves(views, archives):
             if self.options.dry_run:
                 self.emit(f"[{self.account.name}] {move.describe()}")
@@ -558,11 +559,15 @@ class AccountSync:
             )
             if needs_local and not inputs.local_scanned:
                 local = mfolder.scan()  # the state knew keys and flags, not file names
-            remote_ops = bool(
-                _of(plan, act.UpdateFlags)
-                or _of(plan, act.Link)
-                or _of(plan, act.DeleteRemote)
-                or _of(plan, act.Download)
+            # Select only for what is done to the server folder itself (a SELECT of a
+            # large folder costs the server real work); appends need no selection.
+            remote_ops = any(
+                isinstance(a, (act.DeleteRemote, act.Download))
+                or (
+                    isinstance(a, (act.UpdateFlags, act.Link))
+                    and bool(a.change.remote_add or a.change.remote_remove)
+                )
+                for a in plan
             )
             if remote_ops:
                 self._select(name, status)

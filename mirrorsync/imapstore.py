@@ -56,6 +56,7 @@ from mirrorsync.model import (
     Flags,
     FolderChanges,
     FolderStatus,
+    QuotaResource,
     RemoteFolder,
     RemoteIdentity,
     RemoteMessage,
@@ -89,6 +90,9 @@ _COPYUID_RE = re.compile(rb"\[COPYUID\s+(\d+)\s+([\d:,]+)\s+([\d:,]+)\]", re.IGN
 _LINE_END_RE = re.compile(rb"\r\n|\r(?!\n)|\n")
 # Dovecot appends "(0.001 + 0.000 secs)." to its responses: noise in an error message.
 _TIMING_RE = re.compile(r"\s*\([0-9.+ ]+secs\)\.?")
+# One search key or argument: an atom, a number, a date or a sequence set ("1:*").
+# Anything else (spaces, quotes, parentheses, literals) would change the command line.
+_SEARCH_TOKEN_RE = re.compile(r'[^\x00-\x20\x7f()"{\\]+')
 _ERROR_PREFIX_RE = re.compile(r"^(?:[A-Za-z]+ failed|[A-Za-z ]+ command error): (?:BAD )?")
 # What a connection attempt can raise besides our own errors: socket and ssl errors are
 # OSErrors, imaplib's error/abort cover IMAP-level trouble, EOFError a vanished peer.
@@ -656,6 +660,8 @@ class ImapStore:
         self._delimiter: str | None = None
         self._delimiter_known = False
         self._selected: str | None = None
+        # UIDNEXT as of the last SELECT: where `search` ends its UID windows.
+        self._selected_uidnext = 1
         # Bumped on every change of selection, so a lazy `fetch` notices that its
         # UIDs would now be read from another folder.
         self._generation = 0
@@ -852,10 +858,22 @@ class ImapStore:
         return items
 
     def _status_many(self, names: list[str]) -> dict[str, FolderStatus]:
-        """STATUS of each folder, pipelined: a server without LIST-STATUS (Outlook)
-        then costs a round trip per `_PIPELINE_DEPTH` folders, not one per folder.
-        The answers are matched by the name each STATUS response repeats."""
+        """STATUS of each folder, pipelined (see `_status_numbers`)."""
         items = self._status_items()
+        out: dict[str, FolderStatus] = {}
+        for name, numbers in self._status_numbers(names, items).items():
+            with self._translate("status", name):
+                status = _folder_status(numbers, items)
+                if status is None:
+                    raise ValueError("the STATUS response is missing or incomplete")
+            out[name] = status
+        return out
+
+    def _status_numbers(self, names: list[str], items: list[str]) -> dict[str, dict[bytes, int]]:
+        """``STATUS name (items)`` of each folder, pipelined: a server without
+        LIST-STATUS (Outlook) then costs a round trip per `_PIPELINE_DEPTH` folders,
+        not one per folder. The answers are matched by the name each STATUS response
+        repeats; a folder whose STATUS failed raises, naming it."""
         imap = self._client._imap
         servers = [self._server_name(name) for name in names]
         with self._translate("status"):
@@ -870,15 +888,12 @@ class ImapStore:
             canonical_folder(_text(utf7_decode(raw) if decode else raw)): numbers
             for raw, numbers in got.items()
         }
-        out: dict[str, FolderStatus] = {}
+        out: dict[str, dict[bytes, int]] = {}
         for name, server, (typ, data) in zip(names, servers, results, strict=True):
             with self._translate("status", name):
                 if typ != "OK":
                     raise imaplib.IMAP4.error(_text(data[0]) if data and data[0] else typ)
-                status = _folder_status(by_name.get(canonical_folder(server), {}), items)
-                if status is None:
-                    raise ValueError("the STATUS response is missing or incomplete")
-            out[name] = status
+            out[name] = by_name.get(canonical_folder(server), {})
         return out
 
     def create_folder(self, name: str) -> None:
@@ -953,6 +968,7 @@ class ImapStore:
                 highestmodseq=int(data.get(b"HIGHESTMODSEQ", 0)),
             )
         self._selected = canonical_folder(name)
+        self._selected_uidnext = result.uidnext
         return result
 
     def select_changes(
@@ -1037,33 +1053,44 @@ class ImapStore:
         return FolderChanges(status, changed, frozenset(vanished), full=False)
 
     def _existing(self, low: int, high: int) -> set[int]:
-        """The UIDs from `low` to `high` in the selected folder, by ``UID SEARCH
-        [RETURN (ALL)] UID low:high`` (ESEARCH answers in compact ranges).
+        """The UIDs from `low` to `high` in the selected folder (see `_search_windows`)."""
+        return self._search_windows([], low, high)
+
+    def _search_windows(self, criteria: Sequence[str], low: int, high: int | None) -> set[int]:
+        """The UIDs from `low` to `high` (None: to the end of the folder) in the selected
+        folder that match `criteria`, by ``UID SEARCH [RETURN (ALL)] UID low:high
+        criteria`` (ESEARCH answers in compact ranges).
 
         imaplib refuses lines over 1 MB, and a plain SEARCH answer is one line of
         up to 10 bytes per UID (an ESEARCH one too, when no two UIDs are adjacent), so
-        the range goes in windows of `_SEARCH_WINDOW` UIDs. The commands are pipelined
-        (all sent, then all answers read): SEARCH changes nothing, the answers merge
-        into one set, and a 10^6-UID folder costs one round trip, not twelve."""
+        the range goes in windows of `_SEARCH_WINDOW` UIDs; without `high` the windows
+        reach UIDNEXT as of the SELECT and the last one ends in "*", so that mail that
+        arrived since is searched too. The commands are pipelined (all sent, then all
+        answers read): SEARCH changes nothing, the answers merge into one set, and a
+        10^6-UID folder costs one round trip, not twelve."""
         imap = self._client._imap
         for stale in ("SEARCH", "ESEARCH"):
             imap.untagged_responses.pop(stale, None)
         ret = ("RETURN", "(ALL)") if "ESEARCH" in self._capabilities else ()
+        top = high if high is not None else max(low, self._selected_uidnext - 1)
+        windows = []
+        for start in range(low, top + 1, _SEARCH_WINDOW):
+            end = start + _SEARCH_WINDOW - 1
+            last = end >= top
+            windows.append(f"{start}:{'*' if last and high is None else min(end, top)}")
         results = self._pipeline(
-            [
-                ("UID", "SEARCH", *ret, f"UID {start}:{min(start + _SEARCH_WINDOW - 1, high)}")
-                for start in range(low, high + 1, _SEARCH_WINDOW)
-            ]
+            [("UID", "SEARCH", *ret, f"UID {window}", *criteria) for window in windows]
         )
         found = parse_search(
             imap.untagged_responses.pop("SEARCH", []),
             imap.untagged_responses.pop("ESEARCH", []),
-            maximum=high,
+            # clips a range that claims more than could exist; a single UID is kept
+            maximum=high if high is not None else top + _SEARCH_WINDOW,
         )
         for typ, data in results:
             if typ != "OK":
                 raise imaplib.IMAP4.error(_text(data[0]) if data and data[0] else typ)
-        return {uid for uid in found if low <= uid <= high}
+        return {uid for uid in found if uid >= low and (high is None or uid <= high)}
 
     # -- protocol: messages -------------------------------------------------------
 
@@ -1336,6 +1363,60 @@ class ImapStore:
                     found[uid] = pool.pop(0)
         return found
 
+    # -- protocol: server space -----------------------------------------------------
+
+    def search(self, criteria: Sequence[str]) -> list[int]:
+        """``UID SEARCH [RETURN (ALL)] UID a:b criteria`` in windows (see
+        `_search_windows`), so that no answer line can outgrow imaplib's limit."""
+        folder = self._require_selected("search")
+        tokens = [str(c) for c in criteria]
+        bad = [t for t in tokens if not _SEARCH_TOKEN_RE.fullmatch(t)]
+        if bad:
+            raise ServerError(f"search in {folder!r}: {bad[0]!r} is not a valid search key")
+        with self._translate("search", folder):
+            return sorted(self._search_windows(tokens, 1, None))
+
+    def quota(self) -> list[QuotaResource]:
+        """imapclient's `get_quota_root` sends ``GETQUOTAROOT INBOX`` and reads the
+        QUOTAROOT and QUOTA answers."""
+        if "QUOTA" not in self._capabilities:
+            return []
+        with self._translate("read quota of", "INBOX"):
+            _roots, quotas = self._client.get_quota_root("INBOX")
+        return [
+            QuotaResource(_text(q.quota_root), _text(q.resource).upper(), q.usage, q.limit)
+            for q in quotas
+        ]
+
+    def folder_sizes(self) -> dict[str, tuple[int, int]]:
+        """With STATUS=SIZE one pipelined STATUS per folder (no folder opened).
+        Without it each folder is EXAMINEd (read-only, so \\Recent and the selected
+        folder's state are left alone) and ``UID FETCH 1:* (UID RFC822.SIZE)`` summed;
+        that leaves no folder selected."""
+        names = [f.name for f in self._list_folders() if f.selectable]
+        if "STATUS=SIZE" in self._capabilities:
+            out: dict[str, tuple[int, int]] = {}
+            for name, numbers in self._status_numbers(names, ["MESSAGES", "SIZE"]).items():
+                with self._translate("status", name):
+                    out[name] = (numbers[b"MESSAGES"], numbers[b"SIZE"])
+            return out
+        self._selected = None
+        self._generation += 1
+        out = {}
+        for name in names:
+            with self._translate("read the size of", name):
+                data = self._client.select_folder(self._server_name(name), readonly=True)
+                if int(data[b"EXISTS"]) == 0:
+                    out[name] = (0, 0)
+                    continue
+                rows = parse_fetch(self._uid_fetch_data("1:*", "(UID RFC822.SIZE)"))
+                sizes = [int(r[b"RFC822.SIZE"]) for r in rows.values() if b"RFC822.SIZE" in r]
+                out[name] = (len(sizes), sum(sizes))
+        if names:
+            with self._translate("close folder"):
+                self._client.close_folder()  # read-only: CLOSE expunges nothing
+        return out
+
     def close(self) -> None:
         if self._closed:
             return
@@ -1529,6 +1610,7 @@ class ImapStore:
             raise ValueError("the SELECT response lacks UIDVALIDITY or EXISTS")
         highest = 0 if "NOMODSEQ" in untagged else number("HIGHESTMODSEQ") or 0
         self._selected = canonical_folder(name)
+        self._selected_uidnext = uidnext
         return FolderStatus(uidvalidity, uidnext, exists, highest), untagged
 
     def _store(self, uids: Iterable[int], flags: Flags, add: bool) -> None:

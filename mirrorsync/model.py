@@ -85,6 +85,27 @@ class RemoteIdentity:
 
 
 @dataclass(frozen=True)
+class QuotaResource:
+    """One resource of a quota root (RFC 9208, was 2087), as the server reports it.
+    STORAGE counts units of 1024 octets, MESSAGE counts messages; others are the
+    server's own."""
+
+    root: str  # the quota root's name ("" or e.g. "User quota")
+    name: str  # upper case: STORAGE, MESSAGE, ...
+    usage: int
+    limit: int
+
+    @property
+    def usage_bytes(self) -> int | None:
+        """Usage in octets for STORAGE, None for resources that count something else."""
+        return self.usage * 1024 if self.name == "STORAGE" else None
+
+    @property
+    def limit_bytes(self) -> int | None:
+        return self.limit * 1024 if self.name == "STORAGE" else None
+
+
+@dataclass(frozen=True)
 class LocalMessage:
     key: str  # the unique part of the Maildir file name; survives flag renames
     flags: Flags  # as IMAP flags

@@ -248,12 +248,10 @@ def plan_moves(
                 gone_local.append((name, p))
             elif p.uid not in v.remote and p.key in v.local:
                 gone_remote.append((name, p))
-    new_local = {
-        (name, key)
-        for name, v in views.items()
-        for key in v.local
-        if key not in {p.key for p in v.pairs}
-    }
+    new_local: set[tuple[str, str]] = set()
+    for name, v in views.items():
+        paired = {p.key for p in v.pairs}
+        new_local.update((name, key) for key in v.local if key not in paired)
     by_key: dict[str, list[str]] = {}
     by_local_hash: dict[str, list[tuple[str, str]]] = {}
     for name, key in sorted(new_local):
@@ -287,9 +285,9 @@ def plan_moves(
     by_remote_hash: dict[str, list[tuple[str, int]]] = {}
     for name in sorted(views):
         v = views[name]
-        paired = {p.uid for p in v.pairs}
+        paired_uids = {p.uid for p in v.pairs}
         for uid, h in sorted(v.remote_hashes.items()):
-            if uid not in paired and uid in v.remote:
+            if uid not in paired_uids and uid in v.remote:
                 by_remote_hash.setdefault(h, []).append((name, uid))
     taken_remote: set[tuple[str, int]] = set()
     for src, p in gone_remote:

@@ -16,6 +16,7 @@ from mirrorsync.model import (
     Flags,
     FolderChanges,
     FolderStatus,
+    QuotaResource,
     RemoteFolder,
     RemoteIdentity,
     RemoteMessage,
@@ -139,4 +140,25 @@ class RemoteStore(Protocol):
         """Write the body of `uid` (CRLF, exactly as served) to `out` in pieces of
         `chunk` bytes, so a message of any size costs one piece of memory. `size` is
         its RFC822.SIZE. False if the UID vanished (then `out` may hold a part)."""
+        ...
+
+    # -- server space: what `mirrorsync archive` and `mirrorsync quota` need ----------
+
+    def search(self, criteria: Sequence[str]) -> list[int]:
+        """``UID SEARCH`` in the selected folder: the UIDs matching `criteria` (IMAP
+        search keys, one atom per item, e.g. ["BEFORE", "1-Jan-2024", "UNFLAGGED"]),
+        ascending. The server selects, so a rule costs what it matches, not a listing
+        of the folder. A UID in the result may have been expunged meanwhile."""
+        ...
+
+    def quota(self) -> list[QuotaResource]:
+        """``GETQUOTAROOT INBOX``: the resources of INBOX's quota roots (usage and
+        limit); [] when the server has no QUOTA extension."""
+        ...
+
+    def folder_sizes(self) -> dict[str, tuple[int, int]]:
+        """(messages, octets) of every selectable folder: ``STATUS (MESSAGES SIZE)``
+        where the server has STATUS=SIZE (RFC 8438), else the RFC822.SIZEs of each
+        folder summed. May leave no folder selected: select again before message
+        operations."""
         ...
