@@ -106,6 +106,7 @@ class FolderInputs:
     stamp: Stamp | None = None  # taken before the scan
     sizes: dict[int, int] = field(default_factory=dict)  # RFC822.SIZE where known
     pending_match: bool = False  # a move whose new UID is unknown: match next run
+    known: int | None = None  # pairs in the state; None: `pairs` holds all of them
     # UIDs this run moved in: their server flags are known exactly (we just moved
     # them), so their stores need no UNCHANGEDSINCE, whose MODSEQ our move outdated.
     moved_in: set[int] = field(default_factory=set)
@@ -132,6 +133,7 @@ class AccountSync:
         self._selected: str | None = None
         self._selected_status: FolderStatus | None = None
         self._local_names_all: list[str] = []
+        self._pair_counts: dict[str, int] | None = None
 
     # -- the whole account
 
@@ -249,7 +251,7 @@ class AccountSync:
         if not self.options.force:
             why = guard_violation(
                 plan,
-                len(inputs.pairs),
+                len(inputs.pairs) if inputs.known is None else inputs.known,
                 self.account.sync.max_delete_share,
                 self.account.sync.guard_min,
             )
@@ -455,6 +457,16 @@ class AccountSync:
         )
         if remote_same and local_same:
             return None
+        if (
+            local_same
+            and trusted
+            and prior
+            and prior.highestmodseq
+            and "QRESYNC" in self.remote.capabilities
+        ):
+            delta = self._server_delta_only(name, prior)
+            if delta is not None:
+                return delta
         pairs = self.state.pairs(name) if prior else []
 
         local: dict[str, LocalMessage]
@@ -530,6 +542,40 @@ class AccountSync:
             stamp=stamp,
             sizes=sizes,
         )
+
+    def _server_delta_only(self, name: str, prior: FolderState) -> FolderInputs | None:
+        """Only the server changed and it can say exactly what (QRESYNC): load just the
+        pairs of the UIDs it names, so the cost follows the change, not the folder.
+        None when the server could not answer incrementally."""
+        changes = self.remote.select_changes(name, prior.uidvalidity, prior.highestmodseq)
+        status = changes.status
+        self._selected, self._selected_status = name, status
+        if changes.full or status.uidvalidity != prior.uidvalidity:
+            return None  # the caller does it the long way (and selects again)
+        pairs = self.state.pairs_for(name, set(changes.changed) | set(changes.vanished))
+        remote = {p.uid: p.remote_flags for p in pairs}
+        for uid in changes.vanished:
+            remote.pop(uid, None)
+        for uid, m in changes.changed.items():
+            remote[uid] = flagmod.normalize(m.flags)
+        local = {p.key: LocalMessage(p.key, p.local_flags, "cur") for p in pairs}
+        return FolderInputs(
+            name,
+            status,
+            prior,
+            pairs,
+            remote,
+            local,
+            [],
+            local_scanned=False,
+            stamp=self.maildir.folder(name).stamp(),
+            known=self._pair_count(name),
+        )
+
+    def _pair_count(self, name: str) -> int:
+        if self._pair_counts is None:
+            self._pair_counts = self.state.count_pairs()
+        return self._pair_counts.get(name, 0)
 
     # -- execution
 

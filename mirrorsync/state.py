@@ -247,6 +247,24 @@ class State:
             for r in rows
         ]
 
+    def pairs_for(self, folder: str, uids: Iterable[int]) -> list[Pair]:
+        """The pairs of just these UIDs: what a server-side delta needs, so its cost
+        follows the change and not the folder's size."""
+        wanted = sorted(set(uids))
+        out: list[Pair] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self._db.execute(
+                "SELECT uid, key, hash, remote_flags, local_flags FROM messages "
+                f"WHERE folder = ? AND uid IN ({','.join('?' * len(chunk))})",
+                (folder, *chunk),
+            ).fetchall()
+            out += [
+                Pair(r[0], r[1], r[2], flagmod.from_letters(r[3]), flagmod.from_letters(r[4]))
+                for r in rows
+            ]
+        return out
+
     def count_pairs(self) -> dict[str, int]:
         rows = self._db.execute("SELECT folder, COUNT(*) FROM messages GROUP BY folder")
         return {r[0]: r[1] for r in rows}

@@ -75,3 +75,31 @@ def test_a_local_change_lists_only_that_folder(mirror: Mirror, calls: Counter[st
     if mirror.client.has_capability("CONDSTORE"):
         assert calls["list_messages"] == 0 and calls["select"] + calls["select_changes"] == 1
     mirror.assert_mirrored()
+
+
+def test_a_server_only_change_loads_only_the_pairs_it_names(
+    mirror: Mirror, calls: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mirrorsync.state import State
+
+    loaded: Counter[str] = Counter()
+    real_pairs, real_for = State.pairs, State.pairs_for
+
+    def pairs(self: Any, folder: str) -> Any:
+        loaded["all"] += 1
+        return real_pairs(self, folder)
+
+    def pairs_for(self: Any, folder: str, uids: Any) -> Any:
+        got = real_for(self, folder, uids)
+        loaded["some"] += len(got)
+        return got
+
+    monkeypatch.setattr(State, "pairs", pairs)
+    monkeypatch.setattr(State, "pairs_for", pairs_for)
+    c = mirror.client
+    c.select_folder("A")
+    c.add_flags(min(c.search("ALL")), [b"\\Answered"])
+    mirror.sync()
+    if mirror.client.has_capability("QRESYNC"):
+        assert loaded["all"] == 0 and loaded["some"] == 1
+    mirror.assert_mirrored()
