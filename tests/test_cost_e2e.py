@@ -94,6 +94,7 @@ def test_a_server_only_change_loads_only_the_pairs_it_names(
         loaded["some"] += len(got)
         return got
 
+    mirror.sync()  # records the local stamps, now trusted at once
     monkeypatch.setattr(State, "pairs", pairs)
     monkeypatch.setattr(State, "pairs_for", pairs_for)
     c = mirror.client
