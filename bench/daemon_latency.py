@@ -371,6 +371,7 @@ class Run:
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
+        cpu = self.daemon.cpu_total() if self.daemon else 0.0
         print(f"daemon-bench: {name} ...", flush=True)
         try:
             yield
@@ -379,6 +380,9 @@ class Run:
             self.phases[name] = (start, end)
             self.results.setdefault("phase_seconds", {})[name] = round(end - start, 1)
             self.results.setdefault("load", {})[name] = self.load.between(start, end)
+            if self.daemon is not None and self.daemon.alive():
+                used = round(self.daemon.cpu_total() - cpu, 2)
+                self.results.setdefault("daemon_cpu_seconds", {})[name] = used
 
     def imap(self) -> Any:
         assert self.server is not None and self.tool is not None
@@ -568,6 +572,7 @@ class Run:
             "cpu_children_seconds": round(used["children"], 2),
             "cpu_share_percent": round(100 * total / wall, 3),
             "busy_seconds": busy,  # (seconds into the phase, CPU seconds) >= 0.05 s
+            "nonzero_seconds": [(t, d) for t, d in deltas if d > 0],  # every sample with CPU
             "cpu_outside_busy_seconds": round(total - sum(d for _, d in busy), 2),
             "clock_ticks_per_second": CLK_TCK,
         }
@@ -755,6 +760,17 @@ def facts(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"- Burst rounds propagated completely in {min(secs):.2f}-{max(secs):.2f} s each"
             )
+    cpu = results.get("daemon_cpu_seconds", {})
+    per = [
+        f"{cpu[phase] / results['events']:.3f} s per {label} event"
+        for phase, label in (
+            ("server -> local", "server -> local"),
+            ("local -> server", "local -> server"),
+        )
+        if phase in cpu
+    ]
+    if per:
+        lines.append(f"- Daemon CPU during the latency events: {', '.join(per)}")
     init = results.get("initial_sync")
     if init:
         lines.append(f"- Initial `mirrorsync sync` before the daemon: {init['seconds']:.1f} s")
@@ -771,9 +787,9 @@ def markdown(results: dict[str, Any]) -> str:
     load = results.get("load", {})
     load_lines = "; ".join(f"{k} {_load_text(v)}" for k, v in load.items())
     parts = [
-        f"{results['started'][:10]}: {results['messages']} messages, `mirrorsync daemon` "
-        f"with the default configuration (full check every 300 s), {results['events']} "
-        f"events per direction spaced {GAP} s apart; latency in seconds.",
+        f"{results['started'][:16].replace('T', ' ')} UTC: {results['messages']} messages, "
+        "`mirrorsync daemon` with the default configuration (full check every 300 s), "
+        f"{results['events']} events per direction spaced {GAP} s apart; latency in seconds.",
         "",
         "| " + " | ".join(header) + " |",
         "| " + " | ".join(["---"] + ["---:"] * (len(header) - 2) + ["---"]) + " |",

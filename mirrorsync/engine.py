@@ -152,6 +152,13 @@ class AccountSync:
                 )
             if not self.options.dry_run:
                 self.maildir.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.options.dry_run and self.state.journal_count():
+            # A killed `archive` left work half done: finish or undo it before the
+            # sync reads either side, or a file moved into a local-only folder could
+            # look deleted (and, in pull mode, be downloaded again).
+            from mirrorsync.archive import recover_archive
+
+            recover_archive(self.remote, self.maildir, self.state)
         self.statuses = {n: s for n, s in self.remote.statuses().items() if n in self._wanted([n])}
         remote_names = set(self.statuses)
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
@@ -186,9 +193,8 @@ class AccountSync:
         reports = {n: FolderReport(n) for n in names}
         gathered = {n: _guarded(reports[n], self.gather, n) for n in names}
         changed = {n: i for n, i in gathered.items() if i is not None and i.status is not None}
-        mirrored = {n: i for n, i in changed.items() if self.account.sync.mode_for(n) == "mirror"}
-        if mirrored:
-            self._moves(mirrored, reports)
+        if changed:
+            self._moves(changed, reports)
         for n in names:
             rep, inputs = reports[n], gathered[n]
             if rep.error is None:
@@ -282,6 +288,7 @@ class AccountSync:
     def _moves(self, changed: dict[str, FolderInputs], reports: dict[str, FolderReport]) -> None:
         """Find moves across folders (hashing only what a move could involve), carry
         them out, and rewrite the folders' inputs as if they had always been there."""
+        from mirrorsync.actions import FreeOnServer
         from mirrorsync.content import content_hash, crlf_size, message_id, to_lf
         from mirrorsync.planner import FolderView, plan_moves
 
@@ -293,19 +300,20 @@ class AccountSync:
             taken = {p.uid for p in i.pairs} | {m.uid for m in i.matches}
             return [u for u in i.remote if u not in taken]
 
+        mirror = {n: i for n, i in changed.items() if self.account.sync.mode_for(n) == "mirror"}
         lost_local = any(
             p.key not in i.local and p.uid in i.remote for i in changed.values() for p in i.pairs
         )
         lost_remote = [
             (n, p)
-            for n, i in changed.items()
+            for n, i in mirror.items()
             for p in i.pairs
             if p.uid not in i.remote and p.key in i.local
         ]
         local_hashes: dict[str, dict[str, str]] = {n: {} for n in changed}
         remote_hashes: dict[str, dict[int, str]] = {n: {} for n in changed}
         if lost_local:
-            for n, i in changed.items():
+            for n, i in mirror.items():
                 mfolder = self.maildir.folder(n)
                 for key in unpaired_local(i):
                     try:
@@ -320,7 +328,7 @@ class AccountSync:
                 except LocalStoreError:
                     continue
                 wanted.add((message_id(data), crlf_size(data)))
-            for n, i in changed.items():
+            for n, i in mirror.items():
                 fresh = unpaired_remote(i)
                 if not fresh or not wanted:
                     continue
@@ -344,6 +352,10 @@ class AccountSync:
                 remote_hashes[n],
             )
         for move in plan_moves(views, archives):
+            # Moves between folders are two-way business; freeing a message whose
+            # content is safe in a local-only folder is right in every mode.
+            if not isinstance(move, FreeOnServer) and not {move.src, move.dst} <= set(mirror):
+                continue
             if self.options.dry_run:
                 self.emit(f"[{self.account.name}] {move.describe()}")
                 continue

@@ -29,6 +29,15 @@ def dovecot_basic() -> Iterator[Dovecot]:
     server.cleanup()
 
 
+@pytest.fixture(scope="session")
+def dovecot_quota() -> Iterator[Dovecot]:
+    """A Dovecot with the quota plugin (QUOTA, a 1 GiB STORAGE limit per user), for
+    `mirrorsync quota` and the archive tests."""
+    server = Dovecot(quota=True).start()
+    yield server
+    server.cleanup()
+
+
 @dataclass(frozen=True)
 class Account:
     server: Dovecot
@@ -72,3 +81,14 @@ def make_account(dovecot: Dovecot) -> Callable[[], Account]:
 @pytest.fixture
 def basic_account(dovecot_basic: Dovecot) -> Account:
     return _new_account(dovecot_basic)
+
+
+@pytest.fixture
+def quota_account(dovecot_quota: Dovecot) -> Account:
+    return _new_account(dovecot_quota)
+
+
+@pytest.fixture
+def make_quota_account(dovecot_quota: Dovecot) -> Callable[[], Account]:
+    """For tests that need several fresh users on the quota Dovecot."""
+    return lambda: _new_account(dovecot_quota)

@@ -20,10 +20,11 @@ a test act as another client, or as a failing network, between the engine's call
 from __future__ import annotations
 
 import itertools
+import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from mirrorsync.content import message_id
 from mirrorsync.errors import ConnectionFailed, FolderNameError, MirrorsyncError, ServerError
@@ -32,6 +33,7 @@ from mirrorsync.model import (
     Flags,
     FolderChanges,
     FolderStatus,
+    QuotaResource,
     RemoteFolder,
     RemoteIdentity,
     RemoteMessage,
@@ -51,8 +53,11 @@ FULL_CAPABILITIES = frozenset(
         "LITERAL+",
         "LIST-STATUS",
         "ESEARCH",
+        "STATUS=SIZE",
     }
 )
+# a Dovecot with the quota plugin: FULL_CAPABILITIES and QUOTA
+QUOTA_CAPABILITIES = FULL_CAPABILITIES | {"QUOTA"}
 # what Gmail offers of the fast paths: CONDSTORE but no QRESYNC
 CONDSTORE_CAPABILITIES = FULL_CAPABILITIES - {"QRESYNC"}
 BASIC_CAPABILITIES = frozenset({"IMAP4REV1", "LITERAL+", "SASL-IR", "LOGIN-REFERRALS", "IDLE"})
@@ -99,11 +104,14 @@ class FakeRemoteStore:
         self,
         capabilities: Iterable[str] = FULL_CAPABILITIES,
         appenduid: bool = True,
+        quota_limit: int = 1024 * 1024,
     ) -> None:
         """`appenduid=False` makes `append` return None, as `ImapStore` does when it
-        cannot tell the new UID, so the engine's handling of that can be tested."""
+        cannot tell the new UID, so the engine's handling of that can be tested.
+        `quota_limit` is the STORAGE limit in KiB (with "QUOTA" in `capabilities`)."""
         self._capabilities = frozenset(c.upper() for c in capabilities)
         self.appenduid = appenduid
+        self.quota_limit = quota_limit
         self.folders: dict[str, FakeFolder] = {"INBOX": FakeFolder(next(_uidvalidities))}
         self.selected: str | None = None
         self.closed = False
@@ -346,6 +354,30 @@ class FakeRemoteStore:
             out.write(msg.data[offset : offset + chunk])
         return True
 
+    # -- server space -----------------------------------------------------------------
+
+    def search(self, criteria: Sequence[str]) -> list[int]:
+        self._enter("search")
+        f = self._current("search")
+        test = _search_test(list(criteria))
+        return sorted(uid for uid, m in f.messages.items() if test(uid, m))
+
+    def quota(self) -> list[QuotaResource]:
+        """As Dovecot's "User quota" root: STORAGE in KiB, rounded up."""
+        self._enter("quota")
+        if "QUOTA" not in self._capabilities:
+            return []
+        used = sum(len(m.data) for f in self.folders.values() for m in f.messages.values())
+        return [QuotaResource("User quota", "STORAGE", math.ceil(used / 1024), self.quota_limit)]
+
+    def folder_sizes(self) -> dict[str, tuple[int, int]]:
+        self._enter("folder_sizes")
+        self.selected = None  # as ImapStore without STATUS=SIZE: select again after
+        return {
+            name: (len(f.messages), sum(len(m.data) for m in f.messages.values()))
+            for name, f in sorted(self.folders.items())
+        }
+
     def close(self) -> None:
         self.calls.append("close")
         self.closed = True
@@ -414,6 +446,94 @@ class FakeRemoteStore:
             if new != msg.flags:
                 msg.flags = new
                 msg.modseq = f.bump()
+
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+_FLAG_KEYS = {
+    "SEEN": "\\Seen",
+    "FLAGGED": "\\Flagged",
+    "DELETED": "\\Deleted",
+    "ANSWERED": "\\Answered",
+    "DRAFT": "\\Draft",
+}
+SearchTest = Callable[[int, FakeMessage], bool]
+
+
+def _search_test(tokens: list[str]) -> SearchTest:
+    """The search keys mirrorsync sends, as one predicate (all ANDed, as in IMAP);
+    an unknown key is the server's BAD."""
+    tests: list[SearchTest] = []
+    while tokens:
+        tests.append(_search_key(tokens))
+    return lambda uid, m: all(t(uid, m) for t in tests)
+
+
+def _search_key(tokens: list[str]) -> SearchTest:
+    key = tokens.pop(0).upper()
+
+    def arg() -> str:
+        if not tokens:
+            raise ServerError(f"search failed: BAD {key} needs an argument")
+        return tokens.pop(0)
+
+    if key == "ALL":
+        return lambda uid, m: True
+    if key in _FLAG_KEYS:
+        flag = _FLAG_KEYS[key]
+        return lambda uid, m: flag in m.flags
+    if key.startswith("UN") and key[2:] in _FLAG_KEYS:
+        flag = _FLAG_KEYS[key[2:]]
+        return lambda uid, m: flag not in m.flags
+    if key == "NOT":
+        inner = _search_key(tokens)
+        return lambda uid, m: not inner(uid, m)
+    if key == "OR":
+        a, b = _search_key(tokens), _search_key(tokens)
+        return lambda uid, m: a(uid, m) or b(uid, m)
+    if key in ("LARGER", "SMALLER"):
+        n = int(arg())
+        if key == "LARGER":
+            return lambda uid, m: len(m.data) > n
+        return lambda uid, m: len(m.data) < n
+    if key in ("BEFORE", "SINCE", "ON"):
+        day = _search_date(arg())
+        # RFC 3501: the date of INTERNALDATE, disregarding time and time zone
+        if key == "BEFORE":
+            return lambda uid, m: m.internaldate.date() < day
+        if key == "SINCE":
+            return lambda uid, m: m.internaldate.date() >= day
+        return lambda uid, m: m.internaldate.date() == day
+    if key == "UID":
+        text = arg()
+        return lambda uid, m: _in_set(uid, text)
+    if key in ("KEYWORD", "UNKEYWORD"):
+        word = arg().lower()
+        has = key == "KEYWORD"
+        return lambda uid, m: (word in _lower(m.flags)) is has
+    raise ServerError(f"search failed: BAD unknown search key {key}")
+
+
+def _search_date(text: str) -> date:
+    try:
+        day, month, year = text.split("-")
+        return date(int(year), _MONTHS[month.lower()], int(day))
+    except (ValueError, KeyError):
+        raise ServerError(f"search failed: BAD invalid date {text!r}") from None
+
+
+def _in_set(uid: int, text: str) -> bool:
+    for piece in text.split(","):
+        low, _, high = piece.partition(":")
+        a = 2**32 if low == "*" else int(low)
+        b = a if not high else 2**32 if high == "*" else int(high)
+        if min(a, b) <= uid <= max(a, b):
+            return True
+    return False
 
 
 def _listing(f: FakeFolder) -> dict[int, RemoteMessage]:

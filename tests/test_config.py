@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from mirrorsync.config import (
     AccountConfig,
+    ArchiveRule,
     Config,
     FolderFilter,
     LocalConfig,
@@ -213,6 +214,92 @@ ERRORS: list[tuple[str, dict[str, Any], str, str]] = [
     ("guard negative", {f"{ACC}.sync.guard_min": -1}, f"{ACC}.sync.guard_min", ">= 0, got -1"),
     ("guard float", {f"{ACC}.sync.guard_min": 2.5}, f"{ACC}.sync.guard_min", "an integer"),
     ("guard bool", {f"{ACC}.sync.guard_min": False}, f"{ACC}.sync.guard_min", "boolean"),
+    (
+        "local_only string",
+        {f"{ACC}.local.local_only": "Archive"},
+        f"{ACC}.local.local_only",
+        "list",
+    ),
+    (
+        "local_only inbox",
+        {f"{ACC}.local.local_only": ["Archive/*", "*"]},
+        f"{ACC}.local.local_only[1]",
+        "'*' matches INBOX, which cannot be local-only",
+    ),
+    ("mode", {f"{ACC}.sync.mode": "sync"}, f"{ACC}.sync.mode", "mirror, pull, backup, got 'sync'"),
+    (
+        "folder_modes list",
+        {f"{ACC}.sync.folder_modes": ["x"]},
+        f"{ACC}.sync.folder_modes",
+        "mapping",
+    ),
+    (
+        "folder_modes value",
+        {f"{ACC}.sync.folder_modes": {"INBOX": "pull", "Lists/*": "push"}},
+        f"{ACC}.sync.folder_modes.Lists/*",
+        "mirror, pull, backup, got 'push'",
+    ),
+]
+
+ARCHIVE_OK = {f"{ACC}.local.local_only": ["Archive", "Archive/*"]}
+RULE = {"folder": "INBOX", "older_than": "1y"}
+
+
+def _rule(**changes: Any) -> dict[str, Any]:
+    return {**ARCHIVE_OK, f"{ACC}.archive": [{**RULE, **changes}]}
+
+
+ERRORS += [
+    ("archive mapping", {**ARCHIVE_OK, f"{ACC}.archive": RULE}, f"{ACC}.archive", "list of rules"),
+    (
+        "archive no folder",
+        {**ARCHIVE_OK, f"{ACC}.archive": [{"older_than": "1y"}]},
+        f"{ACC}.archive[0].folder",
+        "required key is missing",
+    ),
+    (
+        "archive unknown key",
+        _rule(older_then="1y"),
+        f"{ACC}.archive[0].older_then",
+        "did you mean older_than?",
+    ),
+    (
+        "archive no criterion",
+        {**ARCHIVE_OK, f"{ACC}.archive": [{"folder": "INBOX"}]},
+        f"{ACC}.archive[0]",
+        "needs older_than or larger_than",
+    ),
+    ("archive age", _rule(older_than="1x"), f"{ACC}.archive[0].older_than", "unknown unit 'x'"),
+    ("archive age number", _rule(older_than=5), f"{ACC}.archive[0].older_than", "a string"),
+    ("archive size", _rule(larger_than="lots"), f"{ACC}.archive[0].larger_than", "cannot read"),
+    ("archive size bool", _rule(larger_than=True), f"{ACC}.archive[0].larger_than", "a size"),
+    ("archive size negative", _rule(larger_than=-1), f"{ACC}.archive[0].larger_than", "negative"),
+    (
+        "archive keep_flagged",
+        _rule(keep_flagged="yes"),
+        f"{ACC}.archive[0].keep_flagged",
+        "expected true or false, got 'yes'",
+    ),
+    ("archive to pattern", _rule(to="Archive/*"), f"{ACC}.archive[0].to", "not a pattern"),
+    (
+        "archive to not local-only",
+        _rule(to="Old"),
+        f"{ACC}.archive[0].to",
+        "archives into 'Old', which is not a local-only folder; add a pattern for it to "
+        f"{ACC}.local.local_only",
+    ),
+    (
+        "archive default not local-only",
+        {f"{ACC}.archive": [RULE]},
+        f"{ACC}.archive[0]",
+        "archives into 'Archive/INBOX', which is not a local-only folder",
+    ),
+    (
+        "archive from local-only",
+        _rule(folder="Archive/INBOX", to="Archive"),
+        f"{ACC}.archive[0].folder",
+        "is local-only",
+    ),
 ]
 
 
@@ -458,6 +545,64 @@ def test_values_are_kept(write: Callable[[object], Path], env: dict[str, str]) -
     assert account.folders == FolderFilter(("INBOX", "Lists/%"), ("Lists/spam",))
     assert account.sync == SyncConfig(max_delete_share=1.0, guard_min=0)
     assert isinstance(account.sync.max_delete_share, float)
+
+
+def test_local_only_modes_and_archive_rules(
+    write: Callable[[object], Path], env: dict[str, str]
+) -> None:
+    text = """
+accounts:
+  personal:
+    remote: {host: imap.example.com, username: alice, password: pw}
+    local:
+      path: ~/Mail
+      local_only: ["Archive", "Archive/*", "Local/%"]
+    sync:
+      mode: pull
+      folder_modes:
+        "Lists/announce": mirror
+        "Lists/*": backup
+        "Lists/%": mirror
+    archive:
+      - folder: INBOX
+        older_than: 2024-01-31
+      - folder: "Lists/*"
+        older_than: 6m
+        larger_than: 1.5M
+        keep_flagged: false
+        keep_unread: false
+        to: /Local/lists/
+      - {folder: Sent, larger_than: 2048}
+"""
+    account = load(write(text), env).accounts["personal"]
+    local = account.local
+    assert local.local_only == ("Archive", "Archive/*", "Local/%")
+    assert local.is_local_only("Archive") and local.is_local_only("Archive/INBOX/2024")
+    assert local.is_local_only("Local/lists") and not local.is_local_only("Local/a/b")
+    assert not local.is_local_only("INBOX") and not local.is_local_only("Archived")
+    sync = account.sync
+    assert sync.mode == "pull"
+    assert sync.mode_for("Lists/announce") == "mirror"  # first match wins
+    assert sync.mode_for("Lists/python/dev") == "backup"
+    assert sync.mode_for("INBOX") == "pull"
+    assert account.archive == (
+        ArchiveRule("INBOX", older_than="2024-01-31"),  # an unquoted YAML date too
+        ArchiveRule(
+            "Lists/*", "6m", 1572864, keep_flagged=False, keep_unread=False, to="Local/lists"
+        ),
+        ArchiveRule("Sent", larger_than=2048),
+    )
+    assert account.archive[0].destination("INBOX") == "Archive/INBOX"
+    assert account.archive[1].destination("Lists/python") == "Local/lists"
+
+
+def test_defaults_of_the_new_keys(write: Callable[[object], Path], env: dict[str, str]) -> None:
+    account = load(write(BASE), env).accounts["personal"]
+    assert account.local.local_only == ()
+    assert not account.local.is_local_only("Archive")
+    assert account.sync.mode == "mirror" and account.sync.folder_modes == ()
+    assert account.sync.mode_for("INBOX") == "mirror"
+    assert account.archive == ()
 
 
 def test_accounts_keep_file_order(write: Callable[[object], Path], env: dict[str, str]) -> None:
@@ -875,6 +1020,10 @@ def test_sample_config_loads(env: dict[str, str]) -> None:
     assert personal.local.path == home / "Mail/personal"
     assert personal.state_dir == home / ".local/state/mirrorsync/personal"
     assert personal.folders.matches("INBOX") and not personal.folders.matches("Junk")
+    assert personal.local.is_local_only("Archive/INBOX")
+    assert personal.sync.mode_for("INBOX") == "mirror"
+    assert [r.folder for r in personal.archive] == ["INBOX", "Lists/*"]
+    assert personal.archive[1].larger_than == 5 * 1024**2
     assert work.remote.port == 143
     assert work.local.layout == "maildir++"
     assert work.state_dir == home / ".local/state/mirrorsync/work"
@@ -888,7 +1037,8 @@ def test_sample_config_mentions_every_key() -> None:
         "accounts", "remote", "host", "port", "tls", "username", "password",
         "password_command", "password_env", "ca_file", "timeout", "max_connections",
         "local", "path", "layout", "state_dir", "folders", "include", "exclude", "sync",
-        "max_delete_share", "guard_min",
+        "max_delete_share", "guard_min", "local_only", "mode", "folder_modes", "archive",
+        "folder", "older_than", "larger_than", "keep_flagged", "keep_unread", "to",
     ]  # fmt: skip
     for key in keys:
-        assert re.search(rf"^\s*#?\s*{key}:", text, re.MULTILINE), key
+        assert re.search(rf"^\s*#?\s*(?:-\s*)?{key}:", text, re.MULTILINE), key

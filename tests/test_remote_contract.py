@@ -26,7 +26,12 @@ from typing import Any
 import imapclient
 import pytest
 from conftest import Account
-from fakeremote import BASIC_CAPABILITIES, CONDSTORE_CAPABILITIES, FakeRemoteStore
+from fakeremote import (
+    BASIC_CAPABILITIES,
+    CONDSTORE_CAPABILITIES,
+    QUOTA_CAPABILITIES,
+    FakeRemoteStore,
+)
 from imapclient.imap_utf7 import decode as utf7_decode
 
 from mirrorsync import content
@@ -1066,3 +1071,125 @@ def test_move_keeps_flags_and_date_and_tells_the_new_uid(backend: Backend) -> No
         assert when == date
         assert content.message_id(data) in {"<mv0@mirrorsync.test>", "<mv2@mirrorsync.test>"}
     assert store.move([], "Archive") == {}
+
+
+# -- server space: search, quota, folder sizes ------------------------------------------
+
+
+def _space_fixture(store: RemoteStore) -> dict[str, int]:
+    """Messages of every kind an archive rule tells apart, by name -> UID."""
+    old = datetime(2020, 1, 15, 12, 0, tzinfo=timezone.utc)
+    new = datetime(2030, 1, 15, 12, 0, tzinfo=timezone.utc)
+    big = b"x" * 5000 + b"\r\n"
+    seen, flagged = frozenset({"\\Seen"}), frozenset({"\\Seen", "\\Flagged"})
+    plan = {
+        "old": (msg("old"), seen, old),
+        "old_big": (msg("old_big", body=big), seen, old),
+        "old_flagged": (msg("old_flagged"), flagged, old),
+        "old_unread": (msg("old_unread"), frozenset(), old),
+        "old_deleted": (msg("old_deleted"), frozenset({"\\Seen", "\\Deleted"}), old),
+        "new_big": (msg("new_big", body=big), seen, new),
+        "new_fwd": (msg("new_fwd"), frozenset({"$Forwarded"}), new),
+    }
+    return {name: add(store, "INBOX", d, f, when) for name, (d, f, when) in plan.items()}
+
+
+SEARCHES: list[tuple[list[str], set[str]]] = [
+    (["ALL"], {"old", "old_big", "old_flagged", "old_unread", "old_deleted", "new_big", "new_fwd"}),
+    (["BEFORE", "1-Jan-2021"], {"old", "old_big", "old_flagged", "old_unread", "old_deleted"}),
+    (["BEFORE", "15-Jan-2020"], set()),  # the date only: not before its own day
+    (["BEFORE", "16-Jan-2020", "SEEN", "UNFLAGGED", "NOT", "DELETED"], {"old", "old_big"}),
+    (["LARGER", "4000"], {"old_big", "new_big"}),
+    (["LARGER", "4000", "BEFORE", "1-Jan-2021"], {"old_big"}),
+    (["UNSEEN"], {"new_fwd", "old_unread"}),
+    (["KEYWORD", "$Forwarded"], {"new_fwd"}),
+    (["DELETED"], {"old_deleted"}),
+]
+
+
+@pytest.mark.parametrize(("criteria", "expected"), SEARCHES, ids=[" ".join(c) for c, _ in SEARCHES])
+def test_search(backend: Backend, criteria: list[str], expected: set[str]) -> None:
+    store = backend.store
+    uids = _space_fixture(store)
+    store.select("INBOX")
+    got = store.search(criteria)
+    assert got == sorted(uids[n] for n in expected)
+
+
+def test_search_by_uid_set_and_in_windows(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ImapStore searches in UID windows (so no answer line outgrows imaplib's
+    limit); with tiny windows every window and the open-ended last one are used."""
+    monkeypatch.setattr("mirrorsync.imapstore._SEARCH_WINDOW", 3)
+    store = backend.store
+    uids = [
+        add(store, "INBOX", msg(i), frozenset({"\\Seen"} if i % 2 else set())) for i in range(8)
+    ]
+    store.select("INBOX")
+    late = backend.other.append("INBOX", msg("late"), ("\\Seen",))  # after the SELECT
+    assert store.search(["SEEN"]) == [*uids[1::2], late]
+    assert store.search(["UID", f"{uids[0]}:{uids[3]}", "UNSEEN"]) == [uids[0], uids[2]]
+    assert store.search(["UID", "99999"]) == []
+
+
+def test_search_errors(backend: Backend) -> None:
+    store = backend.store
+    with pytest.raises(ServerError):
+        store.search(["ALL"])  # nothing selected
+    store.select("INBOX")
+    with pytest.raises(ServerError):
+        store.search(["NOSUCHKEY"])
+    with pytest.raises(ServerError):
+        store.search(["BEFORE 1-Jan-2020"])  # one key per item
+    assert store.search(["ALL"]) == []  # the store stays usable
+
+
+def test_folder_sizes_count_messages_and_rfc822_sizes(backend: Backend) -> None:
+    store = backend.store
+    store.create_folder("Big/Sub")
+    store.create_folder("Empty")
+    add(store, "INBOX", msg(1))
+    for i in range(3):
+        add(store, "Big/Sub", msg(f"b{i}", body=b"z" * (1000 * (i + 1)) + b"\r\n"))
+    got = store.folder_sizes()
+    assert "Big" not in got  # implied parent, not selectable
+    for name in ("INBOX", "Big/Sub", "Empty"):
+        store.select(name)
+        sizes = store.sizes(list(store.list_messages()))
+        assert got[name] == (len(sizes), sum(sizes.values())), name
+    assert got["Big/Sub"][0] == 3 and got["Empty"] == (0, 0)
+    store.select("INBOX")  # usable after
+    assert len(store.list_messages()) == 1
+
+
+def test_quota_is_empty_without_the_extension(backend: Backend) -> None:
+    assert "QUOTA" not in backend.store.capabilities
+    assert backend.store.quota() == []
+
+
+@pytest.fixture(params=[pytest.param("dovecot_quota", marks=_dovecot), "fake_quota"])
+def quota_backend(request: pytest.FixtureRequest) -> Iterator[RemoteStore]:
+    """A store on a server with QUOTA: Dovecot's quota plugin, or the fake with it."""
+    if request.param == "fake_quota":
+        yield FakeRemoteStore(QUOTA_CAPABILITIES)
+        return
+    account = request.getfixturevalue("quota_account")
+    store = ImapStore.connect(remote_config(account), account.password)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_quota_reports_storage_use_and_limit(quota_backend: RemoteStore) -> None:
+    store = quota_backend
+    assert "QUOTA" in store.capabilities
+    (before,) = [q for q in store.quota() if q.name == "STORAGE"]
+    assert before.limit == 1024 * 1024  # 1 GiB, in KiB
+    assert before.limit_bytes == 1024**3
+    add(store, "INBOX", msg("q", body=b"q" * 200_000 + b"\r\n"))
+    (after,) = [q for q in store.quota() if q.name == "STORAGE"]
+    assert after.usage - before.usage >= 195  # KiB
+    assert after.usage_bytes == after.usage * 1024
+    assert after.root == before.root

@@ -58,3 +58,23 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     held.__exit__(None, None, None)
     with AccountLock(tmp_path, "acct"):
         pass
+
+
+def test_archive_journal(tmp_path: Path) -> None:
+    from mirrorsync.state import JournalEntry
+
+    s = State.open(tmp_path)
+    assert s.journal_count() == 0 and s.journal() == []
+    a = JournalEntry("INBOX", 7, 3, "Archive/INBOX", "k3", "h3")
+    b = JournalEntry("INBOX", 7, 1, "Archive/INBOX", "k1", "h1")
+    c = JournalEntry("Work", 9, 1, "Old", "k", "h")
+    with s.transaction():
+        s.put_journal([a, b, c])
+    assert s.journal_count() == 3
+    assert s.journal() == [b, a, c]  # by folder, then UID
+    with s.transaction():
+        s.delete_journal("INBOX", [1, 3, 99])
+    s.close()
+    s = State.open(tmp_path)
+    assert s.journal() == [c]
+    s.close()
