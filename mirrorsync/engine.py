@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 A = TypeVar("A")
 
 DOWNLOAD_BATCH = 500  # messages per group commit (files fsynced together, one txn)
-DOWNLOAD_BATCH_BYTES = 32 * 1024 * 1024
+DOWNLOAD_BATCH_BYTES = 8 * 1024 * 1024  # bounds memory: a batch is held until it is fsynced
 LARGE_MESSAGE = 8 * 1024 * 1024  # streamed to disk in chunks, never held whole
 UPLOAD_BATCH = 50
 NOT_UPLOADED = "not uploaded"
@@ -191,18 +191,28 @@ class AccountSync:
         for action in before:
             self._folder_action(action, report)
         reports = {n: FolderReport(n) for n in names}
-        gathered = {n: _guarded(reports[n], self.gather, n) for n in names}
-        changed = {n: i for n, i in gathered.items() if i is not None and i.status is not None}
-        if changed:
-            self._moves(changed, reports)
+        # A folder that lost nothing and gained nothing cannot be either end of a move:
+        # it is planned and done at once, so that only the folders a move could touch
+        # are held in memory together.
+        held: dict[str, FolderInputs] = {}
         for n in names:
-            rep, inputs = reports[n], gathered[n]
-            if rep.error is None:
-                if inputs is None:
-                    rep.skipped = True
-                else:
-                    _guarded(rep, self._plan_and_execute, inputs, rep)
-            report.folders.append(rep)
+            rep = reports[n]
+            inputs = _guarded(rep, self.gather, n)
+            if rep.error is not None:
+                continue
+            if inputs is None:
+                rep.skipped = True
+            elif inputs.status is not None and _may_move(inputs):
+                held[n] = inputs
+            else:
+                _guarded(rep, self._plan_and_execute, inputs, rep)
+        if held:
+            self._moves(held, reports)
+        for n in list(held):
+            inputs = held.pop(n)
+            if reports[n].error is None:
+                _guarded(reports[n], self._plan_and_execute, inputs, reports[n])
+        report.folders += [reports[n] for n in names]
         for action in after:
             self._folder_action(action, report)
         if not self.options.dry_run and not report.failed and not self.options.folders:
@@ -903,6 +913,18 @@ def _ts(date: datetime | None) -> float | None:
 
 def _of(plan: Sequence[act.MessageAction], kind: type[A]) -> list[A]:
     return [a for a in plan if isinstance(a, kind)]
+
+
+def _may_move(i: FolderInputs) -> bool:
+    """Whether this folder could be one end of a move: it lost a message on one side,
+    or holds one that no pair accounts for."""
+    paired_keys = {p.key for p in i.pairs}
+    paired_uids = {p.uid for p in i.pairs}
+    return (
+        any(p.key not in i.local or p.uid not in i.remote for p in i.pairs)
+        or any(k not in paired_keys for k in i.local)
+        or any(u not in paired_uids for u in i.remote)
+    )
 
 
 def _started_row(inputs: FolderInputs, needs_match: bool) -> FolderState:

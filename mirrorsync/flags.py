@@ -7,6 +7,8 @@ planner only adds or removes flags that it can see on both sides.
 
 from __future__ import annotations
 
+import functools
+
 from mirrorsync.model import Flags
 
 IMAP_TO_LETTER: dict[str, str] = {
@@ -22,6 +24,9 @@ _CANONICAL: dict[str, str] = {k.lower(): k for k in IMAP_TO_LETTER}
 SYNCED_FLAGS: Flags = frozenset(IMAP_TO_LETTER)
 
 
+_INTERNED: dict[Flags, Flags] = {}
+
+
 def normalize(flags: object) -> Flags:
     """Keep the mappable flags, spelled canonically (IMAP flag names are case-insensitive)."""
     out = set()
@@ -30,7 +35,10 @@ def normalize(flags: object) -> Flags:
         canon = _CANONICAL.get(name.lower())
         if canon:
             out.add(canon)
-    return frozenset(out)
+    result = frozenset(out)
+    # At most 64 distinct sets exist: share them, so 10^5 messages do not hold 10^5
+    # copies of the same few flag sets.
+    return _INTERNED.setdefault(result, result)
 
 
 def to_letters(flags: Flags) -> str:
@@ -38,6 +46,7 @@ def to_letters(flags: Flags) -> str:
     return "".join(sorted(IMAP_TO_LETTER[f] for f in flags if f in IMAP_TO_LETTER))
 
 
+@functools.lru_cache(maxsize=256)
 def from_letters(letters: str) -> Flags:
     """Unknown letters (lowercase keywords, other tools' letters) are ignored, not lost:
     the file keeps them until mirrorsync renames it, and then they are carried over."""

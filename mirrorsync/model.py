@@ -48,7 +48,7 @@ class RemoteFolder:
         return "\\noselect" not in lowered and "\\nonexistent" not in lowered
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteMessage:
     uid: int
     flags: Flags
@@ -75,7 +75,7 @@ class FolderChanges:
     full: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteIdentity:
     """Cheap facts to pick candidates when matching messages by content."""
 
@@ -105,7 +105,7 @@ class QuotaResource:
         return self.limit * 1024 if self.name == "STORAGE" else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalMessage:
     key: str  # the unique part of the Maildir file name; survives flag renames
     flags: Flags  # as IMAP flags

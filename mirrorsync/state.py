@@ -80,7 +80,7 @@ class FolderState:
     last_sync: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pair:
     """One message known on both sides, with the flags each side had at the last sync."""
 
