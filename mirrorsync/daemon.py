@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from mirrorsync.engine import AccountReport
     from mirrorsync.imapstore import ImapStore
 
+ARCHIVE_EVERY = 24 * 3600.0  # seconds between two runs of the archive rules
+
 log = logging.getLogger(__name__)
 
 MAX_DELAY_FACTOR = 10  # a batch waits at most this many debounce periods ...
@@ -388,14 +390,38 @@ class AccountLoop(threading.Thread):
                 state = State.open(account.state_dir)
                 try:
                     maildir = Maildir(account.local.path, account.local.layout)
-                    return AccountSync(
+                    report = AccountSync(
                         account, store, maildir, state, options, self._out.result
                     ).run()
+                    if not options.folders and not report.failed:
+                        self._archive_daily(store, maildir, state)
+                    return report
                 finally:
                     state.close()
             finally:
                 with contextlib.suppress(Exception):
                     store.close()
+
+    def _archive_daily(self, store: Any, maildir: Any, state: Any) -> None:
+        """The account's archive rules, applied once a day after a full sync (on its
+        connection, under its lock), as `sync --archive` applies them on demand. The
+        time of the last run is kept in the state, so a restart does not repeat it."""
+        account = self.account
+        if not account.archive:
+            return
+        last = float(state.get_meta("last_archive") or 0)
+        if time.time() - last < ARCHIVE_EVERY:
+            return
+        from mirrorsync.archive import run_archive
+
+        done = run_archive(account, store, maildir, state, account.archive, False, log.info)
+        with state.transaction():
+            state.set_meta("last_archive", str(time.time()))
+        if done.messages:
+            self._out.result(
+                f"{account.name}: archived {done.messages} messages, "
+                f"{done.bytes / 1_048_576:.1f} MB freed on the server"
+            )
 
     def _show(self, report: AccountReport, trigger: str, seconds: float, full: bool) -> None:
         name = self.account.name

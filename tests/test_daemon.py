@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -897,3 +898,31 @@ def test_config_errors_exit_2_before_anything_starts(account: Any, tmp_path: Pat
     m = Mirror(account, tmp_path / "other")
     r = m.run("daemon", "nosuchaccount")
     assert r.status == 2 and "no account named nosuchaccount" in r.err
+
+
+def test_the_daemon_applies_the_archive_rules_once_a_day(
+    account: Any, tmp_path: Path, run_daemon: Callable[..., DaemonProcess]
+) -> None:
+    old = datetime(2020, 1, 2, tzinfo=timezone.utc)
+    m = Mirror(
+        account,
+        tmp_path,
+        daemon=FAST,
+        archive=[{"folder": "INBOX", "older_than": "1y", "keep_unread": False}],
+    )
+    doc = yaml.safe_load(m.config.read_text())
+    doc["accounts"]["test"]["local"]["local_only"] = ["Archive", "Archive/*"]
+    m.config.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    m.client.append("INBOX", message("old"), msg_time=old)
+    m.client.append("INBOX", message("new"))
+    d = run_daemon(m)
+    d.ready()
+    d.wait_for(lambda: len(_server_flags(m)) == 1, 10, "the old message archived")
+    assert len(_files(m.root / "Archive" / "INBOX")) == 1
+    assert "archived 1 messages" in d.out
+    m.client.append("INBOX", message("older"), msg_time=old)
+    d.signal(signal.SIGUSR1)  # a full sync now, but the day is not over: no archive
+    d.wait_for(lambda: len(_files(m.root / "INBOX")) == 2, 10, "the new old one synced")
+    d.settle()
+    assert len(_server_flags(m)) == 2
+    assert d.stop() == 0
