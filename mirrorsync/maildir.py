@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -426,6 +427,9 @@ class MaildirFolder:
                 key, _sep, letters = split_filename(filename)
                 if not key:
                     continue
+                # Interned, so the state's pair for this message shares the string:
+                # a 10^5-message account holds each key once, not three times.
+                key = sys.intern(key)
                 msg = LocalMessage(key, flagmod.from_letters(letters), sub, filename)
                 prev = out.get(key)
                 if prev is not None:

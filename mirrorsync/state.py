@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -243,7 +244,9 @@ class State:
             (folder,),
         ).fetchall()
         return [
-            Pair(r[0], r[1], r[2], flagmod.from_letters(r[3]), flagmod.from_letters(r[4]))
+            Pair(
+                r[0], sys.intern(r[1]), r[2], flagmod.from_letters(r[3]), flagmod.from_letters(r[4])
+            )
             for r in rows
         ]
 
@@ -260,7 +263,13 @@ class State:
                 (folder, *chunk),
             ).fetchall()
             out += [
-                Pair(r[0], r[1], r[2], flagmod.from_letters(r[3]), flagmod.from_letters(r[4]))
+                Pair(
+                    r[0],
+                    sys.intern(r[1]),
+                    r[2],
+                    flagmod.from_letters(r[3]),
+                    flagmod.from_letters(r[4]),
+                )
                 for r in rows
             ]
         return out
@@ -317,6 +326,13 @@ class State:
             "DELETE FROM archive_journal WHERE folder = ? AND uid = ?",
             [(folder, u) for u in uids],
         )
+
+
+def _pair(row: tuple[int, str, str, str, str]) -> Pair:
+    """A state row as a Pair; the key is interned so that it shares its string with
+    the same key found by a Maildir scan."""
+    uid, key, h, remote, local = row
+    return Pair(uid, sys.intern(key), h, flagmod.from_letters(remote), flagmod.from_letters(local))
 
 
 class AccountLock:
