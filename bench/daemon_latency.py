@@ -776,6 +776,8 @@ def facts(results: dict[str, Any]) -> list[str]:
         lines.append(f"- Initial `mirrorsync sync` before the daemon: {init['seconds']:.1f} s")
     rc = results.get("daemon_exit")
     lines.append(f"- Daemon stopped with SIGTERM: exit status {rc}")
+    if isinstance(results.get("inbox_check"), str):
+        lines.append(f"- INBOX afterwards: {results['inbox_check']}")
     if results.get("problems"):
         lines.append("- Problems: " + "; ".join(results["problems"]))
     return lines
@@ -964,8 +966,12 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 problems.append(f"the daemon exited with status {rc} after SIGTERM")
             if failed is None:
-                with contextlib.suppress(Exception):
-                    problems += run.check_inbox()
+                try:
+                    found = run.check_inbox()
+                except Exception as e:  # the check itself failed: say so, not "OK"
+                    found = [f"INBOX check failed: {type(e).__name__}: {e}"]
+                res["inbox_check"] = found or "same Message-IDs and flags on both sides"
+                problems += found
         if run.server is not None:
             run.server.stop()
         if args.keep:

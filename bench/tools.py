@@ -138,7 +138,8 @@ class Mirrorsync(Tool):
         python = str(venv / "bin" / "python") if venv else sys.executable
         p = subprocess.run(
             [python, "-c", "import mirrorsync; print(mirrorsync.__file__)"],
-            cwd=self.cwd, env=self.env(), capture_output=True, text=True,
+            # From the source tree, "import" would find the tree, not the install.
+            cwd="/" if venv else self.cwd, env=self.env(), capture_output=True, text=True,
         )  # fmt: skip
         return p.stdout.strip() or p.stderr.strip()
 
