@@ -9,11 +9,12 @@ so `--help` and config errors stay instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -24,8 +25,18 @@ from mirrorsync.errors import ExitStatus, MirrorsyncError, UsageError
 if TYPE_CHECKING:
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
+    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.maildir import Maildir
+    from mirrorsync.state import State
 
 log = logging.getLogger("mirrorsync")
+
+
+@dataclass(frozen=True)
+class Session:
+    remote: ImapStore
+    state: State
+    maildir: Maildir
 
 
 @dataclass
@@ -222,61 +233,68 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     return worst
 
 
+@contextlib.contextmanager
+def account_session(account: AccountConfig, env: Environment) -> Iterator[Session]:
+    """The account's lock, a logged-in server connection, the state and the Maildir,
+    for one run; all released whatever happens. A state database found damaged
+    mid-run becomes one clear line (the file is moved aside at the next start)."""
+    import sqlite3
+
+    from mirrorsync.config import resolve_password
+    from mirrorsync.errors import StateError
+    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.maildir import Maildir
+    from mirrorsync.state import AccountLock, State
+
+    with AccountLock(account.state_dir, account.name):
+        remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
+        try:
+            state = State.open(account.state_dir)
+            try:
+                yield Session(remote, state, Maildir(account.local.path, account.local.layout))
+            except sqlite3.DatabaseError as e:
+                raise StateError(
+                    f"state database {state.path} is damaged ({e})",
+                    "move it aside and re-run: folders are then matched by content, "
+                    "nothing is lost or duplicated",
+                ) from e
+            finally:
+                state.close()
+        finally:
+            remote.close()
+
+
 def sync_account(
     account: AccountConfig, options: object, env: Environment, archive: bool = False
 ) -> ExitStatus:
     """Lock, connect, run, report. Returns the account's exit status. With `archive`,
     the account's archive rules are applied after the sync, under the same lock and
     on the same connection, so they act on freshly synced folders."""
-    import sqlite3
-
-    from mirrorsync.config import resolve_password
     from mirrorsync.engine import AccountSync, SyncOptions
-    from mirrorsync.errors import StateError
-    from mirrorsync.imapstore import ImapStore
-    from mirrorsync.maildir import Maildir
-    from mirrorsync.state import AccountLock, State
 
     assert isinstance(options, SyncOptions)
     started = time.monotonic()
-    with AccountLock(account.state_dir, account.name):
-        password = resolve_password(account.remote, env.environ)
-        remote = ImapStore.connect(account.remote, password)
-        try:
-            state = State.open(account.state_dir)
-            try:
-                maildir = Maildir(account.local.path, account.local.layout)
 
-                def emit(line: str) -> None:
-                    env.stdout.write(line + "\n")
+    def emit(line: str) -> None:
+        env.stdout.write(line + "\n")
 
-                try:
-                    report = AccountSync(account, remote, maildir, state, options, emit).run()
-                except sqlite3.DatabaseError as e:
-                    raise StateError(
-                        f"state database {state.path} is damaged ({e})",
-                        "move it aside and re-run: folders are then matched by content, "
-                        "nothing is lost or duplicated",
-                    ) from e
-                archived = None
-                archive_lines: list[str] = []
-                if archive and account.archive:
-                    from mirrorsync.archive import run_archive
+    archived = None
+    archive_lines: list[str] = []
+    with account_session(account, env) as s:
+        report = AccountSync(account, s.remote, s.maildir, s.state, options, emit).run()
+        if archive and account.archive:
+            from mirrorsync.archive import run_archive
 
-                    # printed after the sync's summary line, in the order things happened
-                    archived = run_archive(
-                        account,
-                        remote,
-                        maildir,
-                        state,
-                        account.archive,
-                        options.dry_run,
-                        archive_lines.append,
-                    )
-            finally:
-                state.close()
-        finally:
-            remote.close()
+            # printed after the sync's summary line, in the order things happened
+            archived = run_archive(
+                account,
+                s.remote,
+                s.maildir,
+                s.state,
+                account.archive,
+                options.dry_run,
+                archive_lines.append,
+            )
     for f in report.folders:
         if f.error:
             env.stderr.write(f"mirrorsync: [{account.name}] {f.summary()}\n")
@@ -392,35 +410,20 @@ def archive_account(
     """Lock, connect, finish any interrupted archive, apply `rules`, report."""
     from mirrorsync.archive import recover_archive, run_archive
     from mirrorsync.archive_rules import messages
-    from mirrorsync.config import resolve_password
-    from mirrorsync.imapstore import ImapStore
-    from mirrorsync.maildir import Maildir
-    from mirrorsync.state import AccountLock, State
 
     started = time.monotonic()
-    with AccountLock(account.state_dir, account.name):
-        remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
-        try:
-            state = State.open(account.state_dir)
-            try:
-                maildir = Maildir(account.local.path, account.local.layout)
 
-                def emit(line: str) -> None:
-                    env.stdout.write(line + "\n")
+    def emit(line: str) -> None:
+        env.stdout.write(line + "\n")
 
-                if not dry_run:
-                    settled = recover_archive(remote, maildir, state)
-                    if settled:
-                        emit(
-                            f"[{account.name}] settled an interrupted archive of "
-                            f"{messages(settled)} first"
-                        )
-
-                report = run_archive(account, remote, maildir, state, rules, dry_run, emit)
-            finally:
-                state.close()
-        finally:
-            remote.close()
+    with account_session(account, env) as s:
+        if not dry_run:
+            settled = recover_archive(s.remote, s.maildir, s.state)
+            if settled:
+                emit(
+                    f"[{account.name}] settled an interrupted archive of {messages(settled)} first"
+                )
+        report = run_archive(account, s.remote, s.maildir, s.state, rules, dry_run, emit)
     _print_archived(account, report, dry_run, env, time.monotonic() - started)
     return ExitStatus.PARTIAL if report.failed else ExitStatus.OK
 
