@@ -626,7 +626,10 @@ class AccountSync:
                 a.change.local is not None for a in _of(plan, act.UpdateFlags)
             )
             if needs_local and not inputs.local_scanned:
-                local = mfolder.scan()  # the state knew keys and flags, not file names
+                # The state knew keys and flags, not file names: look for the files a
+                # plan touches under the names they most likely have, and list the
+                # folder only if one is not there.
+                local = self._locate(mfolder, plan, inputs.local)
             # Select only for what is done to the server folder itself (a SELECT of a
             # large folder costs the server real work); appends need no selection.
             remote_ops = any(
@@ -646,6 +649,7 @@ class AccountSync:
                 mfolder,
                 local,
                 _of(plan, act.UpdateFlags) + _of(plan, act.Link),
+                inputs.local,
                 hashes,
                 modseq,
                 inputs.moved_in,
@@ -695,12 +699,30 @@ class AccountSync:
                 self.state.put_folder(done)
         self.prior[name] = done
 
+    def _locate(
+        self,
+        mfolder: MaildirFolder,
+        plan: Sequence[act.MessageAction],
+        known: dict[str, LocalMessage],
+    ) -> dict[str, LocalMessage]:
+        from mirrorsync import actions as act
+
+        keys = [a.key for a in plan if isinstance(a, (act.DeleteLocal, act.UpdateFlags))]
+        found: dict[str, LocalMessage] = {}
+        for key in keys:
+            msg = mfolder.locate(key, known[key].flags) if key in known else None
+            if msg is None:
+                return mfolder.scan()
+            found[key] = msg
+        return found
+
     def _apply_flags(
         self,
         name: str,
         mfolder: MaildirFolder,
         local: dict[str, LocalMessage],
         items: Sequence[act.UpdateFlags | act.Link],
+        assumed: dict[str, LocalMessage],
         hashes: dict[int, str],
         modseq: int,
         exact: set[int],
@@ -729,7 +751,10 @@ class AccountSync:
                 continue  # changed on the server meanwhile: merged on the next run
             if a.change.local is not None:
                 msg = local.get(a.key)
-                if msg is None:
+                planned = assumed.get(a.key)
+                if msg is None or (planned is not None and msg.flags != planned.flags):
+                    # Gone, or a reader changed its flags since the plan was made: the
+                    # plan is stale for this file, and the next run merges afresh.
                     continue
                 try:
                     mfolder.set_flags(msg, a.change.local)

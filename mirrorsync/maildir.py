@@ -460,6 +460,20 @@ class MaildirFolder:
         except OSError as e:
             raise _os_error("scanning", directory, e) from e
 
+    def locate(self, key: str, flags: Flags) -> LocalMessage | None:
+        """Find one message by the name it most likely has (``cur/KEY:2,LETTERS``, or
+        ``new/KEY`` when unflagged), with a stat or two instead of listing the folder;
+        None when it is not there under that name (renamed by a reader, odd letters):
+        the caller then lists the folder."""
+        letters = flagmod.to_letters(flags)
+        names = [("cur", f"{key}{self.info_sep}2,{letters}")]
+        if not letters:
+            names.insert(0, ("new", key))
+        for sub, name in names:
+            if os.path.exists(self.path / sub / name):
+                return LocalMessage(key, flagmod.from_letters(letters), sub, name)
+        return None
+
     def path_of(self, msg: LocalMessage) -> Path:
         return self.path / msg.subdir / self._filename(msg)
 

@@ -870,8 +870,10 @@ def test_a_burst_of_renames_is_a_few_syncs(
     )
     d.settle()
     local = [t for t in d.triggers()[before:] if t.startswith("local")]
-    assert 1 <= len(local) <= 3, d.triggers()[before:]
-    assert len(d.triggers()) - before <= 5  # with the server's echo of our changes
+    # A few syncs, not BURST: the debounce (0.1 s here, at most 1 s per batch) may
+    # split a burst that takes a loaded machine longer than that to make.
+    assert 1 <= len(local) <= 5, d.triggers()[before:]
+    assert len(d.triggers()) - before <= 8  # with the server's echo of our changes
     assert d.stop() == 0
 
 

@@ -696,3 +696,14 @@ def test_stamp_changes_with_every_rename(tmp_path: Path) -> None:
     folder.set_flags(msg, frozenset({"\\Seen"}))
     after = folder.stamp()
     assert before is not None and after is not None and before.value != after.value
+
+
+def test_locate_finds_a_message_by_its_likely_name_or_says_it_cannot(tmp_path: Path) -> None:
+    folder = Maildir(tmp_path, "nested").create_folder("INBOX")
+    unseen = folder.deliver(new_key(), b"a\n", frozenset())
+    seen = folder.deliver(new_key(), b"b\n", frozenset({"\\Seen", "\\Flagged"}))
+    assert folder.locate(unseen.key, frozenset()) == unseen
+    assert folder.locate(seen.key, frozenset({"\\Seen", "\\Flagged"})) == seen
+    # A reader changed its flags meanwhile: not under the expected name.
+    assert folder.locate(seen.key, frozenset({"\\Seen"})) is None
+    assert folder.locate("no-such-key", frozenset()) is None
