@@ -700,16 +700,6 @@ class MaildirFolder:
                 "flushing", path.parent, e, "the removal may not survive a crash"
             ) from e
 
-    def fsync_dirs(self) -> None:
-        """Flush cur/, new/ and the folder itself (after a batch of renames)."""
-        for d in (self.path / "cur", self.path / "new", self.path):
-            try:
-                fsync_dir(d)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                raise _os_error("flushing", d, e) from e
-
 
 def _prefer(a: LocalMessage, b: LocalMessage) -> LocalMessage:
     """Of two files with one key, cur/ is the newer state (readers move new -> cur);

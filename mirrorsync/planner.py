@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
-from mirrorsync import flags as flagmod
 from mirrorsync.actions import (
     CreateLocalFolder,
     CreateRemoteFolder,
@@ -199,10 +198,6 @@ def guard_violation(
                 "If that is intended, re-run with --force"
             )
     return None
-
-
-def normalize_remote(messages: Mapping[int, Flags]) -> dict[int, Flags]:
-    return {uid: flagmod.normalize(f) for uid, f in messages.items()}
 
 
 @dataclass(frozen=True)
