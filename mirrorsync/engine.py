@@ -37,7 +37,7 @@ from mirrorsync.errors import (
     ServerError,
 )
 from mirrorsync.maildir import Maildir, MaildirFolder, MessageVanished, Stamp
-from mirrorsync.model import Flags, FolderStatus, LocalMessage
+from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
 from mirrorsync.state import FolderState, Pair, State
 
 # What only a changed folder needs is imported when one is met, so that a run that
@@ -71,7 +71,6 @@ class FolderReport:
     name: str
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     error: str | None = None
-    skipped: bool = False  # unchanged on both sides: not even selected
 
     def summary(self) -> str:
         if self.error:
@@ -201,8 +200,8 @@ class AccountSync:
             if rep.error is not None:
                 continue
             if inputs is None:
-                rep.skipped = True
-            elif inputs.status is not None and _may_move(inputs):
+                continue  # unchanged on both sides: not even selected
+            if inputs.status is not None and _may_move(inputs):
                 held[n] = inputs
             else:
                 _guarded(rep, self._plan_and_execute, inputs, rep)
@@ -479,23 +478,27 @@ class AccountSync:
         )
         if remote_same and local_same:
             return None
-        if (
-            local_same
-            and trusted
-            and prior
-            and prior.highestmodseq
-            and "QRESYNC" in self.remote.capabilities
-        ):
-            delta = self._server_delta_only(name, prior)
-            if delta is not None:
-                return delta
+        changes: FolderChanges | None = None
+        if local_same and trusted and prior and prior.highestmodseq and self._qresync:
+            # Only the server changed and it can say exactly what: load just the pairs
+            # of the UIDs it names, so the cost follows the change, not the folder.
+            changes = self._select_changes(name, prior, None)
+            if not changes.full and changes.status.uidvalidity == prior.uidvalidity:
+                pairs = self.state.pairs_for(name, set(changes.changed) | set(changes.vanished))
+                return FolderInputs(
+                    name,
+                    changes.status,
+                    prior,
+                    pairs,
+                    _server_view(pairs, changes),
+                    _local_view(pairs),
+                    [],
+                    local_scanned=False,
+                    stamp=stamp,
+                    known=self._pair_count(name),
+                )
         pairs = self.state.pairs(name) if prior else []
-
-        local: dict[str, LocalMessage]
-        if local_same:
-            local = {p.key: LocalMessage(p.key, p.local_flags, "cur") for p in pairs}
-        else:
-            local = mfolder.scan() if mfolder.exists() else {}
+        local = _local_view(pairs) if local_same else mfolder.scan() if mfolder.exists() else {}
 
         status: FolderStatus | None = now
         sizes: dict[int, int] = {}
@@ -503,21 +506,13 @@ class AccountSync:
             remote = {p.uid: p.remote_flags for p in pairs}
         else:
             try:
-                if trusted and prior and prior.highestmodseq:
-                    changes = self.remote.select_changes(
-                        name, prior.uidvalidity, prior.highestmodseq, [p.uid for p in pairs]
-                    )
+                if changes is None and trusted and prior and prior.highestmodseq:
+                    changes = self._select_changes(name, prior, [p.uid for p in pairs])
+                if changes is not None:
                     status = changes.status
-                    self._selected, self._selected_status = name, status
+                    remote = _server_view(pairs, changes)
                     if changes.full:
-                        remote = {u: flagmod.normalize(m.flags) for u, m in changes.changed.items()}
                         sizes = {u: m.size for u, m in changes.changed.items() if m.size}
-                    else:
-                        remote = {p.uid: p.remote_flags for p in pairs}
-                        for uid in changes.vanished:
-                            remote.pop(uid, None)
-                        for uid, m in changes.changed.items():
-                            remote[uid] = flagmod.normalize(m.flags)
                 else:
                     status = self._select(name)
                     listing = self.remote.list_messages()
@@ -565,34 +560,16 @@ class AccountSync:
             sizes=sizes,
         )
 
-    def _server_delta_only(self, name: str, prior: FolderState) -> FolderInputs | None:
-        """Only the server changed and it can say exactly what (QRESYNC): load just the
-        pairs of the UIDs it names, so the cost follows the change, not the folder.
-        None when the server could not answer incrementally."""
-        changes = self.remote.select_changes(name, prior.uidvalidity, prior.highestmodseq)
-        status = changes.status
-        self._selected, self._selected_status = name, status
-        if changes.full or status.uidvalidity != prior.uidvalidity:
-            return None  # the caller does it the long way (and selects again)
-        pairs = self.state.pairs_for(name, set(changes.changed) | set(changes.vanished))
-        remote = {p.uid: p.remote_flags for p in pairs}
-        for uid in changes.vanished:
-            remote.pop(uid, None)
-        for uid, m in changes.changed.items():
-            remote[uid] = flagmod.normalize(m.flags)
-        local = {p.key: LocalMessage(p.key, p.local_flags, "cur") for p in pairs}
-        return FolderInputs(
-            name,
-            status,
-            prior,
-            pairs,
-            remote,
-            local,
-            [],
-            local_scanned=False,
-            stamp=self.maildir.folder(name).stamp(),
-            known=self._pair_count(name),
-        )
+    @property
+    def _qresync(self) -> bool:
+        return "QRESYNC" in self.remote.capabilities
+
+    def _select_changes(
+        self, name: str, prior: FolderState, known: list[int] | None
+    ) -> FolderChanges:
+        changes = self.remote.select_changes(name, prior.uidvalidity, prior.highestmodseq, known)
+        self._selected, self._selected_status = name, changes.status
+        return changes
 
     def _pair_count(self, name: str) -> int:
         if self._pair_counts is None:
@@ -938,6 +915,25 @@ def _ts(date: datetime | None) -> float | None:
 
 def _of(plan: Sequence[act.MessageAction], kind: type[A]) -> list[A]:
     return [a for a in plan if isinstance(a, kind)]
+
+
+def _server_view(pairs: Sequence[Pair], changes: FolderChanges) -> dict[int, Flags]:
+    """The server's flags now: a full listing as it is, or a delta applied to the
+    flags the state last saw on the server."""
+    if changes.full:
+        return {u: flagmod.normalize(m.flags) for u, m in changes.changed.items()}
+    view = {p.uid: p.remote_flags for p in pairs}
+    for uid in changes.vanished:
+        view.pop(uid, None)
+    for uid, m in changes.changed.items():
+        view[uid] = flagmod.normalize(m.flags)
+    return view
+
+
+def _local_view(pairs: Sequence[Pair]) -> dict[str, LocalMessage]:
+    """The Maildir as the state knows it (keys and flags, no file names), for a folder
+    whose directories have not changed since."""
+    return {p.key: LocalMessage(p.key, p.local_flags, "cur") for p in pairs}
 
 
 def _may_move(i: FolderInputs) -> bool:
