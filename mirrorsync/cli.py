@@ -4,54 +4,70 @@
 streams and variables; nothing is read from the process at import time. Heavy
 modules (imapclient, the engine) are imported only by the commands that need them,
 so `--help` and config errors stay instant.
+
+A `sync` that finds nothing to do is the common case (cron, a mail reader's hook),
+and most of its time used to go to imports. So before anything else `main` asks
+`mirrorsync.quick` whether the run is provably a no-op, which it answers importing
+almost nothing; this module therefore imports only what the interpreter has loaded
+anyway (argparse, logging, dataclasses, pathlib and typing wait for the full path).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
 
 from mirrorsync import __version__
 from mirrorsync.errors import ExitStatus, MirrorsyncError, UsageError
 
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator, Mapping, Sequence
+    from contextlib import AbstractContextManager
+    from typing import TextIO
+
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.state import State
 
-log = logging.getLogger("mirrorsync")
 
-
-@dataclass(frozen=True)
 class Session:
-    remote: ImapStore
-    state: State
-    maildir: Maildir
+    """What one account's run works with (see `account_session`)."""
+
+    __slots__ = ("maildir", "remote", "state")
+
+    def __init__(self, remote: ImapStore, state: State, maildir: Maildir) -> None:
+        self.remote = remote
+        self.state = state
+        self.maildir = maildir
 
 
-@dataclass
 class Environment:
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    stderr: TextIO = field(default_factory=lambda: sys.stderr)
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    """The process's streams and variables, passed in so that tests can run the CLI
+    in process with their own (a plain class: a dataclass costs an import)."""
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message}", f"see '{self.prog} --help'")
+    def __init__(
+        self,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.stdout: TextIO = sys.stdout if stdout is None else stdout
+        self.stderr: TextIO = sys.stderr if stderr is None else stderr
+        self.environ: Mapping[str, str] = dict(os.environ) if environ is None else environ
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise UsageError(f"{message}", f"see '{self.prog} --help'")
+
     p = _Parser(prog="mirrorsync", description="Keep a local Maildir a two-way mirror of IMAP.")
     p.add_argument("-c", "--config", metavar="FILE", help="config file (default: XDG location)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more output; tracebacks")
@@ -113,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_rule_options(p: argparse.ArgumentParser) -> None:
     """The options that make one archive rule on the command line."""
+    import argparse
+
     p.add_argument(
         "--folder", metavar="PATTERN", help="server folders to archive from (* and %% match)"
     )
@@ -139,6 +157,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     env = env or Environment()
     args: argparse.Namespace | None = None
     try:
+        from mirrorsync.quick import try_quick
+
+        # A sync that is provably a no-op ends here, before the imports below.
+        status = try_quick(sys.argv[1:] if argv is None else list(argv), env)
+        if status is not None:
+            return status
         args = build_parser().parse_args(argv)
         _setup_logging(env, args.verbose, args.quiet)
         if not args.command:
@@ -178,6 +202,8 @@ def report_error(e: MirrorsyncError, env: Environment, verbose: bool) -> ExitSta
 
 
 def _setup_logging(env: Environment, verbose: int, quiet: bool) -> None:
+    import logging
+
     level = logging.ERROR if quiet else logging.INFO if verbose == 1 else logging.WARNING
     if verbose >= 2:
         level = logging.DEBUG
@@ -190,10 +216,35 @@ def _setup_logging(env: Environment, verbose: int, quiet: bool) -> None:
 
 
 def _load_config(args: argparse.Namespace, env: Environment) -> Config:
-    from mirrorsync import config
+    """Load and validate the file, and leave what `mirrorsync.quick` needs of it in
+    the parsed-config cache (see `configcache`)."""
+    import contextlib
+    from pathlib import Path
 
-    path = Path(args.config) if args.config else config.default_path(env.environ)
-    return config.load(path, env.environ)
+    from mirrorsync import config, configcache, xdg
+
+    given = args.config or xdg.default_config(env.environ)
+    found: tuple[str, os.stat_result, float] | None = None
+    with contextlib.suppress(OSError):  # load() words the problem
+        key = configcache.key_for(given)
+        before = time.time()
+        # before reading: an edit made after this must not match the cache
+        found = (key, os.stat(key), before)
+    recorder = configcache.RecordingEnv(env.environ)
+    cfg = config.load(Path(given), recorder)
+    if found is not None:
+        key, st, before = found
+        # the cache is an optimisation: it never fails a run
+        with contextlib.suppress(Exception):
+            configcache.store(
+                cfg,
+                key,
+                configcache.file_identity(st),
+                configcache.settled(st, before),
+                recorder,
+                env.environ,
+            )
+    return cfg
 
 
 def _select_accounts(cfg: Config, names: Sequence[str]) -> list[AccountConfig]:
@@ -233,11 +284,16 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     return worst
 
 
-@contextlib.contextmanager
-def account_session(account: AccountConfig, env: Environment) -> Iterator[Session]:
+def account_session(account: AccountConfig, env: Environment) -> AbstractContextManager[Session]:
     """The account's lock, a logged-in server connection, the state and the Maildir,
     for one run; all released whatever happens. A state database found damaged
     mid-run becomes one clear line (the file is moved aside at the next start)."""
+    import contextlib  # here, not at the top: the quick path does without it
+
+    return contextlib.contextmanager(_session)(account, env)
+
+
+def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
     import sqlite3
 
     from mirrorsync.config import resolve_password
@@ -299,7 +355,9 @@ def sync_account(
         if f.error:
             env.stderr.write(f"mirrorsync: [{account.name}] {f.summary()}\n")
         elif any(f.counts.values()) and not options.dry_run:
-            log.info("[%s] %s", account.name, f.summary())
+            import logging
+
+            logging.getLogger("mirrorsync").info("[%s] %s", account.name, f.summary())
     totals: dict[str, int] = {}
     for f in report.folders:
         for k, n in f.counts.items():

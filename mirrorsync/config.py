@@ -21,8 +21,13 @@ from typing import Any, NoReturn
 
 import yaml
 
+from mirrorsync import xdg
 from mirrorsync.errors import ConfigError
 from mirrorsync.model import SEP, canonical_folder
+
+# The pattern matcher lives in the import-light `names`, shared with `mirrorsync.quick`.
+from mirrorsync.names import included, matches_any
+from mirrorsync.names import match_pattern as _match
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,7 @@ class LocalConfig:
     def is_local_only(self, name: str) -> bool:
         """Whether `name` (canonical) is a local-only folder; same patterns as
         FolderFilter, so `Archive/*` means what it means in `folders.include`."""
-        name = canonical_folder(name)
-        return any(_match(p, name) for p in self.local_only)
+        return matches_any(self.local_only, name)
 
 
 @dataclass(frozen=True)
@@ -65,45 +69,7 @@ class FolderFilter:
     def matches(self, name: str) -> bool:
         """IMAP-style patterns over canonical names ("/"-separated): `*` matches
         anything, `%` anything but "/". Included and not excluded."""
-        name = canonical_folder(name)
-        return any(_match(p, name) for p in self.include) and not any(
-            _match(p, name) for p in self.exclude
-        )
-
-
-@functools.lru_cache(maxsize=4096)
-def _match(pattern: str, name: str) -> bool:
-    """Simulate the pattern as an NFA over the name. A regex would do, except that
-    INBOX is case-insensitive (RFC 3501 5.1) while the rest of a name is not, so the
-    first five characters of an INBOX name compare case-insensitively, whatever
-    wildcards precede them in the pattern."""
-    fold = len("INBOX") if name == "INBOX" or name.startswith("INBOX" + SEP) else 0
-
-    def closure(states: set[int]) -> set[int]:
-        # A wildcard may match nothing, so its position also reaches the next one.
-        todo = list(states)
-        while todo:
-            k = todo.pop()
-            if k < len(pattern) and pattern[k] in "*%" and k + 1 not in states:
-                states.add(k + 1)
-                todo.append(k + 1)
-        return states
-
-    states = closure({0})
-    for j, c in enumerate(name):
-        following: set[int] = set()
-        for k in states:
-            if k == len(pattern):
-                continue
-            p = pattern[k]
-            if p == "*" or (p == "%" and c != SEP):
-                following.add(k)
-            elif p == c or (j < fold and p.upper() == c):
-                following.add(k + 1)
-        if not following:
-            return False
-        states = closure(following)
-    return len(pattern) in states
+        return included(self.include, self.exclude, name)
 
 
 SYNC_MODES = ("mirror", "pull", "backup")
@@ -232,26 +198,16 @@ _SAMPLE_HINT = "see sample-config.yaml in the mirrorsync sources for every optio
 
 
 def _xdg_dir(env: Mapping[str, str], var: str, fallback: str) -> Path:
-    """The XDG spec says a relative (or empty) value must be ignored, not used relative
-    to whatever the current directory happens to be."""
-    value = env.get(var, "")
-    if value and os.path.isabs(value):
-        return Path(value)
-    return Path(_home(env), fallback)
+    """See `xdg.xdg_dir` (shared with the quick check, which must not import pathlib)."""
+    return Path(xdg.xdg_dir(env, var, fallback))
 
 
-def _home(env: Mapping[str, str]) -> str:
-    """HOME from `env`; the passwd entry only if HOME is unset, as os.path.expanduser
-    does, so cron jobs with a bare environment still find their files."""
-    home = env.get("HOME", "")
-    if home:
-        return home
-    return pwd.getpwuid(os.getuid()).pw_dir
+_home = xdg.home
 
 
 def default_path(env: Mapping[str, str]) -> Path:
     """Where the config lives when none is named: $XDG_CONFIG_HOME/mirrorsync/config.yaml."""
-    return _xdg_dir(env, "XDG_CONFIG_HOME", ".config") / "mirrorsync" / "config.yaml"
+    return Path(xdg.default_config(env))
 
 
 class _Loader(yaml.SafeLoader):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
@@ -36,9 +36,16 @@ from mirrorsync.errors import (
     MirrorsyncError,
     ServerError,
 )
-from mirrorsync.maildir import Maildir, MaildirFolder, MessageVanished, Stamp
+from mirrorsync.maildir import Entry as ListedFile
+from mirrorsync.maildir import (
+    Maildir,
+    MaildirFolder,
+    MessageVanished,
+    PendingDelivery,
+    Stamp,
+)
 from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
-from mirrorsync.state import FolderState, Pair, State
+from mirrorsync.state import FolderState, Pair, PairRow, State, pair_of
 
 # What only a changed folder needs is imported when one is met, so that a run that
 # finds nothing to do does not spend its time importing (see also cli.py).
@@ -55,7 +62,8 @@ A = TypeVar("A")
 DOWNLOAD_BATCH = 500  # messages per group commit (files fsynced together, one txn)
 DOWNLOAD_BATCH_BYTES = 8 * 1024 * 1024  # bounds memory: a batch is held until it is fsynced
 LARGE_MESSAGE = 8 * 1024 * 1024  # streamed to disk in chunks, never held whole
-UPLOAD_BATCH = 50
+UPLOAD_BATCH = 50  # files per append_many and per group commit
+UPLOAD_BATCH_BYTES = 8 * 1024 * 1024  # bounds memory: a batch is held until it is sent
 NOT_UPLOADED = "not uploaded"
 
 
@@ -490,38 +498,37 @@ class AccountSync:
                     changes.status,
                     prior,
                     pairs,
-                    _server_view(pairs, changes),
+                    _server_view(((p.uid, p.remote_flags) for p in pairs), changes),
                     _local_view(pairs),
                     [],
                     local_scanned=False,
                     stamp=stamp,
                     known=self._pair_count(name),
                 )
-        pairs = self.state.pairs(name) if prior else []
-        local = _local_view(pairs) if local_same else mfolder.scan() if mfolder.exists() else {}
+        rows = self.state.pair_rows(name) if prior else []
+        listing = None if local_same else mfolder.listing() if mfolder.exists() else {}
 
         status: FolderStatus | None = now
         sizes: dict[int, int] = {}
-        if remote_same:
-            remote = {p.uid: p.remote_flags for p in pairs}
-        else:
+        server: dict[int, Flags] | None = None  # None: as the state last saw it
+        if not remote_same:
             try:
                 if changes is None and trusted and prior and prior.highestmodseq:
-                    changes = self._select_changes(name, prior, [p.uid for p in pairs])
+                    changes = self._select_changes(name, prior, [r[0] for r in rows])
                 if changes is not None:
                     status = changes.status
-                    remote = _server_view(pairs, changes)
+                    server = _server_view(_remote_letters(rows), changes)
                     if changes.full:
                         sizes = {u: m.size for u, m in changes.changed.items() if m.size}
                 else:
                     status = self._select(name)
-                    listing = self.remote.list_messages()
-                    remote = {u: flagmod.normalize(m.flags) for u, m in listing.items()}
-                    sizes = {u: m.size for u, m in listing.items() if m.size}
+                    messages = self.remote.list_messages()
+                    server = {u: flagmod.normalize(m.flags) for u, m in messages.items()}
+                    sizes = {u: m.size for u, m in messages.items() if m.size}
             except ServerError:
                 if not self.options.dry_run or now is not None:
                     raise
-                status, remote = None, {}  # dry-run: the folder would be created first
+                status, server = None, {}  # dry-run: the folder would be created first
 
         changed = bool(prior and status and prior.uidvalidity != status.uidvalidity)
         if changed:
@@ -533,19 +540,26 @@ class AccountSync:
                 prior.uidvalidity,
                 status.uidvalidity,
             )
-            pairs = []
+            rows = []
+            if listing is None and mfolder.exists():
+                listing = mfolder.listing()  # every file is a candidate now
+        # Most messages of a changed folder are as the state left them on both sides;
+        # they need no action, so only the others are made into objects, planned and
+        # held while moves are looked for: memory and planning follow the change.
+        pairs, remote, local = _differing(rows, server, listing)
         matches: list[Match] = []
-        if (changed or not trusted) and status:
+        paired_u = {p.uid for p in pairs}
+        paired_k = {p.key for p in pairs}
+        new_remote = [u for u in remote if u not in paired_u]
+        new_local = [m for k, m in local.items() if k not in paired_k]
+        # New on both sides: after a crash, a UIDVALIDITY change or a first sync these
+        # may be copies of each other; and when a message was moved into this folder
+        # on both sides (a reader here, another client there), the two arrivals are
+        # one message. Linked by content, they are never uploaded and downloaded.
+        if status and new_remote and new_local:
             from mirrorsync.matching import match_by_content
 
-            paired_u = {p.uid for p in pairs}
-            paired_k = {p.key for p in pairs}
-            matches = match_by_content(
-                self.remote,
-                mfolder,
-                [u for u in remote if u not in paired_u],
-                [m for k, m in local.items() if k not in paired_k],
-            )
+            matches = match_by_content(self.remote, mfolder, new_remote, new_local)
         return FolderInputs(
             name,
             status,
@@ -555,9 +569,10 @@ class AccountSync:
             local,
             matches,
             uidvalidity_changed=changed,
-            local_scanned=not local_same,
+            local_scanned=listing is not None,
             stamp=stamp,
             sizes=sizes,
+            known=len(rows),
         )
 
     @property
@@ -633,10 +648,11 @@ class AccountSync:
                 rep,
             )
             deletes = _of(plan, act.DeleteRemote)
-            if deletes:
+            if deletes and not _still(mfolder, inputs.stamp):
                 # A directory listing is not atomic against a reader's renames, so a
                 # file being re-flagged during the scan can be missed. Look again
-                # before a "deleted locally" becomes an expunge on the server.
+                # before a "deleted locally" becomes an expunge on the server, unless
+                # the directories provably did not change since before the scan.
                 present = mfolder.scan()
                 deletes = [a for a in deletes if a.key not in present]
             self._delete_remote(name, deletes, rep)
@@ -734,7 +750,7 @@ class AccountSync:
                     # plan is stale for this file, and the next run merges afresh.
                     continue
                 try:
-                    mfolder.set_flags(msg, a.change.local)
+                    mfolder.set_flags(msg, a.change.local, durable=False)
                     renamed = True
                 except MessageVanished:
                     # The reader moved or deleted it meanwhile; the next run sees the new
@@ -747,6 +763,8 @@ class AccountSync:
                 h = hashes.get(a.uid, "")
                 rep.counts["flags"] += 1
             done.append(Pair(a.uid, a.key, h, a.change.result, a.change.result))
+        if renamed:
+            mfolder.flush()  # every rename durable before the state records it
         with self.state.transaction():
             self.state.put_pairs(name, done)
         return renamed
@@ -784,7 +802,8 @@ class AccountSync:
         for a in items:
             msg = local.get(a.key)
             if msg is not None:
-                mfolder.remove(msg)
+                mfolder.remove(msg, durable=False)
+        mfolder.flush()
         with self.state.transaction():
             self.state.delete_pairs(name, [a.uid for a in items])
         rep.counts["deleted locally"] += len(items)
@@ -808,28 +827,50 @@ class AccountSync:
         small = [a.uid for a in items if sizes.get(a.uid, 0) <= LARGE_MESSAGE]
         batch: list[tuple[int, str, bytes, Flags, float | None]] = []
         size = 0
+        # One batch is on its way to disk while the next is fetched: the I/O threads
+        # write and fsync it meanwhile, and its pairs are recorded only once it is
+        # placed, so a kill at any point leaves no pair without its file.
+        pending: tuple[PendingDelivery, list[Pair]] | None = None
+
+        def finish_pending() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            delivery, pairs = pending
+            pending = None
+            delivery.finish()
+            with self.state.transaction():
+                self.state.put_pairs(name, pairs)
+            rep.counts["downloaded"] += len(pairs)
 
         def flush() -> None:
-            nonlocal size
+            nonlocal size, pending
             if not batch:
                 return
-            mfolder.deliver_many([(key, data, fl, mt) for _u, key, data, fl, mt in batch])
-            with self.state.transaction():
-                self.state.put_pairs(
-                    name,
-                    [Pair(u, key, content_hash(data), fl, fl) for u, key, data, fl, _ in batch],
-                )
-            rep.counts["downloaded"] += len(batch)
-            batch.clear()
-            size = 0
+            delivery = mfolder.deliver_start([(k, data, fl, mt) for _u, k, data, fl, mt in batch])
+            try:
+                pairs = [Pair(u, k, content_hash(data), fl, fl) for u, k, data, fl, _ in batch]
+                batch.clear()
+                size = 0
+                finish_pending()
+            except BaseException:
+                delivery.abandon()
+                raise
+            pending = delivery, pairs
 
-        for uid, data, flags, date in self.remote.fetch(small):
-            lf = to_lf(data)
-            batch.append((uid, mfolder.new_key(), lf, flagmod.normalize(flags), _ts(date)))
-            size += len(lf)
-            if len(batch) >= DOWNLOAD_BATCH or size >= DOWNLOAD_BATCH_BYTES:
-                flush()
-        flush()
+        try:
+            for uid, data, flags, date in self.remote.fetch(small):
+                lf = to_lf(data)
+                batch.append((uid, mfolder.new_key(), lf, flagmod.normalize(flags), _ts(date)))
+                size += len(lf)
+                if len(batch) >= DOWNLOAD_BATCH or size >= DOWNLOAD_BATCH_BYTES:
+                    flush()
+            flush()
+            finish_pending()
+        except BaseException:
+            if pending is not None:
+                pending[0].abandon()
+            raise
         flags_of = {a.uid: a.flags for a in items}
         for uid in (a.uid for a in items if sizes.get(a.uid, 0) > LARGE_MESSAGE):
             self._download_large(name, mfolder, uid, sizes[uid], flags_of[uid], rep)
@@ -867,45 +908,87 @@ class AccountSync:
     def _upload(
         self, name: str, mfolder: MaildirFolder, items: list[LocalMessage], rep: FolderReport
     ) -> int:
-        """Upload new local messages; returns how many got no UID (left for matching)."""
-        from mirrorsync.content import content_hash, to_crlf, to_lf
+        """Upload new local messages; returns how many got no UID (left for matching).
 
-        pending: list[Pair] = []
+        Files are read in batches (UPLOAD_BATCH files or UPLOAD_BATCH_BYTES, a bigger
+        file alone, so memory stays bounded), each sent with one `append_many` (one
+        MULTIAPPEND command where the server has it) and its pairs recorded in one
+        transaction. A kill before that commit leaves the folder `needs_match`, so
+        the next run links the uploads by content instead of sending them again."""
+        from mirrorsync.content import content_hash, to_crlf, to_lf
+        from mirrorsync.errors import AppendRefused
+
+        Upload = tuple[LocalMessage, str, bytes, datetime | None]  # file, hash, CRLF, date
+        batch: list[Upload] = []
+        size = 0
         unresolved = 0
 
-        def flush() -> None:
-            if pending:
+        def refused(entry: Upload, e: ServerError) -> None:
+            log.warning("%s: could not upload %s: %s", name, mfolder.path_of(entry[0]), e)
+            rep.counts[NOT_UPLOADED] += 1
+
+        def send() -> None:
+            nonlocal size, unresolved
+            done: list[tuple[Upload, int | None]] = []
+            queue = batch[:]
+            while queue:
+                messages = [(data, lm.flags, date) for lm, _, data, date in queue]
+                try:
+                    uids = self.remote.append_many(name, messages)
+                except ServerError as e:
+                    # One bad file must not block the rest: name it, keep it, go on. A
+                    # refused MULTIAPPEND stores none of its messages (RFC 3502), so
+                    # they are sent again one by one; a message refused alone is named.
+                    ok = e.uids if isinstance(e, AppendRefused) else []
+                    held = max(1, e.refused if isinstance(e, AppendRefused) else len(queue))
+                    done += zip(queue, ok, strict=False)
+                    again, queue = queue[len(ok) : len(ok) + held], queue[len(ok) + held :]
+                    if len(again) == 1:
+                        refused(again[0], e)
+                        continue
+                    log.debug("%s: %d uploads refused together (%s)", name, len(again), e)
+                    for entry in again:
+                        lm, _, data, date = entry
+                        try:
+                            done.append((entry, self.remote.append(name, data, lm.flags, date)))
+                        except ServerError as e1:
+                            refused(entry, e1)
+                    continue
+                done += zip(queue, uids, strict=True)
+                break
+            pairs = []
+            for (lm, digest, _, _), uid in done:
+                if uid is None:
+                    unresolved += 1
+                    log.warning(
+                        "%s: the server did not tell the UID of an upload; it will be "
+                        "matched by content on the next run",
+                        name,
+                    )
+                    continue
+                pairs.append(Pair(uid, lm.key, digest, lm.flags, lm.flags))
+            if pairs:
                 with self.state.transaction():
-                    self.state.put_pairs(name, pending)
-                rep.counts["uploaded"] += len(pending)
-                pending.clear()
+                    self.state.put_pairs(name, pairs)
+                rep.counts["uploaded"] += len(pairs)
+            batch.clear()
+            size = 0
 
         for lm in items:
             try:
-                data = to_lf(mfolder.read(lm))
+                lf = to_lf(mfolder.read(lm))
                 mtime: float | None = mfolder.path_of(lm).stat().st_mtime
             except (LocalStoreError, OSError):
                 continue  # vanished between scan and read: nothing to upload
             date = datetime.fromtimestamp(mtime, timezone.utc) if mtime else None
-            try:
-                uid = self.remote.append(name, to_crlf(data), lm.flags, date)
-            except ServerError as e:
-                # One bad file must not block the rest: name it, keep it, go on.
-                log.warning("%s: could not upload %s: %s", name, mfolder.path_of(lm), e)
-                rep.counts[NOT_UPLOADED] += 1
-                continue
-            if uid is None:
-                unresolved += 1
-                log.warning(
-                    "%s: the server did not tell the UID of an upload; it will be "
-                    "matched by content on the next run",
-                    name,
-                )
-                continue
-            pending.append(Pair(uid, lm.key, content_hash(data), lm.flags, lm.flags))
-            if len(pending) >= UPLOAD_BATCH:
-                flush()
-        flush()
+            data = to_crlf(lf)
+            if batch and size + len(data) > UPLOAD_BATCH_BYTES:
+                send()
+            batch.append((lm, content_hash(lf), data, date))
+            size += len(data)
+            if len(batch) >= UPLOAD_BATCH or size >= UPLOAD_BATCH_BYTES:
+                send()
+        send()
         return unresolved
 
 
@@ -917,12 +1000,12 @@ def _of(plan: Sequence[act.MessageAction], kind: type[A]) -> list[A]:
     return [a for a in plan if isinstance(a, kind)]
 
 
-def _server_view(pairs: Sequence[Pair], changes: FolderChanges) -> dict[int, Flags]:
+def _server_view(known: Iterable[tuple[int, Flags]], changes: FolderChanges) -> dict[int, Flags]:
     """The server's flags now: a full listing as it is, or a delta applied to the
-    flags the state last saw on the server."""
+    flags the state last saw on the server (`known`: UID and flags)."""
     if changes.full:
         return {u: flagmod.normalize(m.flags) for u, m in changes.changed.items()}
-    view = {p.uid: p.remote_flags for p in pairs}
+    view = dict(known)
     for uid in changes.vanished:
         view.pop(uid, None)
     for uid, m in changes.changed.items():
@@ -934,6 +1017,62 @@ def _local_view(pairs: Sequence[Pair]) -> dict[str, LocalMessage]:
     """The Maildir as the state knows it (keys and flags, no file names), for a folder
     whose directories have not changed since."""
     return {p.key: LocalMessage(p.key, p.local_flags, "cur") for p in pairs}
+
+
+def _differing(
+    rows: Sequence[PairRow],
+    server: dict[int, Flags] | None,
+    listing: dict[str, ListedFile] | None,
+) -> tuple[list[Pair], dict[int, Flags], dict[str, LocalMessage]]:
+    """The pairs, server flags and files of the messages that are not exactly as the
+    state remembers them on both sides: a message that is needs no action in any mode
+    and cannot be either end of a move. `server` None means the server is as the
+    state last saw it, `listing` None the same of the Maildir. Most rows are decided
+    by comparing letters, without making an object of them."""
+    from_letters = flagmod.from_letters
+    keep: list[PairRow] = []
+    server = dict(server) if server is not None else None
+    listing = dict(listing) if listing is not None else None
+    # What is steady is taken out of `server` and `listing` (copies): what is left
+    # there is what differs or is new.
+    for row in rows:
+        uid, key, _hash, remote_letters, local_letters = row
+        if listing is not None:
+            entry = listing.get(key)
+            if entry is None or (
+                entry[2] != local_letters and from_letters(entry[2]) != from_letters(local_letters)
+            ):
+                keep.append(row)
+                continue
+        if server is not None and server.get(uid) != from_letters(remote_letters):
+            keep.append(row)
+            continue
+        if listing is not None:
+            del listing[key]
+        if server is not None:
+            del server[uid]
+    pairs = [pair_of(r) for r in keep]
+    remote = {p.uid: p.remote_flags for p in pairs} if server is None else server
+    if listing is None:
+        local = _local_view(pairs)
+    else:
+        message = MaildirFolder.message
+        local = {k: message(k, e) for k, e in listing.items()}
+    return pairs, remote, local
+
+
+def _remote_letters(rows: Sequence[PairRow]) -> Iterator[tuple[int, Flags]]:
+    from_letters = flagmod.from_letters
+    return ((r[0], from_letters(r[3])) for r in rows)
+
+
+def _still(mfolder: MaildirFolder, stamp: Stamp | None) -> bool:
+    """Whether the folder's directories are provably unchanged since `stamp` was taken
+    (before the scan): then the scan saw a consistent picture."""
+    if stamp is None or not stamp.settled:
+        return False
+    now = mfolder.stamp()
+    return now is not None and now.value == stamp.value
 
 
 def _may_move(i: FolderInputs) -> bool:

@@ -61,6 +61,18 @@ class ServerError(MirrorsyncError):
     """The server answered NO/BAD or something we cannot parse, for one folder/operation."""
 
 
+class AppendRefused(ServerError):
+    """`RemoteStore.append_many` stopped at a refused APPEND: the first ``len(uids)``
+    messages went up (with these UIDs, None where not told); the next `refused` ones
+    were in the refused command, so none of them is stored (RFC 3502), and the rest
+    were not sent."""
+
+    def __init__(self, message: str, uids: list[int | None], refused: int, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.uids = uids
+        self.refused = refused
+
+
 class FolderNameError(MirrorsyncError):
     """A folder name that cannot be represented on the other side."""
 

@@ -50,7 +50,8 @@ def to_letters(flags: Flags) -> str:
 def from_letters(letters: str) -> Flags:
     """Unknown letters (lowercase keywords, other tools' letters) are ignored, not lost:
     the file keeps them until mirrorsync renames it, and then they are carried over."""
-    return frozenset(LETTER_TO_IMAP[c] for c in letters if c in LETTER_TO_IMAP)
+    result = frozenset(LETTER_TO_IMAP[c] for c in letters if c in LETTER_TO_IMAP)
+    return _INTERNED.setdefault(result, result)
 
 
 def merge(base: Flags, local: Flags, remote: Flags) -> Flags:

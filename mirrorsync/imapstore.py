@@ -8,6 +8,9 @@ what the engine needs on top and papers over what imapclient 4.1.0 lacks:
   command through the client's imaplib object instead (see its docstring).
 * APPENDUID, read from the tagged APPEND response text; without UIDPLUS the new UID is
   found by UIDNEXT, Message-ID and size.
+* MULTIAPPEND, many messages in one APPEND: imaplib sends one literal per command, and
+  imapclient's `multiappend` takes a refused literal for a lost connection, so
+  `_send_append` writes the command itself.
 * Exact expunge without UIDPLUS (only when no other client's \\Deleted messages would go).
 * The fast paths, so that a sync costs what changed: LIST-STATUS (one command for the
   numbers of every folder), SELECT with QRESYNC (changes and VANISHED come with the
@@ -29,6 +32,7 @@ import logging
 import re
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,13 +40,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import imapclient
-from imapclient.datetime_util import parse_to_datetime
+from imapclient.datetime_util import datetime_to_INTERNALDATE, parse_to_datetime
 from imapclient.imap_utf7 import decode as utf7_decode
 from imapclient.response_parser import parse_response
 
+from mirrorsync import quickimap
 from mirrorsync.config import RemoteConfig
 from mirrorsync.content import message_id
 from mirrorsync.errors import (
+    AppendRefused,
     AuthenticationFailed,
     ConfigError,
     ConnectionFailed,
@@ -62,12 +68,19 @@ from mirrorsync.model import (
     RemoteMessage,
     canonical_folder,
 )
+
+# In the import-light `names`, shared with `mirrorsync.quick`'s LIST-STATUS reader.
+from mirrorsync.names import server_to_canonical as server_to_canonical
 from mirrorsync.remote import FETCH_CHUNK, ByteSink
 
 log = logging.getLogger(__name__)
 
 # Commands in flight at once when pipelining (STATUS per folder, SEARCH windows).
 _PIPELINE_DEPTH = 64
+
+# A MULTIAPPEND with LITERAL+ goes out in writes of about this size: small messages
+# share one, so that a command is a few writes, not two per message.
+_SEND_CHUNK = 256 * 1024
 
 # `ImapStore._existing` searches UIDs in windows this wide, so that no answer line can
 # reach imaplib's 1 MB line limit (at most 10 bytes per UID).
@@ -83,7 +96,9 @@ _RECENT = "\\recent"
 # A flag is an atom, optionally preceded by a backslash (RFC 3501 flag / flag-keyword);
 # checked here so that a bad name becomes a ServerError instead of a broken command line.
 _FLAG_RE = re.compile(r'^\\?[^\x00-\x20\x7f-\U0010ffff(){%*"\\\]]+$')
-_APPENDUID_RE = re.compile(rb"\[APPENDUID\s+(\d+)\s+(\d+)\]", re.IGNORECASE)
+# uid-set: one UID per message appended; a MULTIAPPEND lists them in the messages'
+# order (RFC 4315), e.g. "7:9" or "7,9,12:13"
+_APPENDUID_RE = re.compile(rb"\[APPENDUID\s+(\d+)\s+([\d:,]+)\]", re.IGNORECASE)
 _COPYUID_RE = re.compile(rb"\[COPYUID\s+(\d+)\s+([\d:,]+)\s+([\d:,]+)\]", re.IGNORECASE)
 # imaplib turns bare CR or LF in an APPEND literal into CRLF; the size the server will
 # report is that of the converted message.
@@ -172,16 +187,6 @@ def canonical_to_server(name: str, delimiter: str | None) -> str:
             hint="rename the folder or exclude it in the configuration",
         )
     return delimiter.join(parts)
-
-
-def server_to_canonical(name: str, delimiter: str | None) -> str | None:
-    """The canonical name of a server folder, or None when it has no canonical form
-    (a component holding "/" while the delimiter is something else, or an empty
-    component), since such a name could not be mapped back."""
-    parts = [name] if delimiter is None else name.split(delimiter)
-    if any(not p or SEP in p for p in parts):
-        return None
-    return canonical_folder(SEP.join(parts))
 
 
 def _text(value: object) -> str:
@@ -649,6 +654,12 @@ class ImapStore:
     # 30 ms link caps small-message throughput near 3 MB/s; 500 makes that 30 MB/s.
     fetch_batch_count: int = 500
     fetch_batch_bytes: int = 8 * 1024 * 1024
+    # Bounds for one MULTIAPPEND command. RFC 3502 makes it atomic, so the server
+    # stages every message of it before committing any; the bytes bound that (and
+    # what a refused command costs to send again one by one), the count what one
+    # refused message takes down with it.
+    append_batch_count: int = 50
+    append_batch_bytes: int = 8 * 1024 * 1024
 
     def __init__(
         self, client: Any, address: str, capabilities: frozenset[str], timeout: float
@@ -690,6 +701,9 @@ class ImapStore:
         context = _tls_context(remote) if remote.tls != "none" else None
         timeout = imapclient.SocketTimeout(connect=remote.timeout, read=remote.timeout)
         try:
+            waited = quickimap.timed_out.get((remote.host, remote.port))
+            if waited is not None:
+                raise waited  # the quick check just waited for it in vain: once is enough
             client = imapclient.IMAPClient(
                 remote.host,
                 remote.port,
@@ -735,6 +749,12 @@ class ImapStore:
                     f"{address} refuses to log in without TLS",
                     hint="set tls: imaps or tls: starttls",
                 )
+            refused = AuthenticationFailed(
+                f"login refused for {remote.username} at {address}",
+                hint="check username and password",
+            )
+            if (remote.host, remote.port, remote.username) in quickimap.refused_logins:
+                raise refused  # the quick check was just refused: do not ask again
             try:
                 client.login(remote.username, password)
             except imapclient.exceptions.LoginError as exc:
@@ -751,10 +771,7 @@ class ImapStore:
                         f"{address} cannot log in {remote.username} right now ({text})",
                         hint="try again later",
                     ) from exc
-                raise AuthenticationFailed(
-                    f"login refused for {remote.username} at {address}",
-                    hint="check username and password",
-                ) from exc
+                raise refused from exc
             offered = frozenset(_text(c).upper() for c in client.capabilities())
             unwanted = {d.upper() for d in disable}
             if "CONDSTORE" in unwanted:
@@ -1188,11 +1205,116 @@ class ImapStore:
         with self._translate("append to", name):
             if "UIDPLUS" in self._capabilities:
                 response = self._client.append(server, data, flag_list, date)
-                m = _APPENDUID_RE.search(_as_bytes(response))
-                return int(m.group(2)) if m else None
+                (uid,) = _appended_uids(_as_bytes(response), 1)
+                return uid
             before = int(self._client.folder_status(server, ["UIDNEXT"])[b"UIDNEXT"])
             self._client.append(server, data, flag_list, date)
-            return self._find_appended(name, server, before, data)
+            return self._find_appended(name, server, before, [data])[0]
+
+    def append_many(
+        self, name: str, items: Sequence[tuple[bytes, Flags, datetime | None]]
+    ) -> list[int | None]:
+        """With MULTIAPPEND: one ``APPEND name (flags) "date" {n+}... (flags) "date"
+        {n+}...`` per `append_batch_count` messages or `append_batch_bytes` bytes,
+        whichever comes first (a bigger message goes alone). The UIDs come from the
+        ``[APPENDUID v uid-set]`` of each command (all None for a command whose set
+        does not have one UID per message: the caller then matches by content), or,
+        without UIDPLUS, as `append` finds one: UIDNEXT before the command, then one
+        look at the arrivals for the whole command. Without MULTIAPPEND: `append`
+        for each message.
+
+        With MULTIAPPEND every flag name is checked before the first command is sent,
+        and each message sent as imaplib's APPEND sends one (bare CR or LF as CRLF),
+        so both ways store the same bytes."""
+        if not items:
+            return []
+        out: list[int | None] = []
+        if "MULTIAPPEND" not in self._capabilities:
+            for data, flags, date in items:
+                try:
+                    out.append(self.append(name, data, flags, date))
+                except ServerError as exc:
+                    raise _refused(exc, out, 1) from exc
+            return out
+        server = self._server_name(name)
+        prepared = [
+            (_append_crlf(data), _flag_args(flags, "append to", name, self._address), date)
+            for data, flags, date in items
+        ]
+        sizes = {i: len(data) for i, (data, _flags, _date) in enumerate(prepared)}
+        uidplus = "UIDPLUS" in self._capabilities
+        for indexes in _batches(
+            list(range(len(prepared))), sizes, self.append_batch_count, self.append_batch_bytes
+        ):
+            batch = [prepared[i] for i in indexes]
+            before = 0
+            try:
+                with self._translate("append to", name):
+                    if not uidplus:
+                        before = int(self._client.folder_status(server, ["UIDNEXT"])[b"UIDNEXT"])
+                    typ, answer = self._send_append(server, batch)
+                    text = _as_bytes(answer[0]) if answer and answer[0] else typ.encode()
+                    if typ != "OK":
+                        raise imaplib.IMAP4.error(_text(text))
+            except ServerError as exc:
+                raise _refused(exc, out, len(batch)) from exc
+            if uidplus:
+                out += _appended_uids(text, len(batch))
+                continue
+            # stored: a failure to find them now must not read as a refusal
+            try:
+                with self._translate("look for the messages appended to", name):
+                    out += self._find_appended(name, server, before, [d for d, _f, _t in batch])
+            except ServerError as exc:
+                log.warning("%s; they will be matched by content on the next run", exc)
+                out += [None] * len(batch)
+        return out
+
+    def _send_append(
+        self, server: str, batch: list[tuple[bytes, list[str], datetime | None]]
+    ) -> tuple[str, list[Any]]:
+        """Send ``APPEND`` with every message of `batch` and read its answer: imaplib
+        sends one literal per command, and imapclient's `multiappend` takes a NO
+        that comes instead of a literal's continuation for a lost connection.
+
+        With LITERAL+ the command goes out without waiting, in writes of about
+        `_SEND_CHUNK` bytes (small messages share one, a big one is sent as it is).
+        Without it each literal waits for the server's "+"; a tagged answer instead
+        (a refusal) ends the command there. Returns imaplib's (typ, data); BAD
+        raises as in imaplib."""
+        imap = self._client._imap
+        plus = "LITERAL+" in self._capabilities
+        folder = self._client._normalise_folder(server)
+        tag = imap._new_tag()
+        out = bytearray(tag + b" APPEND " + _as_bytes(folder))
+        refused = False
+        for data, flags, date in batch:
+            if flags:
+                out += b" (" + " ".join(flags).encode("ascii") + b")"
+            if date is not None:
+                out += b' "' + datetime_to_INTERNALDATE(date).encode("ascii") + b'"'
+            out += b" {%d%s}\r\n" % (len(data), b"+" if plus else b"")
+            if not plus:
+                imap.send(bytes(out))
+                out.clear()
+                if not _continued(imap, tag):
+                    refused = True
+                    break
+            if len(data) >= _SEND_CHUNK:
+                if out:
+                    imap.send(bytes(out))
+                    out.clear()
+                imap.send(data)
+            else:
+                out += data
+                if len(out) >= _SEND_CHUNK:
+                    imap.send(bytes(out))
+                    out.clear()
+        if not refused:
+            out += b"\r\n"
+            imap.send(bytes(out))
+        typ, data = imap._command_complete("APPEND", tag)
+        return str(typ), data
 
     def add_flags(self, uids: Iterable[int], flags: Flags) -> None:
         self._store(uids, flags, add=True)
@@ -1627,17 +1749,25 @@ class ImapStore:
             for chunk in uid_set_chunks(wanted):
                 store(chunk, flag_list, silent=True)
 
-    def _find_appended(self, name: str, server: str, uidnext: int, data: bytes) -> int | None:
-        size = len(_LINE_END_RE.sub(b"\r\n", data))
-        msgid = message_id(data)
-        candidates = sorted(
-            uid
-            for uid, ident in self._arrivals(name, server, uidnext).items()
-            if ident.size == size and ident.message_id == msgid
-        )
-        if len(candidates) > 1:
-            log.debug("append to %r: %d candidates for the new UID", name, len(candidates))
-        return candidates[-1] if candidates else None
+    def _find_appended(
+        self, name: str, server: str, uidnext: int, datas: Sequence[bytes]
+    ) -> list[int | None]:
+        """The UIDs of `datas`, just appended (in this order) to `name` whose UIDNEXT
+        was `uidnext` before: among the arrivals, those with a message's Message-ID
+        and RFC822.SIZE. When more arrived than we sent (another client appended the
+        same message meanwhile) ours are the highest, in order; when fewer (expunged
+        already), those messages get None, since which is which cannot be told."""
+        keys = [(message_id(data), len(_LINE_END_RE.sub(b"\r\n", data))) for data in datas]
+        pools: dict[tuple[str | None, int], list[int]] = {}
+        for uid, ident in sorted(self._arrivals(name, server, uidnext).items()):
+            pools.setdefault((ident.message_id, ident.size), []).append(uid)
+        ours: dict[tuple[str | None, int], list[int]] = {}
+        for key, count in Counter(keys).items():
+            pool = pools.get(key, [])
+            if len(pool) > count:
+                log.debug("append to %r: %d candidates for %d new UID(s)", name, len(pool), count)
+            ours[key] = pool[len(pool) - count :] if len(pool) >= count else []
+        return [ours[key].pop(0) if ours[key] else None for key in keys]
 
     def _arrivals(self, name: str, server: str, uidnext: int) -> dict[int, RemoteIdentity]:
         """Size and Message-ID of the messages of `name` from UID `uidnext` on: how the
@@ -1748,6 +1878,49 @@ def _uid_list(text: bytes) -> list[int]:
         a, b = int(low), int(high or low)
         out.extend(range(a, b + 1) if a <= b else range(a, b - 1, -1))
     return out
+
+
+def _appended_uids(text: bytes, count: int) -> list[int | None]:
+    """The UIDs of `count` messages just appended, in their order, from the
+    ``[APPENDUID v uid-set]`` in the tagged response `text`: a range "7:9" (either way
+    round, RFC 4315) stands for ascending UIDs, since a server hands out UIDs in
+    increasing order. All None when the code is missing or its set does not hold
+    exactly `count` UIDs (then nothing tells which is which)."""
+    m = _APPENDUID_RE.search(text)
+    if m is None:
+        return [None] * count
+    uids: list[int | None] = []
+    for part in m.group(2).split(b","):
+        low, _, high = part.partition(b":")
+        if not low:
+            return [None] * count
+        a, b = int(low), int(high or low)
+        if abs(b - a) + 1 + len(uids) > count:  # also keeps "1:4294967295" cheap
+            return [None] * count
+        uids.extend(range(min(a, b), max(a, b) + 1))
+    return uids if len(uids) == count else [None] * count
+
+
+def _append_crlf(data: bytes) -> bytes:
+    """`data` as imaplib's APPEND sends it: every bare CR or LF made CRLF (the copy
+    is skipped when there is none, the usual case)."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return data
+    return _LINE_END_RE.sub(b"\r\n", data)
+
+
+def _continued(imap: Any, tag: bytes) -> bool:
+    """Wait for the server's "+" before a synchronizing literal: True when it came,
+    False when the tagged answer to `tag` came instead (the command is over)."""
+    while imap._get_response() is not None:  # None: the continuation request
+        if imap.tagged_commands.get(tag) is not None:
+            return False
+    return True
+
+
+def _refused(exc: ServerError, done: list[int | None], refused: int) -> AppendRefused:
+    return AppendRefused(exc.message, list(done), refused, exc.hint)
 
 
 def _identities(

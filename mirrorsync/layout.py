@@ -17,23 +17,32 @@ name would not map back to the server's folder, and the next sync would create a
 second folder.
 
 `list_folders` only returns names that map back to the very directory they were found
-in (checked by `folder_path`), so whatever it reports can be synced, and odd
+in (checked by `folder_dir`), so whatever it reports can be synced, and odd
 directories (a stray "inbox" next to "INBOX", ".A..B") are skipped with a warning
 instead of being synced under a name that means a different directory.
+
+This module imports next to nothing (no logging, pathlib or dataclasses; paths are
+strings inside, and `folder_path` makes a Path only for its callers), because
+`mirrorsync.quick` lists the local folders with it and a no-op run must not spend
+its time importing.
 """
 
 from __future__ import annotations
 
-import logging
+import errno
 import os
 import stat
-from dataclasses import dataclass
-from pathlib import Path
 
 from mirrorsync.errors import FolderNameError, LocalStoreError
-from mirrorsync.model import SEP, canonical_folder
+from mirrorsync.names import SEP, canonical_folder
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    # Called as logging's warning() is: a %-format and its arguments.
+    Warn = Callable[..., None]
 
 NESTED = "nested"
 MAILDIRPP = "maildir++"
@@ -53,14 +62,22 @@ def check_layout(layout: str) -> None:
 
 def folder_path(root: Path, layout: str, name: str) -> Path:
     """The directory that holds folder `name` (its cur/, new/ and tmp/)."""
+    from pathlib import Path
+
+    return Path(folder_dir(os.fspath(root), layout, name))
+
+
+def folder_dir(root: str, layout: str, name: str) -> str:
+    """`folder_path` as a string joined onto `root` as given, for the listing below
+    and for `mirrorsync.quick`, which does without pathlib."""
     check_layout(layout)
     name = canonical_folder(name)
     parts = _components(layout, name)
     if layout == NESTED:
-        return root.joinpath(*parts)
+        return os.path.join(root, *parts)
     if name == "INBOX":
         return root
-    return root / _maildirpp_entry(name, parts)
+    return os.path.join(root, _maildirpp_entry(name, parts))
 
 
 def _refuse(name: str, layout: str, why: str, hint: str = _SKIP_HINT) -> FolderNameError:
@@ -131,100 +148,121 @@ def _maildirpp_entry(name: str, parts: list[str]) -> str:
 # --- listing ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Found:
-    name: str
-    path: Path
-    identity: tuple[int, int]  # (st_dev, st_ino): the same directory under two names
-    via_symlink: bool
+    """A Maildir found by the listing (a plain class: dataclasses cost an import)."""
+
+    __slots__ = ("identity", "name", "path", "via_symlink")
+
+    def __init__(self, name: str, path: str, identity: tuple[int, int], via_symlink: bool) -> None:
+        self.name = name
+        self.path = path
+        self.identity = identity  # (st_dev, st_ino): the same directory under two names
+        self.via_symlink = via_symlink
 
 
-def list_folders(root: Path, layout: str) -> list[str]:
+def _log_warning(message: str, *args: object) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning(message, *args)
+
+
+def list_folders(
+    root: str | os.PathLike[str], layout: str, *, warn: Warn | None = None
+) -> list[str]:
     """Canonical names of every Maildir (a directory with cur/ and new/) under `root`,
     sorted. A missing root holds no folders. An unreadable directory is an error, not
     an empty one: reporting it as empty would make its folders look deleted, and the
-    engine would delete them on the server."""
+    engine would delete them on the server.
+
+    Directories skipped as odd are reported through `warn` (logging's warning by
+    default); `mirrorsync.quick` passes its own, since a run that has something to
+    say is not one it may cut short."""
     check_layout(layout)
-    root_st = _stat(root)
+    if warn is None:
+        warn = _log_warning
+    top = os.fspath(root)
+    root_st = _stat(top)
     if root_st is None:
         return []
     if not stat.S_ISDIR(root_st.st_mode):
         raise LocalStoreError(
-            f"the local Maildir root {root} is not a directory",
+            f"the local Maildir root {top} is not a directory",
             "point the configuration at a directory",
         )
     found: list[_Found] = []
     if layout == NESTED:
-        _walk_nested(root, root, [], {_identity(root_st)}, False, found)
+        _walk_nested(top, top, [], {_identity(root_st)}, False, found, warn)
     else:
-        _scan_maildirpp(root, root_st, found)
-    return _dedupe(found)
+        _scan_maildirpp(top, root_st, found, warn)
+    return _dedupe(found, warn)
 
 
 def _walk_nested(
-    root: Path,
-    directory: Path,
+    root: str,
+    directory: str,
     parts: list[str],
     ancestors: set[tuple[int, int]],
     via_symlink: bool,
     out: list[_Found],
+    warn: Warn,
 ) -> None:
     for entry in _listdir(directory):
         # cur/new/tmp hold messages, never folders; dot-directories are other tools'
         # (.notmuch, .git) or maildir++ folders, which this layout does not use.
         if entry.startswith(".") or entry in MAILDIR_SUBDIRS:
             continue
-        child = directory / entry
+        child = os.path.join(directory, entry)
         st = _stat(child)
         if st is None or not stat.S_ISDIR(st.st_mode):
             continue
         ident = _identity(st)
         if ident in ancestors:
-            log.warning("not following %s: it is a symlink loop", child)
+            warn("not following %s: it is a symlink loop", child)
             continue
-        linked = via_symlink or child.is_symlink()
+        linked = via_symlink or _is_symlink(child)
         child_parts = [*parts, entry]
         if _is_maildir(child):
-            _consider(root, NESTED, SEP.join(child_parts), child, ident, linked, out)
+            _consider(root, NESTED, SEP.join(child_parts), child, ident, linked, out, warn)
         # A folder may hold child folders (INBOX/Sub lives in ROOT/INBOX/Sub).
-        _walk_nested(root, child, child_parts, ancestors | {ident}, linked, out)
+        _walk_nested(root, child, child_parts, ancestors | {ident}, linked, out, warn)
 
 
-def _scan_maildirpp(root: Path, root_st: os.stat_result, out: list[_Found]) -> None:
+def _scan_maildirpp(root: str, root_st: os.stat_result, out: list[_Found], warn: Warn) -> None:
     if _is_maildir(root):
-        _consider(root, MAILDIRPP, "INBOX", root, _identity(root_st), False, out)
+        _consider(root, MAILDIRPP, "INBOX", root, _identity(root_st), False, out, warn)
     for entry in _listdir(root):
         if not entry.startswith(".") or entry in (".", ".."):
             continue
-        child = root / entry
+        child = os.path.join(root, entry)
         st = _stat(child)
         if st is None or not stat.S_ISDIR(st.st_mode) or not _is_maildir(child):
             continue
         name = SEP.join(entry[1:].split("."))
-        _consider(root, MAILDIRPP, name, child, _identity(st), child.is_symlink(), out)
+        _consider(root, MAILDIRPP, name, child, _identity(st), _is_symlink(child), out, warn)
 
 
 def _consider(
-    root: Path,
+    root: str,
     layout: str,
     raw_name: str,
-    path: Path,
+    path: str,
     ident: tuple[int, int],
     via_symlink: bool,
     out: list[_Found],
+    warn: Warn,
 ) -> None:
     """Keep `path` only if its name maps back to it."""
     name = canonical_folder(raw_name)
     try:
-        expected = folder_path(root, layout, name)
+        expected = folder_dir(root, layout, name)
     except FolderNameError as e:
-        log.warning("ignoring Maildir %s: %s", path, e)
+        warn("ignoring Maildir %s: %s", path, e)
         return
     if expected != path:
         # On a case-insensitive filesystem ROOT/inbox *is* ROOT/INBOX: same directory.
         st = _stat(expected)
         if st is None or _identity(st) != ident:
-            log.warning(
+            warn(
                 "ignoring Maildir %s: its name means the folder %r, which is stored at %s; "
                 "rename the directory",
                 path,
@@ -235,7 +273,7 @@ def _consider(
     out.append(_Found(name, path, ident, via_symlink))
 
 
-def _dedupe(found: list[_Found]) -> list[str]:
+def _dedupe(found: list[_Found], warn: Warn) -> list[str]:
     """One name per directory: a directory reachable under two names (a symlink to a
     sibling) would otherwise be synced twice, and a deletion in one copy would show up
     as a deletion in the other."""
@@ -247,9 +285,7 @@ def _dedupe(found: list[_Found]) -> list[str]:
     for f in found:
         kept = best[f.identity]
         if kept.name != f.name:
-            log.warning(
-                "ignoring Maildir %s: it is the same directory as folder %r", f.path, kept.name
-            )
+            warn("ignoring Maildir %s: it is the same directory as folder %r", f.path, kept.name)
     return sorted({f.name for f in best.values()})
 
 
@@ -257,7 +293,7 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def _stat(path: Path) -> os.stat_result | None:
+def _stat(path: str) -> os.stat_result | None:
     """Follows symlinks; None when the entry vanished or is a dangling symlink."""
     try:
         return os.stat(path)
@@ -267,7 +303,7 @@ def _stat(path: Path) -> os.stat_result | None:
         raise _listing_error(path, e) from e
 
 
-def _listdir(directory: Path) -> list[str]:
+def _listdir(directory: str) -> list[str]:
     try:
         return sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -276,11 +312,35 @@ def _listdir(directory: Path) -> list[str]:
         raise _listing_error(directory, e) from e
 
 
-def _is_maildir(path: Path) -> bool:
-    return (path / "cur").is_dir() and (path / "new").is_dir()
+# What pathlib's is_dir() and is_symlink() take for "no" rather than raise; the other
+# errors (EACCES above all) propagate, as they did when this module used pathlib.
+_IGNORED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 
-def _listing_error(path: Path, e: OSError) -> LocalStoreError:
+def _is_dir(path: str) -> bool:
+    return _is(path, stat.S_ISDIR, os.stat)
+
+
+def _is_symlink(path: str) -> bool:
+    return _is(path, stat.S_ISLNK, os.lstat)
+
+
+def _is(path: str, test: Callable[[int], bool], stat_call: Callable[[str], os.stat_result]) -> bool:
+    try:
+        return test(stat_call(path).st_mode)
+    except OSError as e:
+        if e.errno not in _IGNORED_ERRNOS:
+            raise
+        return False
+    except ValueError:
+        return False
+
+
+def _is_maildir(path: str) -> bool:
+    return _is_dir(os.path.join(path, "cur")) and _is_dir(os.path.join(path, "new"))
+
+
+def _listing_error(path: str, e: OSError) -> LocalStoreError:
     return LocalStoreError(
         f"cannot list local folders: {path}: {e.strerror or e}",
         "fix the directory's permissions and re-run",

@@ -24,15 +24,16 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 from mirrorsync import flags as flagmod
+from mirrorsync.dirstamp import read_stamp
 from mirrorsync.errors import LocalStoreError
 from mirrorsync.layout import MAILDIR_SUBDIRS, MAILDIRPP, NESTED, check_layout, folder_path
 from mirrorsync.layout import list_folders as _list_folders
@@ -51,6 +52,7 @@ _MARKER = "maildirfolder"  # maildir++: tells delivery agents (quota) this is a 
 
 # (key, bytes, flags, mtime): what `deliver_many` takes per message.
 DeliveryItem = tuple[str, bytes, Flags, float | None]
+Entry = tuple[str, str, str]  # a listed file: (subdir, file name, info letters)
 
 # Called with every path mirrorsync is about to create (True), or to rename away or
 # remove (False), before it does, so that `mirrorsync daemon`'s watcher can tell our
@@ -95,27 +97,30 @@ _FSYNC_THREADS = 16
 _fsync_pool: ThreadPoolExecutor | None = None  # made on first use
 
 
-def _in_parallel(work: Callable[[tuple[Path, bytes, float | None]], None], jobs: list[Any]) -> None:
-    """Run `work` over `jobs` on a few threads (file system calls release the GIL);
-    the first error is raised once all have finished."""
+def _submit_all(work: Callable[[Any], None], jobs: list[Any]) -> list[Future[None]]:
+    """Start `work` over `jobs` on a few threads (file system calls release the GIL)."""
     global _fsync_pool
-    if len(jobs) <= 2:
-        for job in jobs:
-            work(job)
-        return
     if _fsync_pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _fsync_pool = ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="maildir-io")
-    futures = [_fsync_pool.submit(work, job) for job in jobs]
+    return [_fsync_pool.submit(work, job) for job in jobs]
+
+
+def _wait_all(futures: list[Future[None]], raise_first: bool = True) -> None:
+    """Wait for every job; then raise the first error, if any (and if asked)."""
     errors = [f.exception() for f in futures]
     for e in errors:
-        if e is not None:
+        if e is not None and raise_first:
             raise e
 
 
-def _write_synced(job: tuple[Path, bytes, float | None]) -> None:
+def _write_synced(job: tuple[str, bytes, float | None]) -> None:
     """Create `tmp` (never overwriting), write, date and fsync it."""
+    _write_file(job, sync=True)
+
+
+def _write_file(job: tuple[str, bytes, float | None], sync: bool = False) -> None:
     tmp, data, mtime = job
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -125,9 +130,53 @@ def _write_synced(job: tuple[Path, bytes, float | None]) -> None:
         if mtime is not None:
             # Before the fsync, so the fsync makes the date durable too.
             os.utime(fd, (time.time(), mtime))
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+SYNCFS_MIN_FILES = 32  # below this, an fsync per file costs less than syncing the file system
+_syncfs_fn: Callable[[str], None] | bool | None = False  # False: not looked up yet
+
+
+def _syncfs() -> Callable[[str], None] | None:
+    """A function making everything written to the file system holding a path durable
+    (syncfs(2)), or None where that is not available or not trustworthy: before Linux
+    5.8 syncfs did not report write-back errors, so a failed write could pass unseen;
+    there, and off Linux, files are fsynced one by one."""
+    global _syncfs_fn
+    if _syncfs_fn is not False:
+        return _syncfs_fn  # type: ignore[return-value]
+    _syncfs_fn = None
+    if sys.platform != "linux" or os.environ.get("MIRRORSYNC_NO_SYNCFS"):
+        return None
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) < (5, 8):
+        return None
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+
+    def syncfs(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if fn(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), path)
+        finally:
+            os.close(fd)
+
+    _syncfs_fn = syncfs
+    return syncfs
 
 
 def fsync_dir(path: Path) -> None:
@@ -159,10 +208,14 @@ def display_path(path: Path) -> str:
 def split_filename(filename: str) -> tuple[str, str, str]:
     """(key, separator, info letters); separator and letters are "" without an info.
     The first ":2," or "!2," starts the info, as in the stdlib."""
-    m = _INFO_RE.search(filename)
-    if m is None:
+    # Two finds instead of the regex: a scan splits every name of the folder.
+    i = filename.find(":2,")
+    j = filename.find("!2,")
+    if j != -1 and (i == -1 or j < i):
+        i = j
+    if i == -1:
         return filename, "", ""
-    return filename[: m.start()], filename[m.start()], filename[m.end() :]
+    return filename[:i], filename[i], filename[i + 3 :]
 
 
 def new_key() -> str:
@@ -402,49 +455,60 @@ class MaildirFolder:
         """A cheap change signal: the mtimes of cur/ and new/. Any delivery, rename or
         unlink in either directory changes its mtime, so an equal stamp means an
         unchanged folder, provided the stamp was settled when taken (see Stamp)."""
-        try:
-            cur = os.stat(self.path / "cur")
-            new = os.stat(self.path / "new")
-        except OSError:
+        found = read_stamp(self.path)  # shared with mirrorsync.quick
+        if found is None:
             return None
-        return Stamp(
-            f"{cur.st_mtime_ns}:{new.st_mtime_ns}",
-            newest=max(cur.st_mtime, new.st_mtime),
-            taken=time.time(),
-            fine=bool(cur.st_mtime_ns % 1_000_000_000 or new.st_mtime_ns % 1_000_000_000),
-        )
+        value, newest, taken, fine = found
+        return Stamp(value, newest=newest, taken=taken, fine=fine)
 
     def scan(self) -> dict[str, LocalMessage]:
         """Key -> message from the directory listings alone (no file is opened, so a
-        scan of a large folder is cheap). new/ is listed before cur/: a reader moving a
-        file from new/ to cur/ between the two listings is then seen twice (and kept
-        once), never missed; a missed file would look deleted."""
-        out: dict[str, LocalMessage] = {}
+        scan of a large folder is cheap); see `listing`."""
+        letters_to_flags = flagmod.from_letters
+        return {
+            key: LocalMessage(key, letters_to_flags(letters), sub, filename)
+            for key, (sub, filename, letters) in self.listing().items()
+        }
+
+    def listing(self) -> dict[str, Entry]:
+        """Key -> (subdir, file name, info letters): what `scan` returns, before it is
+        made into objects, for a caller that compares most files with the state and
+        needs objects only for the few that differ. new/ is listed before cur/: a
+        reader moving a file from new/ to cur/ between the two listings is then seen
+        twice (and kept once), never missed; a missed file would look deleted."""
+        out: dict[str, Entry] = {}
         for sub in ("new", "cur"):
             for filename in self._list(sub):
                 if filename.startswith("."):
                     continue
-                key, _sep, letters = split_filename(filename)
+                # split_filename, inline: this loop runs once per file of the folder
+                i = filename.find(":2,")
+                j = filename.find("!2,")
+                if j != -1 and (i == -1 or j < i):
+                    i = j
+                key, letters = (filename, "") if i == -1 else (filename[:i], filename[i + 3 :])
                 if not key:
                     continue
-                # Interned, so the state's pair for this message shares the string:
-                # a 10^5-message account holds each key once, not three times.
-                key = sys.intern(key)
-                msg = LocalMessage(key, flagmod.from_letters(letters), sub, filename)
+                entry = (sub, filename, letters)
                 prev = out.get(key)
                 if prev is not None:
-                    keep = _prefer(prev, msg)
+                    keep = _prefer(prev, entry)
                     log.warning(
-                        "%s: two files with the key %s (%s, %s); using %s",
+                        "%s: two files with the key %s (%s/%s, %s/%s); using %s/%s",
                         display_path(self.path),
                         key,
-                        prev.relpath,
-                        msg.relpath,
-                        keep.relpath,
+                        *prev[:2],
+                        *entry[:2],
+                        *keep[:2],
                     )
-                    msg = keep
-                out[key] = msg
+                    entry = keep
+                out[key] = entry
         return out
+
+    @staticmethod
+    def message(key: str, entry: Entry) -> LocalMessage:
+        """The message of one `listing` entry."""
+        return LocalMessage(key, flagmod.from_letters(entry[2]), entry[0], entry[1])
 
     def _list(self, sub: str) -> list[str]:
         directory = self.path / sub
@@ -565,37 +629,56 @@ class MaildirFolder:
         first, then linked into place, then cur/ and new/ are fsynced once. All or
         nothing: on any error the files of this batch are removed again, so a caller
         that retries never makes a duplicate. The bytes are written as given."""
-        temps: list[Path] = []
-        placed: list[Path] = []
-        staged: list[tuple[Path, Path, LocalMessage]] = []
+        return self.deliver_start(items).finish()
+
+    def deliver_start(self, items: Iterable[DeliveryItem]) -> PendingDelivery:
+        """`deliver_many` in two halves, so a caller can fetch the next batch while
+        this one's files are written and fsynced by the I/O threads: `finish()` on the
+        result places them (or `abandon()` removes them)."""
+        tmpdir = os.path.join(self.path, "tmp")
+        temps: list[str] = []
+        staged: list[tuple[str, Path, LocalMessage]] = []
+        jobs: list[tuple[str, bytes, float | None]] = []
         try:
             # The caller's iterable may fail too (a dropped connection is an OSError):
             # that error passes through as it is, only our own I/O is reworded.
-            jobs: list[tuple[Path, bytes, float | None]] = []
+            dirs = {"cur": self.path / "cur", "new": self.path / "new"}
             for key, data, flags, mtime in items:
                 subdir, filename = self._target(key, flags)
-                tmp = self.path / "tmp" / new_key()
+                tmp = os.path.join(tmpdir, new_key())
                 temps.append(tmp)  # registered before it exists, so a failure removes it
                 msg = LocalMessage(
                     key, flagmod.from_letters(split_filename(filename)[2]), subdir, filename
                 )
-                staged.append((tmp, self.path / subdir / filename, msg))
+                staged.append((tmp, dirs[subdir] / filename, msg))
                 jobs.append((tmp, data, mtime))
+        except BaseException:
+            self._undo(temps, [])
+            raise
+        syncfs = _syncfs() if len(jobs) >= SYNCFS_MIN_FILES else None
+        if syncfs is None:
             # Write and fsync the batch from several threads: creating and syncing
             # files mostly waits on the file system's journal, which commits concurrent
-            # requests together. Exactly as durable as one after another: every file
-            # is on disk before any is placed.
-            try:
-                _in_parallel(_write_synced, jobs)
-            except OSError as e:
+            # requests together. Exactly as durable as one after another: every file is
+            # on disk before any is placed.
+            return PendingDelivery(self, staged, temps, _submit_all(_write_synced, jobs))
+        # Better still where the kernel allows: write the files here (the page cache
+        # takes them at once) and make all of them durable with one syncfs(2) on an
+        # I/O thread, instead of a thread hand-off and an fsync per file.
+        try:
+            for job in jobs:
+                _write_file(job)
+        except BaseException as e:
+            self._undo(temps, [])
+            if isinstance(e, OSError):
                 raise _os_error("writing to", self.path, e) from e
-            self._commit(staged, placed)
-        except BaseException:
-            self._undo(temps, placed)
             raise
-        return [msg for _tmp, _target, msg in staged]
+        tmp = os.path.join(self.path, "tmp")
+        return PendingDelivery(self, staged, temps, _submit_all(syncfs, [tmp]))
 
-    def _commit(self, staged: list[tuple[Path, Path, LocalMessage]], placed: list[Path]) -> None:
+    def _commit(
+        self, staged: Sequence[tuple[str | Path, Path, LocalMessage]], placed: list[Path]
+    ) -> None:
         try:
             for tmp, target, _msg in staged:
                 _place(tmp, target)
@@ -609,17 +692,21 @@ class MaildirFolder:
             raise _os_error("writing to", self.path, e) from e
 
     @staticmethod
-    def _undo(temps: list[Path], placed: list[Path]) -> None:
-        for p in (*placed, *temps):
+    def _undo(temps: Sequence[str | Path], placed: list[Path]) -> None:
+        for p in placed:
             _own(p, False)
             with contextlib.suppress(OSError):
                 os.unlink(p)
+        for t in temps:  # never placed, so never seen by anyone
+            with contextlib.suppress(OSError):
+                os.unlink(t)
 
-    def set_flags(self, msg: LocalMessage, flags: Flags) -> LocalMessage:
+    def set_flags(self, msg: LocalMessage, flags: Flags, *, durable: bool = True) -> LocalMessage:
         """Rename to cur/KEY:2,LETTERS. Letters we do not map are carried over, and the
         file keeps the separator it had (a reader using "!" expects "!"). Nothing is
         renamed when the mapped flags already match, so an unread message stays in
-        new/ until a flag really changes."""
+        new/ until a flag really changes. With `durable` False the caller makes many
+        renames durable at once with `flush` (before it records them)."""
         filename = self._filename(msg)
         src = self.path / msg.subdir / filename
         key, sep, letters = split_filename(filename)
@@ -649,15 +736,21 @@ class MaildirFolder:
             raise _os_error("changing flags of", src, e, "the message is unchanged") from e
         except OSError as e:
             raise _os_error("changing flags of", src, e, "the message is unchanged") from e
-        try:
-            fsync_dir(dst.parent)
-            if src.parent != dst.parent:
-                fsync_dir(src.parent)
-        except OSError as e:
-            raise _os_error(
-                "flushing", dst.parent, e, "the flag change may not survive a crash"
-            ) from e
+        if durable:
+            self.flush({dst.parent.name, src.parent.name})
         return result
+
+    def flush(self, subdirs: Iterable[str] = ("new", "cur")) -> None:
+        """Make the renames and unlinks done in these subdirectories durable: one
+        directory fsync each, however many files changed (group commit)."""
+        for sub in sorted(set(subdirs)):
+            path = self.path / sub
+            try:
+                fsync_dir(path)
+            except OSError as e:
+                raise _os_error(
+                    "flushing", path, e, "recent changes may not survive a crash"
+                ) from e
 
     def move_to(self, msg: LocalMessage, other: MaildirFolder) -> LocalMessage:
         """Rename the file into another Maildir (same subdirectory and name), so the
@@ -682,9 +775,10 @@ class MaildirFolder:
             raise _os_error("flushing", dst.parent, e, "the move may not survive a crash") from e
         return LocalMessage(msg.key, msg.flags, msg.subdir, src.name)
 
-    def remove(self, msg: LocalMessage) -> None:
+    def remove(self, msg: LocalMessage, *, durable: bool = True) -> None:
         """Unlink; a file already gone is already removed. (A file a reader renamed
-        meanwhile is gone too from here: the next scan finds it under its new name.)"""
+        meanwhile is gone too from here: the next scan finds it under its new name.)
+        With `durable` False the caller flushes many removals at once (see `flush`)."""
         path = self.path_of(msg)
         try:
             _own(path, False)
@@ -693,6 +787,8 @@ class MaildirFolder:
             return
         except OSError as e:
             raise _os_error("removing", path, e, "the message is still there") from e
+        if not durable:
+            return
         try:
             fsync_dir(path.parent)
         except OSError as e:
@@ -701,15 +797,53 @@ class MaildirFolder:
             ) from e
 
 
-def _prefer(a: LocalMessage, b: LocalMessage) -> LocalMessage:
+class PendingDelivery:
+    """A batch whose files the I/O threads are writing and fsyncing (see
+    `MaildirFolder.deliver_start`). Exactly one of `finish` or `abandon` is called."""
+
+    def __init__(
+        self,
+        folder: MaildirFolder,
+        staged: list[tuple[str, Path, LocalMessage]],
+        temps: list[str],
+        futures: list[Future[None]],
+    ) -> None:
+        self._folder = folder
+        self._staged = staged
+        self._temps = temps
+        self._futures = futures
+
+    def finish(self) -> list[LocalMessage]:
+        """Wait until every file is on disk, then link them into place and fsync the
+        directories once. All or nothing, as `deliver_many`."""
+        placed: list[Path] = []
+        try:
+            try:
+                _wait_all(self._futures)
+            except OSError as e:
+                raise _os_error("writing to", self._folder.path, e) from e
+            self._folder._commit(self._staged, placed)
+        except BaseException:
+            _wait_all(self._futures, raise_first=False)
+            self._folder._undo(self._temps, placed)
+            raise
+        return [msg for _tmp, _target, msg in self._staged]
+
+    def abandon(self) -> None:
+        """The caller failed before `finish`: remove what the threads wrote."""
+        _wait_all(self._futures, raise_first=False)
+        self._folder._undo(self._temps, [])
+
+
+def _prefer(a: Entry, b: Entry) -> Entry:
     """Of two files with one key, cur/ is the newer state (readers move new -> cur);
     otherwise the smaller name, so that repeated scans agree."""
-    if a.subdir != b.subdir:
-        return a if a.subdir == "cur" else b
-    return a if a.filename <= b.filename else b
+    if a[0] != b[0]:
+        return a if a[0] == "cur" else b
+    return a if a[1] <= b[1] else b
 
 
-def _place(tmp: Path, target: Path) -> None:
+def _place(tmp: str | Path, target: Path) -> None:
     """link() fails instead of overwriting, which rename() would do silently. Some
     filesystems (FAT, some FUSE) have no hard links: fall back to a checked rename."""
     _own(target, True)
@@ -755,7 +889,7 @@ def _listdir_or_empty(path: Path) -> list[str]:
         return []
 
 
-def _unlink_quiet(path: Path) -> None:
+def _unlink_quiet(path: str | Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 

@@ -13,18 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Defined in the import-light `names` (the quick check needs them without the rest).
+from mirrorsync.names import SEP as SEP
+from mirrorsync.names import canonical_folder as canonical_folder
+
 Flags = frozenset[str]
 NO_FLAGS: Flags = frozenset()
-
-SEP = "/"
-
-
-def canonical_folder(name: str) -> str:
-    """INBOX is case-insensitive in IMAP (RFC 3501 5.1); give it one spelling."""
-    head, sep, rest = name.partition(SEP)
-    if head.upper() == "INBOX":
-        return "INBOX" + sep + rest
-    return name
 
 
 @dataclass(frozen=True)

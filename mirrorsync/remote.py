@@ -76,6 +76,20 @@ class RemoteStore(Protocol):
         Message-ID and size), or None when it cannot be told."""
         ...
 
+    def append_many(
+        self, name: str, items: Sequence[tuple[bytes, Flags, datetime | None]]
+    ) -> list[int | None]:
+        """APPEND each (data, flags, date) to `name`, in order; returns their new UIDs
+        in the same order (None where it cannot be told), as `append` would.
+
+        With MULTIAPPEND (RFC 3502) one command carries many messages (bounded by count
+        and bytes), and the server stores all of them or, when it refuses one, none;
+        without it, one APPEND each. A refused command raises `AppendRefused`, which
+        says how many messages went up before it (with their UIDs) and how many it
+        held; a plain ServerError means nothing was sent (a flag name that is not an
+        IMAP atom)."""
+        ...
+
     def add_flags(self, uids: Iterable[int], flags: Flags) -> None: ...
 
     def remove_flags(self, uids: Iterable[int], flags: Flags) -> None: ...

@@ -15,7 +15,6 @@ pairs without loss or duplication.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import sqlite3
@@ -26,13 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirrorsync import flags as flagmod
-from mirrorsync.errors import LockedError, StateError
+from mirrorsync.errors import StateError
 from mirrorsync.model import Flags
 
-log = logging.getLogger(__name__)
+# The lock, the file name, the schema version and how a connection is opened live in
+# the import-light `statefiles`, shared with `mirrorsync.quick`.
+from mirrorsync.statefiles import DB_NAME as DB_NAME
+from mirrorsync.statefiles import KILL_ENV as KILL_ENV
+from mirrorsync.statefiles import SCHEMA_VERSION as SCHEMA_VERSION
+from mirrorsync.statefiles import AccountLock as AccountLock
+from mirrorsync.statefiles import connect
 
-SCHEMA_VERSION = 1
-DB_NAME = "state.sqlite3"
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -92,6 +96,14 @@ class Pair:
     local_flags: Flags
 
 
+PairRow = tuple[int, str, str, str, str]  # uid, key, hash, remote and local flag letters
+
+
+def pair_of(row: PairRow) -> Pair:
+    uid, key, h, remote, local = row
+    return Pair(uid, sys.intern(key), h, flagmod.from_letters(remote), flagmod.from_letters(local))
+
+
 @dataclass(frozen=True)
 class JournalEntry:
     """An archive under way: server message `uid` of `folder` (under `uidvalidity`)
@@ -104,13 +116,6 @@ class JournalEntry:
     dest: str
     key: str
     hash: str
-
-
-# Fault injection for the crash tests (mbsync's discipline: crash after each journal
-# step, then prove the next run recovers). When set to N, the process dies as if by
-# `kill -9` just before the Nth state commit: after the change it records was made,
-# before it is recorded, which is the window where a crash could lose or duplicate.
-KILL_ENV = "MIRRORSYNC_TEST_KILL_BEFORE_COMMIT"
 
 
 class State:
@@ -151,10 +156,8 @@ class State:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         os.chmod(path, 0o600)
-        conn = sqlite3.connect(path, isolation_level=None, timeout=5)
+        conn = connect(path)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
             # Reading the schema catches a file that is no database at all. A full
             # integrity check would read every page on every run, a cost that grows
             # with the mailbox; damage deeper in the file is reported when met.
@@ -239,16 +242,16 @@ class State:
     # -- messages
 
     def pairs(self, folder: str) -> list[Pair]:
-        rows = self._db.execute(
+        return [pair_of(r) for r in self.pair_rows(folder)]
+
+    def pair_rows(self, folder: str) -> list[PairRow]:
+        """The pairs as stored (flags as letters): what a caller that compares most of
+        them with a listing needs, before any is made into an object (`pair_of`)."""
+        rows: list[PairRow] = self._db.execute(
             "SELECT uid, key, hash, remote_flags, local_flags FROM messages WHERE folder = ?",
             (folder,),
         ).fetchall()
-        return [
-            Pair(
-                r[0], sys.intern(r[1]), r[2], flagmod.from_letters(r[3]), flagmod.from_letters(r[4])
-            )
-            for r in rows
-        ]
+        return rows
 
     def pairs_for(self, folder: str, uids: Iterable[int]) -> list[Pair]:
         """The pairs of just these UIDs: what a server-side delta needs, so its cost
@@ -262,16 +265,7 @@ class State:
                 f"WHERE folder = ? AND uid IN ({','.join('?' * len(chunk))})",
                 (folder, *chunk),
             ).fetchall()
-            out += [
-                Pair(
-                    r[0],
-                    sys.intern(r[1]),
-                    r[2],
-                    flagmod.from_letters(r[3]),
-                    flagmod.from_letters(r[4]),
-                )
-                for r in rows
-            ]
+            out += [pair_of(r) for r in rows]
         return out
 
     def count_pairs(self) -> dict[str, int]:
@@ -333,43 +327,3 @@ def _pair(row: tuple[int, str, str, str, str]) -> Pair:
     the same key found by a Maildir scan."""
     uid, key, h, remote, local = row
     return Pair(uid, sys.intern(key), h, flagmod.from_letters(remote), flagmod.from_letters(local))
-
-
-class AccountLock:
-    """An exclusive lock per account, so two runs never interleave on one state.
-
-    flock is released by the kernel when the process dies, so a killed run never
-    leaves a stale lock behind. `name` and the wording let the daemon hold a second,
-    lifetime lock of the same kind (one daemon per account)."""
-
-    def __init__(
-        self,
-        state_dir: Path,
-        account: str,
-        name: str = "lock",
-        busy: str = "is being synced by another mirrorsync process",
-        hint: str = "wait for it to finish",
-    ) -> None:
-        self.path = state_dir / name
-        self.account = account
-        self._busy = busy
-        self._hint = hint
-        self._fd: int | None = None
-
-    def __enter__(self) -> AccountLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(fd)
-            raise LockedError(
-                f"account {self.account} {self._busy}", f"{self._hint} (lock {self.path})"
-            ) from e
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None

@@ -13,6 +13,15 @@ from mirrorsync.devserver import Dovecot
 _user_ids = itertools.count(1)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parsed-config cache (see mirrorsync.configcache) of every run a test makes
+    goes to a directory of the test's own, never to the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
     server = Dovecot().start()

@@ -11,7 +11,11 @@ message the folder's next modseq and every expunge is remembered with its modseq
 `select_changes` answers as a QRESYNC server (VANISHED from that history), as a
 CONDSTORE-only one (vanished = known UIDs no longer there) or with the full listing;
 `store_flags` honours UNCHANGEDSINCE only with CONDSTORE. HIGHESTMODSEQ reads 0
-without CONDSTORE, as a server without it has none.
+without CONDSTORE, as a server without it has none. With "MULTIAPPEND" `append_many`
+stores each command's messages (bounded as `ImapStore` bounds them) all or none;
+without it, it is `append` per message. `append_commands` counts the APPEND commands a
+server would have seen. APPEND refuses what Dovecot refuses: an empty message and a
+keyword longer than 50 characters.
 
 The `inject`, `set_flags`, `expunge_external`, `set_uidvalidity` and `fail` helpers let
 a test act as another client, or as a failing network, between the engine's calls.
@@ -27,7 +31,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 from mirrorsync.content import message_id
-from mirrorsync.errors import ConnectionFailed, FolderNameError, MirrorsyncError, ServerError
+from mirrorsync.errors import (
+    AppendRefused,
+    ConnectionFailed,
+    FolderNameError,
+    MirrorsyncError,
+    ServerError,
+)
 from mirrorsync.model import (
     SEP,
     Flags,
@@ -49,6 +59,7 @@ FULL_CAPABILITIES = frozenset(
         "CONDSTORE",
         "QRESYNC",
         "MOVE",
+        "MULTIAPPEND",
         "UNSELECT",
         "LITERAL+",
         "LIST-STATUS",
@@ -66,6 +77,7 @@ _SYSTEM_FLAGS = {
     f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 }
 _FLAG_RE = re.compile(r'^\\?[^\x00-\x20\x7f-\U0010ffff(){%*"\\\]]+$')
+_MAX_KEYWORD = 50  # Dovecot's mail_max_keyword_length
 _uidvalidities = itertools.count(1_000_000)
 
 
@@ -100,14 +112,19 @@ class FakeFolder:
 
 
 class FakeRemoteStore:
+    # one MULTIAPPEND command's bounds, as ImapStore's
+    append_batch_count = 50
+    append_batch_bytes = 8 * 1024 * 1024
+
     def __init__(
         self,
         capabilities: Iterable[str] = FULL_CAPABILITIES,
         appenduid: bool = True,
         quota_limit: int = 1024 * 1024,
     ) -> None:
-        """`appenduid=False` makes `append` return None, as `ImapStore` does when it
-        cannot tell the new UID, so the engine's handling of that can be tested.
+        """`appenduid=False` makes `append` and `append_many` return None, as
+        `ImapStore` does when it cannot tell the new UID, so the engine's handling of
+        that can be tested.
         `quota_limit` is the STORAGE limit in KiB (with "QUOTA" in `capabilities`)."""
         self._capabilities = frozenset(c.upper() for c in capabilities)
         self.appenduid = appenduid
@@ -116,6 +133,7 @@ class FakeRemoteStore:
         self.selected: str | None = None
         self.closed = False
         self.calls: list[str] = []  # protocol method names, in call order
+        self.append_commands = 0
         self._failures: dict[str, list[MirrorsyncError]] = {}
 
     # -- helpers for tests: another client, a failing network ------------------------
@@ -242,9 +260,41 @@ class FakeRemoteStore:
         self, name: str, data: bytes, flags: Flags, date: datetime | None = None
     ) -> int | None:
         self._enter("append")
-        _check_flags(flags)
-        uid = self._add(self._folder(canonical_folder(name), "append to"), data, flags, date)
+        _check_flags(flags)  # ImapStore checks names before sending
+        self.append_commands += 1
+        f = self._folder(canonical_folder(name), "append to")
+        _check_append(name, data, flags)
+        uid = self._add(f, data, flags, date)
         return uid if self.appenduid else None
+
+    def append_many(
+        self, name: str, items: Sequence[tuple[bytes, Flags, datetime | None]]
+    ) -> list[int | None]:
+        self._enter("append_many")
+        out: list[int | None] = []
+        if not items:
+            return out
+        if "MULTIAPPEND" not in self._capabilities:
+            for data, flags, date in items:
+                try:
+                    out.append(self.append(name, data, flags, date))
+                except ServerError as exc:
+                    raise _refused(exc, out, 1) from exc
+            return out
+        for _data, flags, _date in items:  # ImapStore checks names before sending
+            _check_flags(flags)
+        for batch in _append_batches(items, self.append_batch_count, self.append_batch_bytes):
+            self.append_commands += 1
+            try:
+                f = self._folder(canonical_folder(name), "append to")
+                for data, flags, _date in batch:  # all or nothing, as RFC 3502 says
+                    _check_append(name, data, flags)
+            except ServerError as exc:
+                raise _refused(exc, out, len(batch)) from exc
+            for data, flags, date in batch:
+                uid = self._add(f, data, flags, date)
+                out.append(uid if self.appenduid else None)
+        return out
 
     def add_flags(self, uids: Iterable[int], flags: Flags) -> None:
         self._enter("add_flags")
@@ -551,6 +601,33 @@ def _check_flags(flags: Iterable[str]) -> None:
     for flag in flags:
         if not _FLAG_RE.match(flag):
             raise ServerError(f"{flag!r} is not a valid IMAP flag name")
+
+
+def _check_append(folder: str, data: bytes, flags: Iterable[str]) -> None:
+    """What Dovecot refuses in an APPEND although the command is well-formed."""
+    if not data:
+        raise ServerError(f"append to {folder!r} failed: Can't save a zero byte message")
+    if any(len(f) > _MAX_KEYWORD for f in flags if not f.startswith("\\")):
+        raise ServerError(f"append to {folder!r} failed: [CANNOT] Keyword length too long")
+
+
+def _append_batches(
+    items: Sequence[tuple[bytes, Flags, datetime | None]], count: int, size: int
+) -> Iterator[list[tuple[bytes, Flags, datetime | None]]]:
+    batch: list[tuple[bytes, Flags, datetime | None]] = []
+    total = 0
+    for item in items:
+        if batch and (len(batch) >= count or total + len(item[0]) > size):
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += len(item[0])
+    if batch:
+        yield batch
+
+
+def _refused(exc: ServerError, done: list[int | None], refused: int) -> AppendRefused:
+    return AppendRefused(exc.message, list(done), refused, exc.hint)
 
 
 def _checked(name: str) -> str:

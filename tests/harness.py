@@ -86,6 +86,20 @@ class Mirror:
         )
         return Result(p.returncode, p.stdout, p.stderr)
 
+    def run_killed(self, command: str, kill_at: int) -> bool:
+        """Run `command` in a process that dies before its `kill_at`-th state commit,
+        then (if it did die) run it again to completion; whether it died. When the
+        run has fewer commits it simply completes, so a caller counts up until False."""
+        from mirrorsync.state import KILL_ENV
+
+        r = self.run_process(command, env={KILL_ENV: str(kill_at)})
+        killed = r.status in (137, -9)
+        assert killed or r.status == 0, r
+        if killed:
+            again = self.run_process(command)
+            assert again.status == 0, again
+        return killed
+
     # -- the server, as another client
 
     @property

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from mirrorsync.content import message_id
-from mirrorsync.state import KILL_ENV
 from tests.harness import Mirror, message
 
 pytestmark = pytest.mark.dovecot
@@ -205,12 +204,7 @@ def test_killed_before_each_commit_then_rerun_loses_and_duplicates_nothing(
         ids = fill(m)
         m.sync()
         ids["archived"] |= more_on_server(m)
-        r = m.run_process("archive", env={KILL_ENV: str(kill_at)})
-        killed = r.status in (137, -9)
-        assert killed or r.status == 0, r
-        if killed:
-            r2 = m.run_process("archive")
-            assert r2.status == 0, r2
+        killed = m.run_killed("archive", kill_at)
         check_archived(m, ids)
         m.close()
         if not killed:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mirrorsync import maildir as maildir_mod
+from mirrorsync import quick
 from mirrorsync.imapstore import ImapStore
 from tests.harness import Mirror, message
 
@@ -29,6 +30,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         monkeypatch.setattr(ImapStore, name, spy)
     monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_FINE", -1.0)  # trust stamps at once
     monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_COARSE", -1.0)
+    # what the engine costs is counted here; the quick check (which finishes a no-op
+    # run before the engine) is tested in test_quick_e2e.py
+    monkeypatch.setattr(quick, "try_quick", lambda argv, env: None)
     return seen
 
 

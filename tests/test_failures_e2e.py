@@ -53,10 +53,19 @@ def test_disk_full_is_one_line_and_the_rerun_completes(
     assert sum(snap["INBOX"].values()) == 30 and set(snap["INBOX"].values()) == {1}
 
 
+@pytest.mark.parametrize("batch", [None, 5])
 def test_connection_dropped_mid_download_exits_3_and_resumes(
-    mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch, batch: int | None
 ) -> None:
+    """With small batches (5), one batch is being written while the next is fetched
+    when the connection drops: the batches before are kept, the one under way is
+    removed, and the re-run neither misses nor duplicates a message."""
+    from mirrorsync import engine
     from mirrorsync.imapstore import ImapStore
+
+    if batch is not None:
+        monkeypatch.setattr(engine, "DOWNLOAD_BATCH", batch)
+        monkeypatch.setattr(maildir_mod, "SYNCFS_MIN_FILES", 2)
 
     real_fetch = ImapStore.fetch
 
@@ -70,6 +79,11 @@ def test_connection_dropped_mid_download_exits_3_and_resumes(
     r = mirror.run("sync")
     assert r.status == 3, r
     assert "dropped" in r.err and len(r.err.strip().splitlines()) == 1
+    if batch is not None:
+        # messages 0-4 placed and recorded; 5-9 were on their way to disk: removed
+        inbox = mirror.root / "INBOX"
+        assert len([*(inbox / "cur").iterdir(), *(inbox / "new").iterdir()]) == 5
+    _no_partial_files(mirror)
     monkeypatch.setattr(ImapStore, "fetch", real_fetch)
     mirror.sync()
     snap = mirror.assert_mirrored()

@@ -22,6 +22,8 @@ from mirrorsync.errors import ConnectionFailed, ServerError
 from mirrorsync.imapstore import (
     ImapStore,
     ListedFolder,
+    _append_crlf,
+    _appended_uids,
     _aware,
     _fast_fetch_row,
     parse_fetch,
@@ -652,3 +654,40 @@ def test_fetch_reader_with_other_responses_and_tricky_literals(scripted: Any) ->
     assert imap.untagged_responses["VANISHED"] == [b"6"]
     with pytest.raises(ConnectionFailed, match="shutting down"):
         store.list_messages()
+
+
+# -- APPEND ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "expected"),
+    [
+        (b"[APPENDUID 38505 3955] APPEND completed", 1, [3955]),
+        (b"[APPENDUID 1795838092 1:3] Append completed (0.002 + 0.000 secs).", 3, [1, 2, 3]),
+        (b"[appenduid 7 9:7] done", 3, [7, 8, 9]),  # a range either way round
+        (b"[APPENDUID 7 4,9,12:13] done", 4, [4, 9, 12, 13]),  # a list keeps its order
+        (b"[APPENDUID 7 12,4] done", 2, [12, 4]),
+        (b"[APPENDUID 7 1:3] done", 2, [None, None]),  # one UID per message, or none
+        (b"[APPENDUID 7 5] done", 2, [None, None]),
+        (b"[APPENDUID 7 1:4294967295] done", 2, [None, None]),  # never expanded
+        (b"[UIDNOTSTICKY] Append completed", 2, [None, None]),
+        (b"Append completed", 1, [None]),
+    ],
+)
+def test_appended_uids(text: bytes, count: int, expected: list[int | None]) -> None:
+    assert _appended_uids(text, count) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"a\r\nb\r\n", b"a\r\nb\r\n"),
+        (b"a\nb\n", b"a\r\nb\r\n"),
+        (b"a\rb\r\n", b"a\r\nb\r\n"),
+        (b"a\r\r\nb\n\r", b"a\r\n\r\nb\r\n\r\n"),
+        (b"\n\r", b"\r\n\r\n"),
+        (b"", b""),
+    ],
+)
+def test_append_crlf_is_what_imaplib_sends(data: bytes, expected: bytes) -> None:
+    assert _append_crlf(data) == expected == imaplib.MapCRLF.sub(b"\r\n", data)

@@ -278,6 +278,86 @@ def test_deliver_many_group_commit(inbox: MaildirFolder, monkeypatch: pytest.Mon
     assert files(inbox)["tmp"] == []
 
 
+@pytest.fixture
+def syncfs_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """syncfs(2) as the kernel has it, counted; skipped where it is not used."""
+    real = maildir_mod._syncfs()
+    if real is None:
+        pytest.skip("syncfs(2) is not used on this system")
+    calls: list[str] = []
+
+    def counted(path: str) -> None:
+        calls.append(path)
+        real(path)
+
+    monkeypatch.setattr(maildir_mod, "_syncfs_fn", counted)
+    return calls
+
+
+def _batch(n: int) -> list[tuple[str, bytes, Flags, float | None]]:
+    return [
+        (f"k{i}", f"message {i}".encode(), frozenset({SEEN}) if i % 2 else NO_FLAGS, 1e9 + i)
+        for i in range(n)
+    ]
+
+
+def test_a_large_batch_is_made_durable_by_one_syncfs(
+    inbox: MaildirFolder, monkeypatch: pytest.MonkeyPatch, syncfs_calls: list[str]
+) -> None:
+    synced_dirs: list[Path] = []
+    fsyncs = count_fsyncs(monkeypatch)
+    monkeypatch.setattr(maildir_mod, "fsync_dir", synced_dirs.append)
+    items = _batch(maildir_mod.SYNCFS_MIN_FILES)
+    msgs = inbox.deliver_many(items)
+    assert fsyncs == []  # no file is fsynced on its own...
+    assert syncfs_calls == [str(inbox.path / "tmp")]  # ...one syncfs covers them all
+    assert sorted(synced_dirs) == [inbox.path / "cur", inbox.path / "new"]
+    for m, (_k, data, _f, mtime) in zip(msgs, items, strict=True):
+        assert inbox.read(m) == data
+        assert inbox.path_of(m).stat().st_mtime == mtime
+    assert files(inbox)["tmp"] == []
+
+
+def test_without_syncfs_a_large_batch_fsyncs_every_file(
+    inbox: MaildirFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maildir_mod, "_syncfs_fn", None)
+    fsyncs = count_fsyncs(monkeypatch)
+    msgs = inbox.deliver_many(_batch(maildir_mod.SYNCFS_MIN_FILES))
+    assert len(msgs) == maildir_mod.SYNCFS_MIN_FILES
+    assert len(fsyncs) == len(msgs) + 2  # every file, then cur/ and new/
+
+
+def test_a_failed_syncfs_places_nothing(
+    inbox: MaildirFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(path: str) -> None:
+        raise OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(maildir_mod, "_syncfs_fn", failing)
+    with pytest.raises(LocalStoreError) as info:
+        inbox.deliver_many(_batch(maildir_mod.SYNCFS_MIN_FILES))
+    assert "Input/output error" in info.value.message
+    assert files(inbox) == {"cur": [], "new": [], "tmp": []}
+
+
+@pytest.mark.parametrize("n", [3, maildir_mod.SYNCFS_MIN_FILES])
+def test_a_started_delivery_is_placed_by_finish_or_removed_by_abandon(
+    inbox: MaildirFolder, n: int
+) -> None:
+    inbox.deliver_start(_batch(n)).abandon()
+    assert files(inbox) == {"cur": [], "new": [], "tmp": []}
+    msgs = inbox.deliver_start(_batch(n)).finish()
+    assert inbox.scan() == {m.key: m for m in msgs}
+    assert files(inbox)["tmp"] == []
+
+
+def test_syncfs_is_not_trusted_before_linux_5_8(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(maildir_mod, "_syncfs_fn", False)
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "h", "5.4.0", "", "")))
+    assert maildir_mod._syncfs() is None
+
+
 def test_deliver_never_overwrites(inbox: MaildirFolder) -> None:
     inbox.deliver("k1", b"original", NO_FLAGS)
     with pytest.raises(MessageExists) as info:
@@ -358,7 +438,7 @@ FAILURES = [
 
 
 @pytest.mark.parametrize(("target", "replacement", "words", "hint"), FAILURES)
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, maildir_mod.SYNCFS_MIN_FILES])
 def test_delivery_failure_leaves_nothing_behind(
     inbox: MaildirFolder,
     monkeypatch: pytest.MonkeyPatch,

@@ -27,15 +27,20 @@ def mirror(request: Any, tmp_path: Path) -> Any:
 
 @pytest.fixture
 def no_uploads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every APPEND mirrorsync makes; a move must make none."""
+    """Every APPEND mirrorsync makes (one by one or in bulk); a move must make none."""
     calls: list[Any] = []
-    real = ImapStore.append
+    real, real_many = ImapStore.append, ImapStore.append_many
 
     def spy(self: Any, *args: Any, **kw: Any) -> Any:
         calls.append(args[0])
         return real(self, *args, **kw)
 
+    def spy_many(self: Any, name: str, items: Any) -> Any:
+        calls.extend(name for _item in items)
+        return real_many(self, name, items)
+
     monkeypatch.setattr(ImapStore, "append", spy)
+    monkeypatch.setattr(ImapStore, "append_many", spy_many)
     return calls
 
 
@@ -88,6 +93,57 @@ def test_a_move_on_the_server_is_a_local_rename(mirror: Mirror) -> None:
     (moved,) = mirror.files("Archive")
     # The same file (same inode), renamed into the other folder: not a new download.
     assert files.get(moved.name) == moved.stat().st_ino
+
+
+def _server_move(m: Mirror, uid: int, src: str, dst: str) -> None:
+    c = m.client
+    c.select_folder(src)
+    if c.has_capability("MOVE"):
+        c.move([uid], dst)
+    else:
+        c.copy([uid], dst)
+        c.delete_messages([uid])
+        c.expunge()
+
+
+def test_the_same_move_made_on_both_sides_is_one_message(
+    mirror: Mirror, no_uploads: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader moved a message here while another client moved it there too: both
+    sides lost it from INBOX and gained it in Archive. The two arrivals are linked by
+    content; neither is copied to the other side (which would make two)."""
+    downloads: list[int] = []
+    real_fetch = ImapStore.fetch
+
+    def spy(self: Any, uids: Any) -> Any:
+        for item in real_fetch(self, uids):
+            downloads.append(item[0])
+            yield item
+
+    monkeypatch.setattr(ImapStore, "fetch", spy)
+    f = next(p for p in mirror.files("INBOX") if p.name.endswith("FS"))
+    f.rename(mirror.folder_dir("Archive") / "cur" / f.name)
+    (uid,) = [u for u, fl in mirror.server_uids("INBOX").items() if "\\Flagged" in fl]
+    _server_move(mirror, uid, "INBOX", "Archive")
+    r = mirror.sync()
+    assert "linked" in r.out and no_uploads == []
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 2 and sum(snap["Archive"].values()) == 1
+    assert all(n == 1 for n in snap["Archive"].values())
+
+
+def test_a_message_deleted_here_and_moved_there_survives_where_it_was_moved(
+    mirror: Mirror,
+) -> None:
+    """Deleting and moving the same message are conflicting intents; mirrorsync keeps
+    it (in the folder it was moved to) rather than delete what someone just filed."""
+    f = next(p for p in mirror.files("INBOX") if p.name.endswith("FS"))
+    f.unlink()
+    (uid,) = [u for u, fl in mirror.server_uids("INBOX").items() if "\\Flagged" in fl]
+    _server_move(mirror, uid, "INBOX", "Archive")
+    mirror.sync()
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 2 and sum(snap["Archive"].values()) == 1
 
 
 def test_a_burst_of_moves_and_their_reverse(mirror: Mirror, no_uploads: list[Any]) -> None:

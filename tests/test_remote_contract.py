@@ -15,10 +15,11 @@ errors) and table tests of its pure helpers.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -29,6 +30,7 @@ from conftest import Account
 from fakeremote import (
     BASIC_CAPABILITIES,
     CONDSTORE_CAPABILITIES,
+    FULL_CAPABILITIES,
     QUOTA_CAPABILITIES,
     FakeRemoteStore,
 )
@@ -37,6 +39,7 @@ from imapclient.imap_utf7 import decode as utf7_decode
 from mirrorsync import content
 from mirrorsync.config import RemoteConfig
 from mirrorsync.errors import (
+    AppendRefused,
     AuthenticationFailed,
     ConnectionFailed,
     FolderNameError,
@@ -177,15 +180,46 @@ def imap_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield from _backend(request)
 
 
+# What the full Dovecot is told not to use, per kind.
+_DISABLE = {
+    "dovecot_condstore": ("QRESYNC",),
+    "dovecot_no_uidplus": ("UIDPLUS",),
+    "dovecot_sync_literals": ("LITERAL+",),
+}
+
+
+@pytest.fixture(
+    params=[
+        *_IMAP_KINDS,
+        pytest.param("dovecot_no_uidplus", marks=_dovecot),
+        pytest.param("dovecot_sync_literals", marks=_dovecot),
+        "fake",
+        "fake_basic",
+        "fake_condstore",
+        "fake_no_multiappend",
+    ]
+)
+def append_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """`backend`, and the combinations `append_many` takes its own way through:
+    MULTIAPPEND without UIDPLUS (UIDs found by Message-ID and size) and without
+    LITERAL+ (a "+" awaited before each message), and the fake with UIDPLUS but
+    without MULTIAPPEND."""
+    yield from _backend(request)
+
+
 def _backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     kind = request.param
     if kind.startswith("fake"):
-        caps = {"fake_basic": BASIC_CAPABILITIES, "fake_condstore": CONDSTORE_CAPABILITIES}
+        caps = {
+            "fake_basic": BASIC_CAPABILITIES,
+            "fake_condstore": CONDSTORE_CAPABILITIES,
+            "fake_no_multiappend": FULL_CAPABILITIES - {"MULTIAPPEND"},
+        }
         fake = FakeRemoteStore(caps.get(kind, FakeRemoteStore().capabilities))
         yield Backend(kind, fake, FakeOther(fake))
         return
     account = request.getfixturevalue("basic_account" if kind == "dovecot_basic" else "account")
-    disable = ("QRESYNC",) if kind == "dovecot_condstore" else ()
+    disable = _DISABLE.get(kind, ())
     store = ImapStore.connect(remote_config(account), account.password, disable=disable)
     other = ImapOther(account)
     try:
@@ -398,6 +432,198 @@ def test_empty_folder_lists_no_messages(backend: Backend) -> None:
     assert backend.store.list_messages() == {}
     assert backend.store.identities([1, 2]) == {}
     assert list(backend.store.fetch([1, 2])) == []
+
+
+# -- append_many ----------------------------------------------------------------------
+
+
+def append_commands(backend: Backend) -> Callable[[], int]:
+    """How many APPEND commands the store has sent so far: counted on the wire for
+    ImapStore (imaplib's and `_send_append`'s writes both start with the tag)."""
+    store = backend.store
+    if isinstance(store, FakeRemoteStore):
+        start = store.append_commands
+        return lambda: store.append_commands - start
+    assert isinstance(store, ImapStore)
+    imap = store._client._imap
+    real = imap.send
+    sent: list[bytes] = []
+
+    def spy(data: bytes) -> None:
+        if re.match(rb"[A-Z]+\d+ APPEND ", data):
+            sent.append(data)
+        real(data)
+
+    imap.send = spy
+    return lambda: len(sent)
+
+
+def multiappend(backend: Backend) -> bool:
+    return "MULTIAPPEND" in backend.store.capabilities
+
+
+def test_append_many_returns_uids_in_order_with_flags_sizes_and_dates(
+    append_backend: Backend,
+) -> None:
+    store = append_backend.store
+    store.create_folder("Bulk")
+    day = datetime(2022, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-5)))
+    same = msg("twice")  # the same message twice: the UIDs still follow the order
+    items = [
+        (msg("m0"), frozenset({"\\Seen"}), day),
+        (msg("m1", body=b"z" * 3000 + b"\r\n"), frozenset(), day + timedelta(days=1)),
+        (msg("m2", msgid=False), frozenset({"\\Flagged", "$Label1", "\\Recent"}), None),
+        (same, frozenset({"\\Answered"}), day + timedelta(days=2)),
+        (same, frozenset({"\\Draft"}), day + timedelta(days=3)),
+        (msg("m5", body="Grüße\r\n".encode()), frozenset({"\\Seen", "Junk"}), day),
+    ]
+    count = append_commands(append_backend)
+    uids = store.append_many("Bulk", items)
+    assert count() == (1 if multiappend(append_backend) else len(items))
+    assert all(uid is not None for uid in uids)
+    assert uids == sorted(uids) and len(set(uids)) == len(items)
+    store.select("Bulk")
+    listed = store.list_messages()
+    assert set(listed) == set(uids)
+    fetched = {uid: (data, when) for uid, data, _flags, when in store.fetch(uids)}
+    for uid, (data, flags, date) in zip(uids, items, strict=True):
+        assert uid is not None
+        assert visible(listed[uid].flags) == visible(flags)
+        assert listed[uid].size == len(data)
+        assert fetched[uid][0] == data
+        if date is not None:
+            assert fetched[uid][1] == date
+    # and the next ones follow
+    more = store.append_many("Bulk", [(msg("m6"), frozenset(), None)])
+    assert more[0] is not None and more[0] > max(u for u in uids if u is not None)
+
+
+def test_append_many_of_nothing(append_backend: Backend) -> None:
+    count = append_commands(append_backend)
+    assert append_backend.store.append_many("INBOX", []) == []
+    assert count() == 0
+
+
+def test_append_many_splits_commands_by_count_and_bytes(append_backend: Backend) -> None:
+    store = append_backend.store
+    assert isinstance(store, (ImapStore, FakeRemoteStore))
+    store.append_batch_count = 4
+    store.append_batch_bytes = 3000
+    small = [msg(f"s{i}", body=b"s" * (900 - len(msg(f"s{i}", b""))) + b"\r\n") for i in range(9)]
+    assert {len(d) for d in small} == {902}
+    big = msg("big", body=b"b" * 5000 + b"\r\n")  # over the byte bound: alone
+    datas = [*small[:5], big, *small[5:]]
+    count = append_commands(append_backend)
+    uids = store.append_many("INBOX", [(d, frozenset(), None) for d in datas])
+    # [s0 s1 s2] (a fourth would pass 3000 bytes) [s3 s4] [big] [s5 s6 s7] [s8]
+    assert count() == (5 if multiappend(append_backend) else len(datas))
+    assert None not in uids and uids == sorted(uids)
+    store.select("INBOX")
+    got = {uid: data for uid, data, _flags, _when in store.fetch([u for u in uids if u])}
+    assert [got[u] for u in uids if u] == datas
+    # the count bound
+    store.append_batch_bytes = 10**9
+    count = append_commands(append_backend)
+    store.append_many("INBOX", [(d, frozenset(), None) for d in small])
+    assert count() == (3 if multiappend(append_backend) else len(small))
+
+
+# What Dovecot refuses in a well-formed APPEND (and the fake with it): an empty
+# message, and a keyword longer than its mail_max_keyword_length (50).
+REFUSED = [
+    pytest.param((b"", frozenset()), id="empty"),
+    pytest.param((msg("kw"), frozenset({"k" * 80})), id="long-keyword"),
+]
+
+
+@pytest.mark.parametrize("bad", REFUSED)
+def test_append_many_refused_message(
+    append_backend: Backend, bad: tuple[bytes, frozenset[str]]
+) -> None:
+    """RFC 3502: a refused MULTIAPPEND stores none of its messages, so the error says
+    that the whole command was refused and the caller can send its messages again
+    one by one. Without MULTIAPPEND the ones before the bad one are stored, and the
+    error says which went up and that the bad one was refused alone."""
+    store = append_backend.store
+    assert isinstance(store, (ImapStore, FakeRemoteStore))
+    store.create_folder("Bulk")
+    good = [(msg(f"g{i}"), frozenset({"\\Seen"}), None) for i in range(5)]
+    items = [*good[:3], (bad[0], bad[1], None), *good[3:]]
+    with pytest.raises(AppendRefused) as err:
+        store.append_many("Bulk", items)
+    assert "Bulk" in str(err.value)
+    store.select("Bulk")
+    stored = store.list_messages()
+    if multiappend(append_backend):
+        assert (err.value.uids, err.value.refused) == ([], 6)
+        assert stored == {}
+    else:
+        assert (len(err.value.uids), err.value.refused) == (3, 1)
+        assert set(err.value.uids) == set(stored)
+    # what the engine does next: the refused ones one by one (only the bad one is
+    # refused again), then the rest
+    done = len(err.value.uids)
+    for i, (data, flags, date) in enumerate(items[done:], start=done):
+        if i == 3:
+            with pytest.raises(ServerError):
+                store.append("Bulk", data, flags, date)
+        else:
+            assert store.append("Bulk", data, flags, date) is not None
+    assert len(store.list_messages()) == 5
+
+
+def test_append_many_refused_in_a_later_command(append_backend: Backend) -> None:
+    """The commands before the refused one are stored, and the error has their UIDs;
+    the ones after it are not sent."""
+    store = append_backend.store
+    assert isinstance(store, (ImapStore, FakeRemoteStore))
+    store.append_batch_count = 2
+    items = [(msg(f"c{i}"), frozenset(), None) for i in range(6)]
+    items[3] = (b"", frozenset(), None)
+    with pytest.raises(AppendRefused) as err:
+        store.append_many("INBOX", items)
+    store.select("INBOX")
+    stored = store.list_messages()
+    if multiappend(append_backend):
+        assert (len(err.value.uids), err.value.refused) == (2, 2)
+    else:
+        assert (len(err.value.uids), err.value.refused) == (3, 1)
+    assert set(err.value.uids) == set(stored)
+    got = {uid: data for uid, data, _f, _d in store.fetch(list(stored))}
+    assert [got[u] for u in err.value.uids if u] == [d for d, _f, _t in items[: len(stored)]]
+
+
+def test_append_many_checks_flag_names_before_sending(append_backend: Backend) -> None:
+    count = append_commands(append_backend)
+    items = [(msg(1), frozenset(), None), (msg(2), frozenset({"bad flag"}), None)]
+    with pytest.raises(ServerError, match="not a valid IMAP flag") as err:
+        append_backend.store.append_many("INBOX", items)
+    if multiappend(append_backend):  # nothing sent
+        assert count() == 0 and not isinstance(err.value, AppendRefused)
+    else:  # the first one went up
+        assert count() == 1 and isinstance(err.value, AppendRefused)
+        assert (len(err.value.uids), err.value.refused) == (1, 1)
+
+
+def test_append_many_to_a_missing_folder(append_backend: Backend) -> None:
+    with pytest.raises(AppendRefused) as err:
+        append_backend.store.append_many("Nope", [(msg(1), frozenset(), None)] * 2)
+    assert "Nope" in str(err.value)
+    assert err.value.uids == [] and err.value.refused == (2 if multiappend(append_backend) else 1)
+
+
+def test_append_many_while_the_folder_is_selected(append_backend: Backend) -> None:
+    """The target selected (its new messages announced meanwhile) and another one
+    selected: the selection the engine made survives, as with `append`."""
+    store = append_backend.store
+    store.create_folder("Other")
+    store.select("INBOX")
+    mine = store.append_many("INBOX", [(msg(i), frozenset(), None) for i in range(3)])
+    assert set(store.list_messages()) == set(mine) and None not in mine
+    there = store.append_many("Other", [(msg(f"o{i}"), frozenset(), None) for i in range(3)])
+    assert set(store.list_messages()) == set(mine)  # still INBOX
+    store.select("Other")
+    assert set(store.list_messages()) == set(there)
 
 
 # -- fetch, identities ----------------------------------------------------------------

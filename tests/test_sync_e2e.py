@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from mirrorsync.state import KILL_ENV
 from tests.harness import Mirror, message
 
 SEEN, FLAGGED, ANSWERED, DRAFT, DELETED = (
@@ -299,12 +298,7 @@ def test_killed_before_each_commit_then_resumed_loses_and_duplicates_nothing(
     while True:
         m = Mirror(make_account(), tmp_path / f"k{kill_at}")
         _kill_scenario(m)
-        r = m.run_process("sync", env={KILL_ENV: str(kill_at)})
-        killed = r.status in (137, -9)
-        assert killed or r.status == 0, r
-        if killed:
-            r2 = m.run_process("sync")
-            assert r2.status == 0, r2
+        killed = m.run_killed("sync", kill_at)
         snap = m.assert_mirrored()
         assert all(n == 1 for f in snap.values() for n in f.values()), f"duplicate at {kill_at}"
         outcomes[kill_at] = snap

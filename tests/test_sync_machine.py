@@ -36,6 +36,11 @@ class SyncMachine(RuleBasedStateMachine):
         for f in FOLDERS[1:]:
             self.m.client.create_folder(f)
         self.live: set[str] = set()  # Message-IDs that must exist after a sync
+        # Since the last completed sync: messages moved on one side, deleted on the
+        # other. A message deleted on one side while moved on the other survives, in
+        # the folder it was moved to: the move is no deletion, and keeping is safe.
+        self.moved: dict[str, set[str]] = {"server": set(), "local": set()}
+        self.deleted: dict[str, set[str]] = {"server": set(), "local": set()}
         self.serial = itertools.count()
         self.synced = False
 
@@ -67,7 +72,7 @@ class SyncMachine(RuleBasedStateMachine):
             mid = message_id(c.fetch(uid, ["BODY.PEEK[HEADER]"])[uid][b"BODY[HEADER]"])
             c.add_flags(uid, ["\\Deleted"])
             c.uid_expunge([uid])
-            self.live.discard(mid or "")
+            self._deleted("server", mid or "")
 
     # -- the Maildir, edited by a mail reader
 
@@ -96,7 +101,7 @@ class SyncMachine(RuleBasedStateMachine):
         else:
             mid = message_id(f.read_bytes())
             f.unlink()
-            self.live.discard(mid or "")
+            self._deleted("local", mid or "")
 
     @precondition(lambda self: self.synced)
     @rule(src=st.sampled_from(FOLDERS), dst=st.sampled_from(FOLDERS), data=st.data())
@@ -105,6 +110,7 @@ class SyncMachine(RuleBasedStateMachine):
         if not files or src == dst:
             return
         f = data.draw(st.sampled_from(files))
+        self._moved("local", message_id(f.read_bytes()) or "")
         if data.draw(st.booleans()):
             f.rename(self.m.folder_dir(dst) / f.parent.name / f.name)  # notmuch, aerc
         else:  # mutt: a copy under a new name, then the original removed
@@ -121,7 +127,22 @@ class SyncMachine(RuleBasedStateMachine):
         uid = data.draw(st.sampled_from(sorted(uids)))
         c = self.m.client
         c.select_folder(src)
+        self._moved(
+            "server", message_id(c.fetch(uid, ["BODY.PEEK[HEADER]"])[uid][b"BODY[HEADER]"]) or ""
+        )
         c.move([uid], dst)
+
+    def _deleted(self, side: str, mid: str) -> None:
+        other = "local" if side == "server" else "server"
+        self.deleted[side].add(mid)
+        if mid not in self.moved[other]:
+            self.live.discard(mid)
+
+    def _moved(self, side: str, mid: str) -> None:
+        other = "local" if side == "server" else "server"
+        self.moved[side].add(mid)
+        if mid in self.deleted[other]:
+            self.live.add(mid)  # deleted there before, moved here: it survives
 
     # -- syncing
 
@@ -131,6 +152,8 @@ class SyncMachine(RuleBasedStateMachine):
         assert r.status == 0, r
         self.synced = True
         self._check()
+        for changes in (*self.moved.values(), *self.deleted.values()):
+            changes.clear()
 
     @precondition(lambda self: self.synced)
     @rule(kill_at=st.integers(1, 4))

@@ -1,0 +1,417 @@
+"""Just enough IMAP for `mirrorsync.quick`: log in, one LIST-STATUS, log out.
+
+imapclient and imaplib take longer to import than the whole exchange takes on a
+local network, so the quick check speaks the few commands it needs over a plain
+socket. It sends what `ImapStore` sends for the same steps (LOGIN as imaplib words
+it, ENABLE as `imapstore._enable` chooses it, the LIST of `ImapStore.statuses` with
+the same options and items) and reads the answers strictly: anything it does not
+fully understand (a literal, an unknown response, a NO or BAD, a name that is not in
+canonical modified UTF-7, a folder without its STATUS) raises `Unsure`, and the
+caller leaves the run to the full path, which knows how to handle or word it.
+"""
+
+from __future__ import annotations
+
+from mirrorsync.names import server_to_canonical
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
+if TYPE_CHECKING:
+    import socket
+
+# imaplib's limit on one response line; longer lines are an error there too.
+MAX_LINE = 1_000_000
+
+# (UIDVALIDITY, UIDNEXT, MESSAGES, HIGHESTMODSEQ) of a selectable folder
+Numbers = tuple[int, int, int, int]
+
+_ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
+
+
+class Unsure(Exception):
+    """Something the quick check does not handle: leave the run to the full path."""
+
+
+def is_atom(text: str) -> bool:
+    """Whether `text` can go on the wire as an IMAP atom, as imaplib sends a LOGIN's
+    user name (unquoted): then the server reads it as the full path's LOGIN does."""
+    if not text or not text.isascii():
+        return False
+    return all(0x20 < c < 0x7F and c not in _ATOM_SPECIALS for c in text.encode("ascii"))
+
+
+def quote(text: str) -> bytes | None:
+    """`text` as imaplib's `_quote` sends a password (backslash and double quote
+    escaped, in double quotes), or None where imaplib would send something the
+    server could read differently (anything but printable ASCII)."""
+    if not all(" " <= ch <= "~" for ch in text):
+        return None
+    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
+
+
+# -- modified UTF-7 (RFC 3501 5.1.3) -----------------------------------------------------
+
+
+def encode_mutf7(text: str) -> bytes:
+    """The canonical modified UTF-7 form of `text` (as imapclient encodes it)."""
+    import binascii
+
+    out = bytearray()
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            data = "".join(pending).encode("utf-16be")
+            out.extend(b"&" + binascii.b2a_base64(data).rstrip(b"\n=").replace(b"/", b",") + b"-")
+            pending.clear()
+
+    for ch in text:
+        if " " <= ch <= "~":
+            flush()
+            out.extend(b"&-" if ch == "&" else ch.encode("ascii"))
+        else:
+            pending.append(ch)
+    flush()
+    return bytes(out)
+
+
+def decode_mutf7(raw: bytes) -> str | None:
+    """The name imapclient's decoder makes of `raw`, for names in canonical form;
+    None for anything else (8-bit bytes, a shift without its end, base64 that a
+    different encoder would have written differently), so that only names with one
+    possible reading are compared."""
+    out: list[str] = []
+    i = 0
+    try:
+        while i < len(raw):
+            c = raw[i]
+            if c == 0x26:  # "&" shifts to base64 up to the next "-"
+                end = raw.find(b"-", i + 1)
+                if end < 0:
+                    return None
+                chunk = raw[i + 1 : end]
+                # as imapclient does it: "&-" is "&", else UTF-16 in modified base64
+                if chunk:
+                    out.append((b"+" + chunk.replace(b",", b"/") + b"-").decode("utf-7"))
+                else:
+                    out.append("&")
+                i = end + 1
+            elif 0x20 <= c <= 0x7E:
+                out.append(chr(c))
+                i += 1
+            else:
+                return None
+        text = "".join(out)
+        return text if encode_mutf7(text) == raw else None
+    except (UnicodeError, ValueError):
+        return None
+
+
+# -- reading responses -------------------------------------------------------------------
+
+
+def _skip_space(line: bytes, i: int) -> int:
+    if line[i : i + 1] != b" ":
+        raise Unsure(f"expected a space at {line[:80]!r}")
+    return i + 1
+
+
+def _string(line: bytes, i: int) -> tuple[bytes | None, int]:
+    """An atom, a quoted string (unescaped) or NIL (None) at `i`; literals are not
+    read here (`_Connection` refuses lines that announce one)."""
+    if line[i : i + 1] == b'"':
+        out = bytearray()
+        i += 1
+        while i < len(line):
+            c = line[i]
+            if c == 0x5C:  # backslash: only \\ and \" are quoted-specials
+                nxt = line[i + 1 : i + 2]
+                if nxt not in (b"\\", b'"'):
+                    raise Unsure(f"odd escape in {line[:80]!r}")
+                out += nxt
+                i += 2
+            elif c == 0x22:
+                return bytes(out), i + 1
+            else:
+                out.append(c)
+                i += 1
+        raise Unsure(f"unterminated string in {line[:80]!r}")
+    start = i
+    while i < len(line) and 0x20 < line[i] < 0x7F and line[i] not in _ATOM_SPECIALS:
+        i += 1
+    if i == start:
+        raise Unsure(f"expected a string at {line[start : start + 40]!r}")
+    atom = line[start:i]
+    return (None if atom == b"NIL" else atom), i
+
+
+def _parenthesized(line: bytes, i: int) -> tuple[list[bytes], int]:
+    """A list of atoms, as the attributes of a LIST or the items of a STATUS."""
+    if line[i : i + 1] != b"(":
+        raise Unsure(f"expected '(' in {line[:80]!r}")
+    end = line.find(b")", i)
+    if end < 0 or b"(" in line[i + 1 : end] or b'"' in line[i + 1 : end]:
+        raise Unsure(f"unexpected list in {line[:80]!r}")
+    return line[i + 1 : end].split(), end + 1
+
+
+def parse_list(data: bytes) -> tuple[frozenset[str], str | None, bytes]:
+    """``(attributes) delimiter name`` of one ``* LIST`` response, the name still
+    in modified UTF-7."""
+    attributes, i = _parenthesized(data, 0)
+    i = _skip_space(data, i)
+    delimiter, i = _string(data, i)
+    i = _skip_space(data, i)
+    name, i = _string(data, i)
+    if name is None or i != len(data):
+        raise Unsure(f"unexpected LIST response {data[:80]!r}")
+    if delimiter is not None and len(delimiter) != 1:
+        raise Unsure(f"odd hierarchy delimiter in {data[:80]!r}")
+    return (
+        frozenset(a.decode("ascii") for a in attributes),
+        None if delimiter is None else delimiter.decode("ascii"),
+        name,
+    )
+
+
+def parse_status(data: bytes) -> tuple[bytes, dict[bytes, int]]:
+    """``name (ITEM n ...)`` of one ``* STATUS`` response, as `imapstore.parse_status`
+    reads it: items upper-cased, values as integers."""
+    name, i = _string(data, 0)
+    i = _skip_space(data, i)
+    items, i = _parenthesized(data, i)
+    if name is None or i != len(data) or len(items) % 2:
+        raise Unsure(f"unexpected STATUS response {data[:80]!r}")
+    numbers: dict[bytes, int] = {}
+    for k in range(0, len(items), 2):
+        if not items[k + 1].isdigit():
+            raise Unsure(f"unexpected STATUS response {data[:80]!r}")
+        numbers[items[k].upper()] = int(items[k + 1])
+    return name, numbers
+
+
+def folder_numbers(
+    list_lines: list[bytes], status_lines: list[bytes], items: list[str]
+) -> dict[str, Numbers]:
+    """Canonical name -> numbers of every selectable folder, read as
+    `ImapStore.statuses` reads the same answer. Unsure where that would warn (a name
+    without canonical form) or ask again (a folder without all its STATUS items), and
+    for names it cannot read with certainty."""
+    statuses: dict[bytes, dict[bytes, int]] = {}
+    for line in status_lines:
+        raw, numbers = parse_status(line)
+        if raw in statuses:
+            raise Unsure(f"two STATUS responses for {raw!r}")
+        statuses[raw] = numbers
+    out: dict[str, Numbers] = {}
+    seen: set[str] = set()
+    for line in list_lines:
+        attributes, delimiter, raw = parse_list(line)
+        text = decode_mutf7(raw)
+        if text is None:
+            raise Unsure(f"folder name {raw!r} is not plain modified UTF-7")
+        canonical = server_to_canonical(text, delimiter)
+        if canonical is None or canonical in seen:
+            raise Unsure(f"folder name {raw!r} has no canonical form of its own")
+        seen.add(canonical)
+        lowered = {a.lower() for a in attributes}
+        if "\\noselect" in lowered or "\\nonexistent" in lowered:
+            continue
+        numbers = statuses.get(raw, {})
+        if not all(item.encode() in numbers for item in items):
+            raise Unsure(f"no complete STATUS for {raw!r}")
+        out[canonical] = (
+            numbers[b"UIDVALIDITY"],
+            numbers[b"UIDNEXT"],
+            numbers[b"MESSAGES"],
+            numbers.get(b"HIGHESTMODSEQ", 0),
+        )
+    return out
+
+
+def _capabilities(text: bytes) -> frozenset[str]:
+    """As imapclient normalises them: upper-cased, split on white space."""
+    return frozenset(text.decode("ascii", "replace").upper().split())
+
+
+def _response_code_capabilities(text: bytes) -> frozenset[str] | None:
+    """The capabilities of a ``[CAPABILITY ...]`` response code at the start of
+    `text`, taken up to the last "]" as imaplib's Response_code pattern does."""
+    if not text.startswith(b"[CAPABILITY "):
+        return None
+    end = text.rfind(b"]")
+    return _capabilities(text[len(b"[CAPABILITY ") : end])
+
+
+# -- the connection ----------------------------------------------------------------------
+
+
+class _Connection:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._tags = 0
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._sock.close()
+
+    def line(self) -> bytes:
+        data = self._file.readline(MAX_LINE + 1)
+        if not data.endswith(b"\r\n") or len(data) > MAX_LINE:
+            raise Unsure("the connection closed, or a response line is too long")
+        data = data[:-2]
+        if data.endswith(b"}") and b"{" in data:
+            raise Unsure(f"a literal follows {data[:80]!r}")
+        return data
+
+    def command(self, text: bytes) -> tuple[list[bytes], bytes]:
+        """Send one command; (untagged responses without "* ", the tagged OK's text)."""
+        self._tags += 1
+        tag = b"Q%d" % self._tags
+        self._sock.sendall(tag + b" " + text + b"\r\n")
+        untagged: list[bytes] = []
+        while True:
+            data = self.line()
+            if data.startswith(b"* "):
+                untagged.append(data[2:])
+            elif data.startswith(tag + b" "):
+                result = data[len(tag) + 1 :]
+                if result != b"OK" and not result.startswith(b"OK "):
+                    raise Answered(text.split(b" ", 1)[0], result)
+                return untagged, result[3:]
+            else:
+                raise Unsure(f"unexpected line {data[:80]!r}")
+
+
+# What the quick check learned the hard way in this process, so that the full path,
+# which runs next, does not pay it twice: a login the server refused (a second failed
+# LOGIN per run would double the server's failure count, and its delay), and a
+# connection attempt that timed out (a second one would wait as long again).
+refused_logins: set[tuple[str, int, str]] = set()
+timed_out: dict[tuple[str, int], OSError] = {}
+
+
+class Answered(Unsure):
+    """A command was answered with something else than OK."""
+
+    def __init__(self, command: bytes, result: bytes) -> None:
+        super().__init__(f"{command!r} answered {result[:80]!r}")
+        self.result = result
+
+
+class LoginRefused(Unsure):
+    """The server answered LOGIN with NO (not [UNAVAILABLE])."""
+
+
+def list_status(
+    host: str,
+    port: int,
+    tls: str,
+    ca_file: str | None,
+    timeout: float,
+    username: str,
+    password: str,
+) -> dict[str, Numbers]:
+    """Connect as `ImapStore.connect` does (tls "none" or "imaps"), log in, and
+    return what `ImapStore.statuses` would: canonical name -> numbers of every
+    selectable folder. Unsure (or OSError) whenever the full path would do more than
+    this (STARTTLS, a STATUS per folder, a warning) or fail."""
+    import socket
+
+    quoted = quote(password)
+    if tls not in ("none", "imaps") or quoted is None or not is_atom(username):
+        raise Unsure("a connection or login the quick check does not make")
+    # An ASCII host name goes to getaddrinfo as bytes: the same lookup, without the
+    # IDNA codec (and the unicodedata it imports) that a str costs.
+    address = host.encode("ascii") if host.isascii() else host
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)  # type: ignore[arg-type]
+    except TimeoutError as e:
+        timed_out[host, port] = e
+        raise
+    try:
+        if tls == "imaps":
+            import ssl
+
+            context = ssl.create_default_context(cafile=ca_file)
+            sock = context.wrap_socket(sock, server_hostname=host)
+        conn = _Connection(sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        return _session(conn, username, quoted)
+    except LoginRefused:
+        refused_logins.add((host, port, username))
+        raise
+    finally:
+        conn.close()
+
+
+def _session(conn: _Connection, username: str, quoted_password: bytes) -> dict[str, Numbers]:
+    greeting = conn.line()
+    if greeting != b"* OK" and not greeting.startswith(b"* OK "):
+        raise Unsure(f"greeting {greeting[:80]!r}")  # PREAUTH, BYE
+    caps = _response_code_capabilities(greeting[5:])
+    if caps is None:
+        untagged, _ = conn.command(b"CAPABILITY")
+        found = [u[len(b"CAPABILITY ") :] for u in untagged if u.startswith(b"CAPABILITY ")]
+        if not found:
+            raise Unsure("no CAPABILITY response")
+        caps = _capabilities(found[-1])
+    # imaplib refuses a server that is not IMAP4rev1 (or IMAP4); LOGINDISABLED makes
+    # the full path stop with its own message
+    if not caps & {"IMAP4REV1", "IMAP4"} or "LOGINDISABLED" in caps:
+        raise Unsure("the server's pre-login capabilities")
+    try:
+        untagged, result = conn.command(
+            b"LOGIN " + username.encode("ascii") + b" " + quoted_password
+        )
+    except Answered as e:
+        if e.result.startswith(b"NO") and b"[UNAVAILABLE]" not in e.result.upper():
+            raise LoginRefused("LOGIN refused") from e
+        raise
+    # after login imapclient takes the first CAPABILITY the server sent (an untagged
+    # response or a response code), else asks
+    after: frozenset[str] | None = None
+    for u in untagged:
+        if u.startswith(b"CAPABILITY "):
+            after = after or _capabilities(u[len(b"CAPABILITY ") :])
+        elif u.startswith(b"OK "):
+            after = after or _response_code_capabilities(u[3:])
+        else:
+            raise Unsure(f"unexpected response to LOGIN {u[:80]!r}")
+    after = after or _response_code_capabilities(result)
+    if after is None:
+        untagged, _ = conn.command(b"CAPABILITY")
+        found = [u[len(b"CAPABILITY ") :] for u in untagged if u.startswith(b"CAPABILITY ")]
+        if not found:
+            raise Unsure("no CAPABILITY response after login")
+        after = _capabilities(found[0])
+    # HIGHESTMODSEQ is asked for only with CONDSTORE, and the state records a folder
+    # as unchanged only with a non-zero one: without it nothing can be skipped
+    if "LIST-STATUS" not in after or "CONDSTORE" not in after:
+        raise Unsure("the server has no LIST-STATUS or CONDSTORE")
+    if "ENABLE" in after:
+        # as `imapstore._enable` does; a refusal is a warning on the full path
+        wanted = b"QRESYNC" if "QRESYNC" in after else b"CONDSTORE"
+        untagged, _ = conn.command(b"ENABLE " + wanted)
+        if any(not u.startswith(b"ENABLED") for u in untagged):
+            raise Unsure("unexpected response to ENABLE")
+    items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ"]
+    options = f"STATUS ({' '.join(items)})"
+    if "LIST-EXTENDED" in after:
+        options = "CHILDREN " + options
+    untagged, _ = conn.command(f'LIST "" "*" RETURN ({options})'.encode("ascii"))
+    lists = [u[5:] for u in untagged if u.startswith(b"LIST ")]
+    statuses = [u[7:] for u in untagged if u.startswith(b"STATUS ")]
+    if len(lists) + len(statuses) != len(untagged):
+        raise Unsure("unexpected response to LIST")
+    found_numbers = folder_numbers(lists, statuses, items)
+    try:  # noqa: SIM105 (contextlib.suppress would cost an import)
+        conn.command(b"LOGOUT")
+    except (Unsure, OSError):
+        pass  # as `ImapStore.close`: what the server says to LOGOUT does not matter
+    return found_numbers

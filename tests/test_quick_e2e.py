@@ -1,0 +1,554 @@
+"""The quick check end to end, against a real Dovecot: an unchanged account is
+finished without entering the engine, with the full path's output and its
+`last_sync`; every kind of change, and every problem, makes it step aside, and the
+full path then picks the change up (or reports the problem) exactly as before."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mirrorsync import maildir as maildir_mod
+from mirrorsync import quick
+from mirrorsync.engine import AccountSync
+from mirrorsync.state import AccountLock
+from tests.harness import Mirror, Result, message
+
+SEEN, FLAGGED = b"\\Seen", b"\\Flagged"
+SETTLE = 0.08  # a little more than Stamp.SETTLE_FINE: mtimes here have nanoseconds
+
+
+class Runs:
+    """Which path each `sync` took: the quick check's count and the engine's."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.engine = 0
+        real = AccountSync.run
+
+        def run(sync: AccountSync) -> Any:
+            self.engine += 1
+            return real(sync)
+
+        monkeypatch.setattr(AccountSync, "run", run)
+
+    def sync(self, m: Mirror, *args: str) -> tuple[Result, bool]:
+        """Run `sync`; (result, whether the quick check finished it). When it did, the
+        engine was not even entered."""
+        quick_before, engine_before = quick.finished, self.engine
+        r = m.run("sync", *args)
+        took_quick = quick.finished == quick_before + 1
+        if took_quick:
+            assert self.engine == engine_before
+        elif r.status == 0:
+            assert self.engine > engine_before
+        return r, took_quick
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> Runs:
+    return Runs(monkeypatch)
+
+
+def fill(m: Mirror) -> None:
+    c = m.client
+    for name in ("Work", "Entwürfe"):
+        c.create_folder(name)
+    c.append("INBOX", message(1), flags=[SEEN])
+    c.append("INBOX", message(2), flags=[])
+    c.append("Work", message(3), flags=[SEEN])
+    c.append("Work", message(4), flags=[SEEN])
+    c.append("Entwürfe", message(5, subject="Grüße"), flags=[SEEN])
+
+
+def settle(m: Mirror) -> Result:
+    """Sync until the state trusts both sides: the first sync downloads (its folders
+    get no stamp), the next records the settled stamps. Returns the last, a no-op
+    done by the full path."""
+    time.sleep(SETTLE)  # the config too must settle before it is cached
+    m.sync()
+    time.sleep(SETTLE)
+    return m.sync()
+
+
+def quiet_again(m: Mirror, runs: Runs) -> None:
+    """After a change, the full path records the new positions and stamps (our own
+    STOREs move HIGHESTMODSEQ once more, and stamps must settle): within a few runs
+    the quick check takes over again."""
+    for _ in range(4):
+        time.sleep(SETTLE)
+        r, took_quick = runs.sync(m)
+        assert r.status == 0, r
+        if took_quick:
+            return
+    raise AssertionError("the quick check never took over again")
+
+
+@pytest.fixture
+def quiet(account: Any, tmp_path: Path, runs: Runs) -> Iterator[Mirror]:
+    """A mirrored account that the quick check has just found unchanged."""
+    m = Mirror(account, tmp_path)
+    fill(m)
+    settle(m)
+    r, took_quick = runs.sync(m)
+    assert took_quick and r.status == 0, r
+    yield m
+    m.close()
+
+
+def last_sync(m: Mirror) -> float:
+    with sqlite3.connect(m.state_dir / "state.sqlite3") as db:
+        return float(db.execute("SELECT value FROM meta WHERE key = 'last_sync'").fetchone()[0])
+
+
+def timeless(out: str) -> str:
+    return re.sub(r"\(\d+\.\ds\)", "(T)", out)
+
+
+def test_an_unchanged_account_is_done_by_the_quick_check(
+    account: Any, tmp_path: Path, runs: Runs
+) -> None:
+    m = Mirror(account, tmp_path)
+    fill(m)
+    full = settle(m)
+    before = last_sync(m)
+    r, took_quick = runs.sync(m)
+    assert took_quick, r
+    assert (r.status, timeless(r.out), r.err) == (0, "test: 3 folders, no changes (T)\n", "")
+    assert timeless(r.out) == timeless(full.out)  # the full path's words
+    after = last_sync(m)
+    assert before < after <= time.time()
+    # the lock is free again, and the next run with the account named is quick too
+    with AccountLock(m.state_dir, "test"):
+        pass
+    r2, took_quick = runs.sync(m, "test")
+    assert took_quick and timeless(r2.out) == timeless(r.out)
+    m.assert_mirrored()
+    m.close()
+
+
+def test_quick_output_equals_the_full_paths(
+    quiet: Mirror, runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick_run, took_quick = runs.sync(quiet)
+    assert took_quick
+    monkeypatch.setattr(quick, "try_quick", lambda argv, env: None)
+    full_run, took_quick = runs.sync(quiet)
+    assert not took_quick
+    assert (full_run.status, timeless(full_run.out), full_run.err) == (
+        quick_run.status,
+        timeless(quick_run.out),
+        quick_run.err,
+    )
+
+
+def _server_flag(m: Mirror) -> None:
+    m.client.select_folder("INBOX")
+    m.client.add_flags(min(m.client.search("ALL")), [FLAGGED])
+
+
+def _server_new(m: Mirror) -> None:
+    m.client.append("Work", message(10), flags=[])
+
+
+def _server_expunge(m: Mirror) -> None:
+    m.client.select_folder("Work")
+    m.client.delete_messages(min(m.client.search("ALL")))
+    m.client.expunge()
+
+
+def _server_folder(m: Mirror) -> None:
+    m.client.create_folder("Fresh")
+    m.client.append("Fresh", message(11), flags=[SEEN])
+
+
+def _local_rename(m: Mirror) -> None:
+    """A mail reader flags a message: ":2,S" becomes ":2,FS"."""
+    f = next(p for p in m.files("Work") if p.name.endswith(":2,S"))
+    f.rename(f.with_name(f.name[:-1] + "FS"))
+
+
+def _local_new(m: Mirror) -> None:
+    (m.folder_dir("Work") / "new" / "1700000000.M1P1.test").write_bytes(
+        message(12).replace(b"\r\n", b"\n")
+    )
+
+
+def _local_delete(m: Mirror) -> None:
+    m.files("Work")[0].unlink()
+
+
+def _local_folder(m: Mirror) -> None:
+    for sub in ("cur", "new", "tmp"):
+        (m.root / "Local" / sub).mkdir(parents=True)
+
+
+def _needs_match(m: Mirror) -> None:
+    with sqlite3.connect(m.state_dir / "state.sqlite3") as db:
+        db.execute("UPDATE folders SET needs_match = 1 WHERE name = 'Work'")
+
+
+def _journal(m: Mirror) -> None:
+    with sqlite3.connect(m.state_dir / "state.sqlite3") as db:
+        (validity,) = db.execute("SELECT uidvalidity FROM folders WHERE name = 'INBOX'").fetchone()
+        db.execute(
+            "INSERT INTO archive_journal(folder, uidvalidity, uid, dest, key, hash) "
+            "VALUES ('INBOX', ?, 1, 'Archive/INBOX', 'no-such-key', 'x')",
+            (validity,),
+        )
+
+
+def _check_server_flag(m: Mirror) -> None:
+    assert any("F" in f for (_h, f) in m.local()["INBOX"])
+
+
+def _check_counts(folder: str, n: int) -> Callable[[Mirror], None]:
+    def check(m: Mirror) -> None:
+        assert sum(m.local()[folder].values()) == n
+        assert len(m.server_uids(folder)) == n
+
+    return check
+
+
+def _check_local_rename(m: Mirror) -> None:
+    assert sum(1 for f in m.server_uids("Work").values() if "\\Flagged" in f) == 1
+
+
+def _check_local_folder(m: Mirror) -> None:
+    assert m.server_uids("Local") == {}  # created on the server (empty)
+
+
+def _check_state(query: str, expected: object) -> Callable[[Mirror], None]:
+    def check(m: Mirror) -> None:
+        with sqlite3.connect(m.state_dir / "state.sqlite3") as db:
+            assert db.execute(query).fetchone()[0] == expected
+
+    return check
+
+
+CHANGES = {
+    "server-flag": (_server_flag, _check_server_flag),
+    "server-new": (_server_new, _check_counts("Work", 3)),
+    "server-expunge": (_server_expunge, _check_counts("Work", 1)),
+    "server-folder": (_server_folder, _check_counts("Fresh", 1)),
+    "local-rename": (_local_rename, _check_local_rename),
+    "local-new": (_local_new, _check_counts("Work", 3)),
+    "local-delete": (_local_delete, _check_counts("Work", 1)),
+    "local-folder": (_local_folder, _check_local_folder),
+    "needs-match": (_needs_match, _check_state("SELECT SUM(needs_match) FROM folders", 0)),
+    "journal": (_journal, _check_state("SELECT COUNT(*) FROM archive_journal", 0)),
+}
+
+
+@pytest.mark.parametrize("kind", list(CHANGES))
+def test_a_change_is_left_to_the_full_path(quiet: Mirror, runs: Runs, kind: str) -> None:
+    change, check = CHANGES[kind]
+    change(quiet)
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick and r.status == 0, r
+    # (a folder created on the server, a row or journal entry settled: no message counts)
+    assert "no changes" not in r.out or kind in ("local-folder", "needs-match", "journal"), r
+    check(quiet)
+    quiet.assert_mirrored()
+    quiet_again(quiet, runs)
+
+
+def test_a_held_lock_is_reported_by_the_full_path(quiet: Mirror, runs: Runs) -> None:
+    with AccountLock(quiet.state_dir, "test"):
+        r, took_quick = runs.sync(quiet)
+    assert not took_quick
+    assert r.status == 1 and r.out == ""
+    assert r.err == (
+        "mirrorsync: account test is being synced by another mirrorsync process; "
+        f"wait for it to finish (lock {quiet.state_dir / 'lock'})\n"
+    )
+    assert runs.sync(quiet)[1]
+
+
+def test_a_refused_login_is_reported_by_the_full_path(
+    quiet: Mirror, runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dovecot delays every later login from an address that failed one (anvil's auth
+    # penalty, 2 s and up). The quick check (which passes the host as bytes) fails
+    # from 127.0.0.3 and the full path from 127.0.0.2, so that neither slows the
+    # other, nor the other tests, down.
+    real = socket.create_connection
+
+    def from_other_ip(address: Any, timeout: Any = None, *args: Any, **kw: Any) -> Any:
+        source = "127.0.0.3" if isinstance(address[0], bytes) else "127.0.0.2"
+        return real(address, timeout, source_address=(source, 0))
+
+    monkeypatch.setattr(socket, "create_connection", from_other_ip)
+    import imapclient
+
+    logins: list[str] = []
+    real_login = imapclient.IMAPClient.login
+
+    def counted_login(self: Any, user: str, password: str) -> Any:
+        logins.append(user)
+        return real_login(self, user, password)
+
+    monkeypatch.setattr(imapclient.IMAPClient, "login", counted_login)
+    account = quiet.account  # a user of this test's own
+    account.server.add_user(account.user, "another password")
+    # Dovecot re-reads a passwd file when its mtime changed, at most once a second
+    t = time.time() - 100
+    os.utime(account.server.passwd / account.user, (t, t))
+    time.sleep(1.1)
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick
+    assert (r.status, r.out) == (3, "")
+    assert r.err == (
+        f"mirrorsync: login refused for {account.user} at {account.host}:{account.port}; "
+        "check username and password\n"
+    )
+    # the server was asked once per run, by the quick check: a second failed login
+    # would double its failure count (and what fail2ban sees)
+    assert logins == []
+
+
+class Proxy:
+    """A TCP forwarder in front of Dovecot, so a test can make the server vanish."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        # shutdown wakes the accept() under way; close alone would leave it listening
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+def test_an_unreachable_server_is_reported_by_the_full_path(
+    account: Any, tmp_path: Path, runs: Runs
+) -> None:
+    proxy = Proxy(account.port)
+    m = Mirror(
+        account,
+        tmp_path,
+        remote={
+            "host": "127.0.0.1",
+            "port": proxy.port,
+            "tls": "none",
+            "username": account.user,
+            "password": account.password,
+            "timeout": 20,
+        },
+    )
+    fill(m)
+    settle(m)
+    assert runs.sync(m)[1]
+    proxy.close()
+    r, took_quick = runs.sync(m)
+    assert not took_quick
+    assert (r.status, r.out) == (3, "")
+    assert r.err.startswith(f"mirrorsync: connection to 127.0.0.1:{proxy.port} refused")
+    m.close()
+
+
+def test_an_edited_config_is_read_again(quiet: Mirror, runs: Runs) -> None:
+    data = yaml.safe_load(quiet.config.read_text())
+    data["accounts"]["test"]["folders"] = {"exclude": ["Entwürfe"]}
+    quiet.config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    time.sleep(SETTLE)
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick
+    assert r.out.startswith("test: 2 folders, no changes")  # the new filter applies
+    r, took_quick = runs.sync(quiet)
+    assert took_quick and r.out.startswith("test: 2 folders, no changes")
+
+
+def test_a_server_without_list_status_never_takes_the_quick_path(
+    basic_account: Any, tmp_path: Path, runs: Runs
+) -> None:
+    m = Mirror(basic_account, tmp_path)
+    fill(m)
+    settle(m)
+    for _ in range(2):
+        r, took_quick = runs.sync(m)
+        assert not took_quick and r.status == 0
+        assert r.out.startswith("test: 3 folders, no changes")
+    m.close()
+
+
+def test_a_change_in_the_same_tick_as_the_recorded_stamp_is_seen(
+    quiet: Mirror, runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stamp taken too soon after a change is not recorded: a second change in the
+    same mtime tick would leave the directory's mtime as it was, and an equal stamp
+    would hide it. So the next run cannot be quick, and the full path scans."""
+    # as on a file system with whole-second mtimes: every stamp taken now is "fresh"
+    margins = maildir_mod.Stamp.SETTLE_FINE, maildir_mod.Stamp.SETTLE_COARSE
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_FINE", 3600.0)
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_COARSE", 3600.0)
+    _local_rename(quiet)
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick  # the change is seen; Work's stamp is left unrecorded
+    r, took_quick = runs.sync(quiet)  # takes in the HIGHESTMODSEQ of our own STORE
+    assert not took_quick and r.out.startswith("test: 3 folders, no changes")
+    # A second flag change "in the same tick": cur/'s mtime stays what it was.
+    cur = quiet.folder_dir("Work") / "cur"
+    was = cur.stat()
+    _local_rename(quiet)
+    os.utime(cur, ns=(was.st_atime_ns, was.st_mtime_ns))
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick
+    assert sum(1 for f in quiet.server_uids("Work").values() if "\\Flagged" in f) == 2
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_FINE", margins[0])
+    monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_COARSE", margins[1])
+    quiet_again(quiet, runs)
+
+
+def test_two_accounts_are_quick_together_or_not_at_all(
+    make_account: Callable[[], Any], tmp_path: Path, runs: Runs
+) -> None:
+    one, two = Mirror(make_account(), tmp_path / "one"), Mirror(make_account(), tmp_path / "two")
+    accounts = {
+        name: yaml.safe_load(m.config.read_text())["accounts"]["test"]
+        for name, m in (("one", one), ("two", two))
+    }
+    config = tmp_path / "both.yaml"
+    config.write_text(yaml.safe_dump({"accounts": accounts}, allow_unicode=True))
+    for m in (one, two):
+        m.config = config
+        fill(m)
+    settle(one)  # syncs both
+    r, took_quick = runs.sync(one)
+    assert took_quick
+    assert timeless(r.out) == "one: 3 folders, no changes (T)\ntwo: 3 folders, no changes (T)\n"
+    _server_new(two)
+    before = last_sync(one)
+    r, took_quick = runs.sync(one)
+    assert not took_quick
+    assert timeless(r.out) == "one: 3 folders, no changes (T)\ntwo: 3 folders, 1 downloaded (T)\n"
+    assert last_sync(one) > before  # written by the full path, not left half done
+    r, took_quick = runs.sync(one, "one")
+    assert took_quick and timeless(r.out) == "one: 3 folders, no changes (T)\n"
+    one.close()
+    two.close()
+
+
+def _tls_mirror(account: Any, tmp_path: Path, tls: str, ca_file: str) -> Mirror:
+    server = account.server
+    return Mirror(
+        account,
+        tmp_path,
+        remote={
+            "host": server.host,
+            "port": server.imaps_port if tls == "imaps" else server.port,
+            "tls": tls,
+            "ca_file": ca_file,
+            "username": account.user,
+            "password": account.password,
+            "timeout": 20,
+        },
+    )
+
+
+def test_implicit_tls_is_quick_and_starttls_is_left_to_the_full_path(
+    make_account: Callable[[], Any], tmp_path: Path, runs: Runs
+) -> None:
+    for tls in ("imaps", "starttls"):
+        account = make_account()
+        m = _tls_mirror(account, tmp_path / tls, tls, str(account.server.cert))
+        fill(m)
+        settle(m)
+        r, took_quick = runs.sync(m)
+        assert r.status == 0 and r.out.startswith("test: 3 folders, no changes"), r
+        assert took_quick == (tls == "imaps")
+        m.close()
+
+
+def test_an_untrusted_certificate_is_reported_by_the_full_path(
+    account: Any, tmp_path: Path, runs: Runs
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(Path(account.server.cert).read_bytes())
+    m = _tls_mirror(account, tmp_path, "imaps", str(ca))
+    fill(m)
+    settle(m)
+    assert runs.sync(m)[1]
+    # ca_file now holds another certificate (the configuration, and so the cache, is
+    # unchanged): the quick check's handshake fails, and the full path says why
+    key = str(tmp_path / "key.pem")
+    new_cert = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    subprocess.run(
+        [*new_cert.split(), "-days", "1", "-subj", "/CN=other", "-keyout", key, "-out", str(ca)],
+        check=True,
+        capture_output=True,
+    )
+    r, took_quick = runs.sync(m)
+    assert not took_quick
+    assert (r.status, r.out) == (3, "")
+    assert r.err.startswith(
+        f"mirrorsync: TLS certificate of {account.host}:{account.server.imaps_port} "
+        f"not trusted by ca_file {ca}"
+    )
+    m.close()
+
+
+def test_filters_local_only_folders_and_maildirpp_are_honoured(
+    account: Any, tmp_path: Path, runs: Runs
+) -> None:
+    root = tmp_path / "Mail"
+    m = Mirror(
+        account,
+        tmp_path,
+        local={"path": str(root), "layout": "maildir++", "local_only": ["Archive", "Archive/*"]},
+        folders={"exclude": ["Entwürfe"]},
+    )
+    fill(m)
+    for sub in ("cur", "new", "tmp"):
+        (root / ".Archive" / sub).mkdir(parents=True)
+    settle(m)
+    r, took_quick = runs.sync(m)
+    assert took_quick and r.out.startswith("test: 2 folders, no changes"), r
+    # what no sync looks at does not stop the quick check either
+    (root / ".Archive" / "new" / "1700000000.M1P1.kept").write_bytes(message(20))
+    for sub in ("cur", "new", "tmp"):
+        (root / ".Entwürfe" / sub).mkdir(parents=True)  # excluded
+    (root / ".Entwürfe" / "new" / "1700000000.M2P1.kept").write_bytes(message(21))
+    m.client.append("Entwürfe", message(22), flags=[])
+    r, took_quick = runs.sync(m)
+    assert took_quick and r.out.startswith("test: 2 folders, no changes"), r
+    # but the INBOX, which is the root itself here, does
+    (root / "new" / "1700000000.M3P1.new").write_bytes(message(23).replace(b"\r\n", b"\n"))
+    r, took_quick = runs.sync(m)
+    assert not took_quick and r.out.startswith("test: 2 folders, 1 uploaded"), r
+    m.close()

@@ -1,0 +1,174 @@
+"""The engine's uploads against the in-memory fake, for what a real server does not
+easily show: a refusal in a later command of a batch, a refusal with and without
+MULTIAPPEND, UIDs the server does not tell, memory bounds of a batch. End to end
+against Dovecot: test_upload_e2e.py."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakeremote import BASIC_CAPABILITIES, FULL_CAPABILITIES, FakeRemoteStore
+
+from mirrorsync import engine
+from mirrorsync.config import AccountConfig, LocalConfig, RemoteConfig
+from mirrorsync.content import content_hash, message_id
+from mirrorsync.engine import NOT_UPLOADED, AccountSync, FolderReport, SyncOptions
+from mirrorsync.maildir import Maildir, MaildirFolder
+from mirrorsync.model import Flags
+from mirrorsync.state import State
+
+SEEN: Flags = frozenset({"\\Seen"})
+
+
+def message(n: int, size: int = 0) -> bytes:
+    return f"Message-ID: <{n}@up.test>\nSubject: {n}\n\n{'x' * size}body {n}\n".encode()
+
+
+class World:
+    def __init__(self, tmp: Path, capabilities: frozenset[str], appenduid: bool = True) -> None:
+        self.remote = FakeRemoteStore(capabilities, appenduid=appenduid)
+        self.remote.create_folder("Bulk")
+        self.maildir = Maildir(tmp / "Mail")
+        self.maildir.root.mkdir(parents=True)
+        self.folder: MaildirFolder = self.maildir.create_folder("Bulk")
+        self.state = State.open(tmp / "state")
+        account = AccountConfig(
+            name="test",
+            remote=RemoteConfig(host="localhost", username="u", port=143),
+            local=LocalConfig(tmp / "Mail"),
+            state_dir=tmp / "state",
+        )
+        self.sync = AccountSync(
+            account, self.remote, self.maildir, self.state, SyncOptions(), lambda _: None
+        )
+        self.datas: dict[str, bytes] = {}
+
+    def add(self, data: bytes, flags: Flags = SEEN, mtime: float = 1_600_000_000) -> str:
+        key = self.folder.new_key()
+        self.folder.deliver(key, data, flags, mtime)
+        self.datas[key] = data
+        return key
+
+    def upload(self) -> tuple[int, FolderReport]:
+        rep = FolderReport("Bulk")
+        items = sorted(self.folder.scan().values(), key=lambda m: m.key)
+        unresolved = self.sync._upload("Bulk", self.folder, items, rep)
+        return unresolved, rep
+
+    def server(self) -> dict[str, tuple[set[str], datetime]]:
+        f = self.remote.folders["Bulk"]
+        return {str(message_id(m.data)): (m.flags, m.internaldate) for m in f.messages.values()}
+
+
+CAPS = [
+    pytest.param(FULL_CAPABILITIES, id="multiappend"),
+    pytest.param(BASIC_CAPABILITIES, id="one-by-one"),
+]
+
+
+@pytest.mark.parametrize("caps", CAPS)
+def test_uploads_are_paired_with_flags_and_dates(tmp_path: Path, caps: frozenset[str]) -> None:
+    w = World(tmp_path, caps)
+    flags = [frozenset(), SEEN, frozenset({"\\Flagged", "\\Seen"}), frozenset({"\\Draft"})]
+    keys = [w.add(message(n), flags[n % 4], 1_600_000_000 + 60 * n) for n in range(120)]
+    unresolved, rep = w.upload()
+    assert unresolved == 0 and rep.counts["uploaded"] == 120 and not rep.counts[NOT_UPLOADED]
+    batches = -(-120 // engine.UPLOAD_BATCH)
+    assert w.remote.append_commands == (batches if "MULTIAPPEND" in caps else 120)
+    assert w.remote.calls.count("append_many") == batches
+    server = w.server()
+    for n in range(120):
+        got_flags, date = server[f"<{n}@up.test>"]
+        assert got_flags == flags[n % 4]
+        assert date == datetime.fromtimestamp(1_600_000_000 + 60 * n, timezone.utc)
+    pairs = {p.key: p for p in w.state.pairs("Bulk")}
+    assert set(pairs) == set(keys)
+    f = w.remote.folders["Bulk"]
+    for key, p in pairs.items():
+        assert f.messages[p.uid].data == w.datas[key].replace(b"\n", b"\r\n")
+        assert p.hash == content_hash(w.datas[key])
+
+
+@pytest.mark.parametrize("caps", CAPS)
+def test_a_refused_file_is_named_and_the_rest_go_up(
+    tmp_path: Path, caps: frozenset[str], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The store splits the batch into commands of 3: [0 1 2] goes up, [3 4 5] is
+    refused (5 is empty), so those three are sent again one by one, and [6 7] then
+    goes up as usual."""
+    w = World(tmp_path, caps)
+    w.remote.append_batch_count = 3
+    keys = [w.add(message(n) if n != 5 else b"") for n in range(8)]
+    unresolved, rep = w.upload()
+    assert unresolved == 0
+    assert rep.counts["uploaded"] == 7 and rep.counts[NOT_UPLOADED] == 1
+    assert f"could not upload {w.folder.path_of(w.folder.scan()[keys[5]])}" in caplog.text
+    assert "zero byte" in caplog.text
+    assert {p.key for p in w.state.pairs("Bulk")} == set(keys) - {keys[5]}
+    assert len(w.remote.folders["Bulk"].messages) == 7
+    if "MULTIAPPEND" in caps:  # [0 1 2] [3 4 5]x 3 4 5x [6 7]
+        assert w.remote.append_commands == 6
+        assert w.remote.calls.count("append") == 3
+    else:  # each once, the empty one too: it was refused alone
+        assert w.remote.append_commands == 8
+        assert w.remote.calls.count("append_many") == 2
+
+
+def test_a_batch_refused_whole_is_sent_one_by_one(tmp_path: Path) -> None:
+    w = World(tmp_path, FULL_CAPABILITIES)
+    keys = [w.add(message(n)) for n in range(4)]
+    w.add(b"", frozenset({"k" * 80}))  # refused twice over
+    w.add(message(9))
+    _unresolved, rep = w.upload()
+    assert rep.counts["uploaded"] == 5 and rep.counts[NOT_UPLOADED] == 1
+    assert len(w.state.pairs("Bulk")) == 5
+    assert w.remote.append_commands == 1 + 6
+    assert set(keys) < {p.key for p in w.state.pairs("Bulk")}
+
+
+def test_uids_not_told_are_left_for_matching(tmp_path: Path) -> None:
+    w = World(tmp_path, FULL_CAPABILITIES, appenduid=False)
+    for n in range(5):
+        w.add(message(n))
+    unresolved, rep = w.upload()
+    assert unresolved == 5 and rep.counts["uploaded"] == 0
+    assert w.state.pairs("Bulk") == [] and len(w.remote.folders["Bulk"].messages) == 5
+
+
+def test_batches_are_bounded_by_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch holds at most UPLOAD_BATCH_BYTES of messages (a bigger one alone), and
+    each batch is committed before the next is read."""
+    monkeypatch.setattr(engine, "UPLOAD_BATCH_BYTES", 3000)
+    w = World(tmp_path, FULL_CAPABILITIES)
+    sizes = [900, 900, 900, 900, 5000, 900, 100]
+    for n, size in enumerate(sizes):
+        w.add(message(n, size))
+    sent: list[list[int]] = []
+    real = w.remote.append_many
+
+    def spy(name: str, items: Any) -> Any:
+        sent.append([len(data) for data, _f, _d in items])
+        assert len(w.state.pairs("Bulk")) == sum(len(s) for s in sent[:-1])
+        return real(name, items)
+
+    monkeypatch.setattr(w.remote, "append_many", spy)
+    _unresolved, rep = w.upload()
+    assert rep.counts["uploaded"] == len(sizes)
+    assert [len(s) for s in sent] == [3, 1, 1, 2]
+    assert all(sum(s) <= 3000 or len(s) == 1 for s in sent)
+
+
+def test_a_file_gone_before_it_is_read_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = World(tmp_path, FULL_CAPABILITIES)
+    keys = [w.add(message(n)) for n in range(3)]
+    items = sorted(w.folder.scan().values(), key=lambda m: m.key)
+    w.folder.path_of(items[1]).unlink()
+    rep = FolderReport("Bulk")
+    assert w.sync._upload("Bulk", w.folder, items, rep) == 0
+    assert rep.counts["uploaded"] == 2 and not rep.counts[NOT_UPLOADED]
+    assert {p.key for p in w.state.pairs("Bulk")} == {keys[0], keys[2]}
