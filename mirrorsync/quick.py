@@ -225,19 +225,10 @@ def _check_unchanged(account: Facts, db: sqlite3.Connection) -> int:
     root, layout = str(account["path"]), str(account["layout"])
     if not os.path.isdir(root):
         raise NotQuick("no local root")  # the full path stops, or creates it
-    warnings: list[tuple[object, ...]] = []
-    local = wanted(list_folders(root, layout, warn=lambda *a: warnings.append(a)))
-    if warnings or local != known:
-        raise NotQuick("local folders")
-    for n in known:
-        uidvalidity, uidnext, highestmodseq, needs_match, local_stamp = prior[n]
-        if needs_match or not highestmodseq or not local_stamp:
-            raise NotQuick(f"{n}: not trusted")
-        found = read_stamp(folder_dir(root, layout, n))
-        if found is None or found[0] != local_stamp:
-            raise NotQuick(f"{n}: changed locally")
     ca_file = account["ca_file"]
-    numbers = quickimap.list_status(
+    # Connected before the local side is checked: the server's greeting is on its way
+    # meanwhile (nothing is sent before the local side is found unchanged).
+    session = quickimap.Session(
         str(account["host"]),
         _integer(account["port"]),
         str(account["tls"]),
@@ -246,6 +237,21 @@ def _check_unchanged(account: Facts, db: sqlite3.Connection) -> int:
         str(account["username"]),
         str(account["password"]),
     )
+    try:
+        warnings: list[tuple[object, ...]] = []
+        local = wanted(list_folders(root, layout, warn=lambda *a: warnings.append(a)))
+        if warnings or local != known:
+            raise NotQuick("local folders")
+        for n in known:
+            uidvalidity, uidnext, highestmodseq, needs_match, local_stamp = prior[n]
+            if needs_match or not highestmodseq or not local_stamp:
+                raise NotQuick(f"{n}: not trusted")
+            found = read_stamp(folder_dir(root, layout, n))
+            if found is None or found[0] != local_stamp:
+                raise NotQuick(f"{n}: changed locally")
+        numbers = session.list_status()
+    finally:
+        session.close()
     if wanted(numbers) != known:
         raise NotQuick("server folders")
     for n in known:

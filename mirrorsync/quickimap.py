@@ -16,7 +16,8 @@ from mirrorsync.names import server_to_canonical
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
-    import socket
+    import _socket
+    import ssl
 
 # imaplib's limit on one response line; longer lines are an error there too.
 MAX_LINE = 1_000_000
@@ -246,22 +247,33 @@ def _response_code_capabilities(text: bytes) -> frozenset[str] | None:
 
 
 class _Connection:
-    def __init__(self, sock: socket.socket) -> None:
+    """Lines in and commands out over a plain `_socket.socket` (the `socket` module
+    costs milliseconds to import, for nothing used here) or an SSL socket."""
+
+    def __init__(self, sock: _socket.socket | ssl.SSLSocket) -> None:
         self._sock = sock
-        self._file = sock.makefile("rb")
+        self._buffer = bytearray()
         self._tags = 0
 
     def close(self) -> None:
-        try:
-            self._file.close()
-        finally:
-            self._sock.close()
+        self._sock.close()
 
     def line(self) -> bytes:
-        data = self._file.readline(MAX_LINE + 1)
-        if not data.endswith(b"\r\n") or len(data) > MAX_LINE:
-            raise Unsure("the connection closed, or a response line is too long")
-        data = data[:-2]
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\r\n")
+            if end != -1:
+                data = bytes(buffer[:end])
+                del buffer[: end + 2]
+                break
+            if len(buffer) > MAX_LINE:
+                raise Unsure("a response line is too long")
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise Unsure("the connection closed")
+            buffer += chunk
+        if len(data) > MAX_LINE or b"\n" in data or b"\r" in data:
+            raise Unsure("a response line is too long, or holds a bare CR or LF")
         if data.endswith(b"}") and b"{" in data:
             raise Unsure(f"a literal follows {data[:80]!r}")
         return data
@@ -318,36 +330,83 @@ def list_status(
     return what `ImapStore.statuses` would: canonical name -> numbers of every
     selectable folder. Unsure (or OSError) whenever the full path would do more than
     this (STARTTLS, a STATUS per folder, a warning) or fail."""
-    import socket
-
-    quoted = quote(password)
-    if tls not in ("none", "imaps") or quoted is None or not is_atom(username):
-        raise Unsure("a connection or login the quick check does not make")
-    # An ASCII host name goes to getaddrinfo as bytes: the same lookup, without the
-    # IDNA codec (and the unicodedata it imports) that a str costs.
-    address = host.encode("ascii") if host.isascii() else host
+    session = Session(host, port, tls, ca_file, timeout, username, password)
     try:
-        sock = socket.create_connection((address, port), timeout=timeout)  # type: ignore[arg-type]
-    except TimeoutError as e:
-        timed_out[host, port] = e
-        raise
-    try:
-        if tls == "imaps":
-            import ssl
-
-            context = ssl.create_default_context(cafile=ca_file)
-            sock = context.wrap_socket(sock, server_hostname=host)
-        conn = _Connection(sock)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        return _session(conn, username, quoted)
-    except LoginRefused:
-        refused_logins.add((host, port, username))
-        raise
+        return session.list_status()
     finally:
-        conn.close()
+        session.close()
+
+
+class Session:
+    """`list_status` in two halves: the connection is made first, so the server's
+    greeting (a few milliseconds of its login process) is on its way while the caller
+    checks the local side; `list_status` then logs in and asks."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: str,
+        ca_file: str | None,
+        timeout: float,
+        username: str,
+        password: str,
+    ) -> None:
+
+        quoted = quote(password)
+        if tls not in ("none", "imaps") or quoted is None or not is_atom(username):
+            raise Unsure("a connection or login the quick check does not make")
+        self._host, self._port, self._username, self._quoted = host, port, username, quoted
+        # An ASCII host name goes to getaddrinfo as bytes: the same lookup, without the
+        # IDNA codec (and the unicodedata it imports) that a str costs.
+        address = host.encode("ascii") if host.isascii() else host
+        try:
+            if tls == "imaps":
+                import socket
+                import ssl
+
+                plain = socket.create_connection((address, port), timeout=timeout)  # type: ignore[arg-type]
+                try:
+                    context = ssl.create_default_context(cafile=ca_file)
+                    self._conn = _Connection(context.wrap_socket(plain, server_hostname=host))
+                except BaseException:
+                    plain.close()
+                    raise
+            else:
+                self._conn = _Connection(_connect(address, port, timeout))
+        except TimeoutError as e:
+            timed_out[host, port] = e
+            raise
+
+    def list_status(self) -> dict[str, Numbers]:
+        try:
+            return _session(self._conn, self._username, self._quoted)
+        except LoginRefused:
+            refused_logins.add((self._host, self._port, self._username))
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _connect(address: str | bytes, port: int, timeout: float) -> _socket.socket:
+    """socket.create_connection, on `_socket`: each address in turn, the last error
+    if none answers."""
+    import _socket
+
+    error: OSError = OSError(f"no address for {address!r}")
+    for family, kind, proto, _name, where in _socket.getaddrinfo(
+        address, port, 0, _socket.SOCK_STREAM
+    ):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(where)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    raise error
 
 
 def _session(conn: _Connection, username: str, quoted_password: bytes) -> dict[str, Numbers]:

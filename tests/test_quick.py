@@ -641,8 +641,6 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
 ) -> None:
     """The full path reports the quick check's timeout in its own words instead of
     waiting the whole timeout a second time."""
-    import socket
-
     import imapclient
 
     from mirrorsync import quickimap
@@ -650,10 +648,10 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
     from mirrorsync.errors import ConnectionFailed
     from mirrorsync.imapstore import ImapStore
 
-    def timing_out(*args: object, **kw: object) -> socket.socket:
+    def timing_out(*args: object, **kw: object) -> object:
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(socket, "create_connection", timing_out)
+    monkeypatch.setattr(quickimap, "_connect", timing_out)
     quickimap.timed_out.clear()
     with pytest.raises(TimeoutError):
         quickimap.list_status("192.0.2.1", 143, "none", None, 5.0, "me", "pw")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from mirrorsync import maildir as maildir_mod
-from mirrorsync import quick
+from mirrorsync import quick, quickimap
 from mirrorsync.engine import AccountSync
 from mirrorsync.state import AccountLock
 from tests.harness import Mirror, Result, message
@@ -280,16 +280,25 @@ def test_a_refused_login_is_reported_by_the_full_path(
     quiet: Mirror, runs: Runs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Dovecot delays every later login from an address that failed one (anvil's auth
-    # penalty, 2 s and up). The quick check (which passes the host as bytes) fails
-    # from 127.0.0.3 and the full path from 127.0.0.2, so that neither slows the
+    # penalty, 2 s and up). The quick check (its own `_connect`) fails from 127.0.0.3
+    # and the full path (were it to try) from 127.0.0.2, so that neither slows the
     # other, nor the other tests, down.
     real = socket.create_connection
 
     def from_other_ip(address: Any, timeout: Any = None, *args: Any, **kw: Any) -> Any:
-        source = "127.0.0.3" if isinstance(address[0], bytes) else "127.0.0.2"
-        return real(address, timeout, source_address=(source, 0))
+        return real(address, timeout, source_address=("127.0.0.2", 0))
+
+    def quick_from_other_ip(address: Any, port: int, timeout: float) -> Any:
+        import _socket
+
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.bind(("127.0.0.3", 0))
+        sock.connect((address, port))
+        return sock
 
     monkeypatch.setattr(socket, "create_connection", from_other_ip)
+    monkeypatch.setattr(quickimap, "_connect", quick_from_other_ip)
     import imapclient
 
     logins: list[str] = []
