@@ -924,8 +924,14 @@ class AccountSync:
         unresolved = 0
 
         def refused(entry: Upload, e: ServerError) -> None:
+            nonlocal unresolved
             log.warning("%s: could not upload %s: %s", name, mfolder.path_of(entry[0]), e)
             rep.counts[NOT_UPLOADED] += 1
+            # The error may have come after the server stored it (without UIDPLUS the
+            # UID is looked for after the APPEND, and that look can fail): the folder
+            # stays matched by content next run, so a stored copy is linked, never
+            # sent a second time.
+            unresolved += 1
 
         def send() -> None:
             nonlocal size, unresolved

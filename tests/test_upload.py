@@ -103,7 +103,7 @@ def test_a_refused_file_is_named_and_the_rest_go_up(
     w.remote.append_batch_count = 3
     keys = [w.add(message(n) if n != 5 else b"") for n in range(8)]
     unresolved, rep = w.upload()
-    assert unresolved == 0
+    assert unresolved == 1  # the refused one: matched by content next run
     assert rep.counts["uploaded"] == 7 and rep.counts[NOT_UPLOADED] == 1
     assert f"could not upload {w.folder.path_of(w.folder.scan()[keys[5]])}" in caplog.text
     assert "zero byte" in caplog.text
@@ -172,3 +172,25 @@ def test_a_file_gone_before_it_is_read_is_skipped(
     assert w.sync._upload("Bulk", w.folder, items, rep) == 0
     assert rep.counts["uploaded"] == 2 and not rep.counts[NOT_UPLOADED]
     assert {p.key for p in w.state.pairs("Bulk")} == {keys[0], keys[2]}
+
+
+def test_an_error_after_the_server_stored_a_message_leaves_it_for_matching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without UIDPLUS the UID is looked for after the APPEND; if that look fails,
+    the message is on the server though the upload reports an error. The folder must
+    then be matched by content on the next run (never uploaded twice)."""
+    from mirrorsync.errors import ServerError
+
+    w = World(tmp_path, BASIC_CAPABILITIES, appenduid=False)
+    real = FakeRemoteStore.append
+
+    def stored_then_failed(self: Any, *args: Any, **kw: Any) -> Any:
+        real(self, *args, **kw)
+        raise ServerError("Bulk: the server closed the folder while we looked")
+
+    monkeypatch.setattr(FakeRemoteStore, "append", stored_then_failed)
+    w.add(message(1))
+    unresolved, rep = w.upload()
+    assert rep.counts[NOT_UPLOADED] == 1 and unresolved == 1
+    assert len(w.remote.folders["Bulk"].messages) == 1 and w.state.pairs("Bulk") == []
