@@ -481,12 +481,7 @@ class MaildirFolder:
             for filename in self._list(sub):
                 if filename.startswith("."):
                     continue
-                # split_filename, inline: this loop runs once per file of the folder
-                i = filename.find(":2,")
-                j = filename.find("!2,")
-                if j != -1 and (i == -1 or j < i):
-                    i = j
-                key, letters = (filename, "") if i == -1 else (filename[:i], filename[i + 3 :])
+                key, _sep, letters = split_filename(filename)
                 if not key:
                     continue
                 entry = (sub, filename, letters)
