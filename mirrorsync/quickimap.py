@@ -317,30 +317,14 @@ class LoginRefused(Unsure):
     """The server answered LOGIN with NO (not [UNAVAILABLE])."""
 
 
-def list_status(
-    host: str,
-    port: int,
-    tls: str,
-    ca_file: str | None,
-    timeout: float,
-    username: str,
-    password: str,
-) -> dict[str, Numbers]:
-    """Connect as `ImapStore.connect` does (tls "none" or "imaps"), log in, and
-    return what `ImapStore.statuses` would: canonical name -> numbers of every
-    selectable folder. Unsure (or OSError) whenever the full path would do more than
-    this (STARTTLS, a STATUS per folder, a warning) or fail."""
-    session = Session(host, port, tls, ca_file, timeout, username, password)
-    try:
-        return session.list_status()
-    finally:
-        session.close()
-
-
 class Session:
-    """`list_status` in two halves: the connection is made first, so the server's
-    greeting (a few milliseconds of its login process) is on its way while the caller
-    checks the local side; `list_status` then logs in and asks."""
+    """One quick look at the server, in two halves: the connection is made first (as
+    `ImapStore.connect` does, tls "none" or "imaps"), so the server's greeting (a few
+    milliseconds of its login process) is on its way while the caller checks the
+    local side; `list_status` then logs in and returns what `ImapStore.statuses`
+    would: canonical name -> numbers of every selectable folder. Unsure (or OSError)
+    whenever the full path would do more than this (STARTTLS, a STATUS per folder,
+    a warning) or fail."""
 
     def __init__(
         self,

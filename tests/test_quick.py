@@ -346,6 +346,15 @@ def numbers(*lines: bytes) -> dict[str, quickimap.Numbers]:
     return quickimap.folder_numbers(lists, statuses, ITEMS)
 
 
+def list_status(*args: Any) -> dict[str, quickimap.Numbers]:
+    """A whole quick look: connect, log in, LIST-STATUS, close."""
+    session = quickimap.Session(*args)
+    try:
+        return session.list_status()
+    finally:
+        session.close()
+
+
 def test_list_status_reader() -> None:
     got = numbers(
         b'LIST (\\HasNoChildren) "/" INBOX',
@@ -511,7 +520,7 @@ def wire() -> Iterator[Callable[..., Wire]]:
 
 
 def quick_list(w: Wire, password: str = "pw") -> dict[str, quickimap.Numbers]:
-    return quickimap.list_status("127.0.0.1", w.port, "none", None, 5.0, "u", password)
+    return list_status("127.0.0.1", w.port, "none", None, 5.0, "u", password)
 
 
 def full_list(w: Wire) -> dict[str, quickimap.Numbers]:
@@ -600,9 +609,9 @@ def test_quick_client_is_unsure_of_anything_else(
 def test_quick_client_sends_nothing_for_an_unusual_login(wire: Callable[..., Wire]) -> None:
     w = wire()
     with pytest.raises(quickimap.Unsure):
-        quickimap.list_status("127.0.0.1", w.port, "none", None, 5.0, "a b", "pw")
+        list_status("127.0.0.1", w.port, "none", None, 5.0, "a b", "pw")
     with pytest.raises(quickimap.Unsure):
-        quickimap.list_status("127.0.0.1", w.port, "starttls", None, 5.0, "u", "pw")
+        list_status("127.0.0.1", w.port, "starttls", None, 5.0, "u", "pw")
     assert w.commands == []
 
 
@@ -610,7 +619,7 @@ def test_quick_client_gives_up_on_a_silent_server() -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
         with pytest.raises(OSError):  # TimeoutError: the greeting never comes
-            quickimap.list_status("127.0.0.1", port, "none", None, 0.2, "u", "pw")
+            list_status("127.0.0.1", port, "none", None, 0.2, "u", "pw")
 
 
 # -- the local listing's warnings ---------------------------------------------------------
@@ -654,7 +663,7 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
     monkeypatch.setattr(quickimap, "_connect", timing_out)
     quickimap.timed_out.clear()
     with pytest.raises(TimeoutError):
-        quickimap.list_status("192.0.2.1", 143, "none", None, 5.0, "me", "pw")
+        list_status("192.0.2.1", 143, "none", None, 5.0, "me", "pw")
     assert ("192.0.2.1", 143) in quickimap.timed_out
     made: list[object] = []
     monkeypatch.setattr(imapclient, "IMAPClient", lambda *a, **kw: made.append(a))
