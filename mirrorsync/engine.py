@@ -1034,13 +1034,11 @@ def _differing(
     state remembers them on both sides: a message that is needs no action in any mode
     and cannot be either end of a move. `server` None means the server is as the
     state last saw it, `listing` None the same of the Maildir. Most rows are decided
-    by comparing letters, without making an object of them."""
+    by comparing letters, without making an object of them. `server` and `listing`
+    are consumed: what is steady is taken out of them (a copy of each would double a
+    large folder's memory), and what is left there is what differs or is new."""
     from_letters = flagmod.from_letters
     keep: list[PairRow] = []
-    server = dict(server) if server is not None else None
-    listing = dict(listing) if listing is not None else None
-    # What is steady is taken out of `server` and `listing` (copies): what is left
-    # there is what differs or is new.
     for row in rows:
         uid, key, _hash, remote_letters, local_letters = row
         if listing is not None:
