@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import settings
 
 from mirrorsync.devserver import Dovecot
+
+# CI gets the same examples every run (HYPOTHESIS_PROFILE=ci, set by .ci/run), so a
+# landing depends on the code, not on the draw; a run anywhere else explores anew.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 _user_ids = itertools.count(1)
 

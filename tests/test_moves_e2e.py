@@ -146,6 +146,23 @@ def test_a_message_deleted_here_and_moved_there_survives_where_it_was_moved(
     assert sum(snap["INBOX"].values()) == 2 and sum(snap["Archive"].values()) == 1
 
 
+def test_a_message_moved_to_different_folders_on_each_side_is_kept_in_both(
+    mirror: Mirror,
+) -> None:
+    """A reader filed it here, another client there: the two intents conflict, and
+    mirrorsync keeps the message in both folders rather than undo either move."""
+    mirror.client.create_folder("Other")
+    mirror.sync()
+    f = next(p for p in mirror.files("INBOX") if p.name.endswith("FS"))
+    f.rename(mirror.folder_dir("Archive") / "cur" / f.name)
+    (uid,) = [u for u, fl in mirror.server_uids("INBOX").items() if "\\Flagged" in fl]
+    _server_move(mirror, uid, "INBOX", "Other")
+    mirror.sync()
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 2
+    assert snap["Archive"] == snap["Other"] and sum(snap["Other"].values()) == 1
+
+
 def test_a_burst_of_moves_and_their_reverse(mirror: Mirror, no_uploads: list[Any]) -> None:
     for f in mirror.files("INBOX"):
         f.rename(mirror.folder_dir("Archive") / "cur" / f.name)
