@@ -1,5 +1,5 @@
 import sys
 
-from mirrorsync.cli import main
+from mirrorsync.quick import main
 
 sys.exit(main())

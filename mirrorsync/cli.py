@@ -6,10 +6,11 @@ modules (imapclient, the engine) are imported only by the commands that need the
 so `--help` and config errors stay instant.
 
 A `sync` that finds nothing to do is the common case (cron, a mail reader's hook),
-and most of its time used to go to imports. So before anything else `main` asks
-`mirrorsync.quick` whether the run is provably a no-op, which it answers importing
-almost nothing; this module therefore imports only what the interpreter has loaded
-anyway (argparse, logging, dataclasses, pathlib and typing wait for the full path).
+and most of its time used to go to imports. So the `mirrorsync` command starts in
+`mirrorsync.quick.main`, which decides whether the run is provably a no-op before
+this module (and `errors`, whose enum alone costs 4 ms) is imported; `main` here
+asks the same question for callers that start here (tests, mostly). Argparse,
+logging, dataclasses, pathlib and typing wait for the full path.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import sys
 import time
 
 from mirrorsync import __version__
+from mirrorsync.environment import Environment
 from mirrorsync.errors import ExitStatus, MirrorsyncError, UsageError
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Iterator, Sequence
     from contextlib import AbstractContextManager
-    from typing import TextIO
 
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
@@ -44,21 +45,6 @@ class Session:
         self.remote = remote
         self.state = state
         self.maildir = maildir
-
-
-class Environment:
-    """The process's streams and variables, passed in so that tests can run the CLI
-    in process with their own (a plain class: a dataclass costs an import)."""
-
-    def __init__(
-        self,
-        stdout: TextIO | None = None,
-        stderr: TextIO | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self.stdout: TextIO = sys.stdout if stdout is None else stdout
-        self.stderr: TextIO = sys.stderr if stderr is None else stderr
-        self.environ: Mapping[str, str] = dict(os.environ) if environ is None else environ
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,16 +139,21 @@ def _add_rule_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, env: Environment | None = None, quick: bool = True
+) -> int:
+    """Run one command. `quick=False` when `mirrorsync.quick.main` already found the
+    run is not a provable no-op."""
     env = env or Environment()
     args: argparse.Namespace | None = None
     try:
-        from mirrorsync.quick import try_quick
+        if quick:
+            from mirrorsync.quick import try_quick
 
-        # A sync that is provably a no-op ends here, before the imports below.
-        status = try_quick(sys.argv[1:] if argv is None else list(argv), env)
-        if status is not None:
-            return status
+            # A sync that is provably a no-op ends here, before the imports below.
+            status = try_quick(sys.argv[1:] if argv is None else list(argv), env)
+            if status is not None:
+                return status
         args = build_parser().parse_args(argv)
         _setup_logging(env, args.verbose, args.quiet)
         if not args.command:
@@ -179,8 +170,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except MirrorsyncError as e:
         return int(report_error(e, env, verbose=bool(args and args.verbose)))
     except KeyboardInterrupt:
-        env.stderr.write("mirrorsync: interrupted; state is saved, re-run to finish\n")
-        return 130
+        return interrupted(env)
     except Exception as e:  # a bug: still one line unless -v
         if args is not None and args.verbose:
             raise
@@ -189,6 +179,11 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             "(re-run with -v for a traceback and report it)\n"
         )
         return int(ExitStatus.INTERNAL)
+
+
+def interrupted(env: Environment) -> int:
+    env.stderr.write("mirrorsync: interrupted; state is saved, re-run to finish\n")
+    return 130
 
 
 def report_error(e: MirrorsyncError, env: Environment, verbose: bool) -> ExitStatus:

@@ -57,8 +57,8 @@ from mirrorsync.state import AccountLock
 from mirrorsync.watch import EventRouter, LocalWatcher, OwnWrites, install_hook
 
 if TYPE_CHECKING:
-    from mirrorsync.cli import Environment
     from mirrorsync.engine import AccountReport
+    from mirrorsync.environment import Environment
     from mirrorsync.imapstore import ImapStore
 
 ARCHIVE_EVERY = 24 * 3600.0  # seconds between two runs of the archive rules

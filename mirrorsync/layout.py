@@ -33,13 +33,14 @@ import errno
 import os
 import stat
 
-from mirrorsync.errors import FolderNameError, LocalStoreError
 from mirrorsync.names import SEP, canonical_folder
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from mirrorsync.errors import LocalStoreError
 
     # Called as logging's warning() is: a %-format and its arguments.
     Warn = Callable[..., None]
@@ -70,6 +71,15 @@ def folder_path(root: Path, layout: str, name: str) -> Path:
 def folder_dir(root: str, layout: str, name: str) -> str:
     """`folder_path` as a string joined onto `root` as given, for the listing below
     and for `mirrorsync.quick`, which does without pathlib."""
+    try:
+        return _folder_dir(root, layout, name)
+    except _Refused as e:
+        from mirrorsync.errors import FolderNameError
+
+        raise FolderNameError(e.message, e.hint) from None
+
+
+def _folder_dir(root: str, layout: str, name: str) -> str:
     check_layout(layout)
     name = canonical_folder(name)
     parts = _components(layout, name)
@@ -80,10 +90,21 @@ def folder_dir(root: str, layout: str, name: str) -> str:
     return os.path.join(root, _maildirpp_entry(name, parts))
 
 
-def _refuse(name: str, layout: str, why: str, hint: str = _SKIP_HINT) -> FolderNameError:
-    return FolderNameError(
-        f"folder {name!r} cannot be stored in the {layout} Maildir layout: {why}", hint
-    )
+class _Refused(Exception):
+    """A name no directory can hold: `FolderNameError` where it leaves this module.
+    Kept apart so that the quick check's listing does not import `errors` (and enum)."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:  # as FolderNameError words it
+        return f"{self.message}; {self.hint}"
+
+
+def _refuse(name: str, layout: str, why: str, hint: str = _SKIP_HINT) -> _Refused:
+    return _Refused(f"folder {name!r} cannot be stored in the {layout} Maildir layout: {why}", hint)
 
 
 def _components(layout: str, name: str) -> list[str]:
@@ -185,6 +206,8 @@ def list_folders(
     if root_st is None:
         return []
     if not stat.S_ISDIR(root_st.st_mode):
+        from mirrorsync.errors import LocalStoreError
+
         raise LocalStoreError(
             f"the local Maildir root {top} is not a directory",
             "point the configuration at a directory",
@@ -254,8 +277,8 @@ def _consider(
     """Keep `path` only if its name maps back to it."""
     name = canonical_folder(raw_name)
     try:
-        expected = folder_dir(root, layout, name)
-    except FolderNameError as e:
+        expected = _folder_dir(root, layout, name)
+    except _Refused as e:
         warn("ignoring Maildir %s: %s", path, e)
         return
     if expected != path:
@@ -341,6 +364,8 @@ def _is_maildir(path: str) -> bool:
 
 
 def _listing_error(path: str, e: OSError) -> LocalStoreError:
+    from mirrorsync.errors import LocalStoreError
+
     return LocalStoreError(
         f"cannot list local folders: {path}: {e.strerror or e}",
         "fix the directory's permissions and re-run",

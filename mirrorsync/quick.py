@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Iterable, Sequence
 
-    from mirrorsync.cli import Environment
     from mirrorsync.configcache import Facts
+    from mirrorsync.environment import Environment
 
 # How many runs the quick check finished (so tests can tell which path ran).
 finished = 0
@@ -118,6 +118,27 @@ class _Checked:
             self.db.close()
         finally:
             self.lock.__exit__(None, None, None)
+
+
+def main() -> int:
+    """The `mirrorsync` command (`bin/mirrorsync`, `python -m mirrorsync`): the quick
+    check, then, unless it finished the run, the full CLI."""
+    import sys
+
+    from mirrorsync.environment import Environment
+
+    env = Environment()
+    try:
+        status = try_quick(sys.argv[1:], env)
+    except KeyboardInterrupt:
+        from mirrorsync.cli import interrupted
+
+        return interrupted(env)
+    if status is not None:
+        return status
+    from mirrorsync import cli
+
+    return cli.main(env=env, quick=False)
 
 
 def try_quick(argv: Sequence[str], env: Environment) -> int | None:

@@ -511,28 +511,64 @@ def test_select_changes_condstore_searches_known_range_in_windows(scripted: Any)
     assert ch.status.highestmodseq == 50
 
 
-def test_conditional_store_with_no_modified_and_modseqs(scripted: Any) -> None:
+def test_conditional_store_refusals(scripted: Any) -> None:
     store, server = scripted(
         [
             (b'SELECT "INBOX"', _SELECT_INBOX),
             (
                 b"UID STORE 1:3 (UNCHANGEDSINCE 40) +FLAGS.SILENT (\\Flagged)",
-                # UID 1 refused; 2 and 3 changed; an unsolicited change of 3 by
-                # another client (with FLAGS) must not raise the bar
+                # UID 1 refused; 2 and 3 changed; an unsolicited change by another
+                # client comes along and changes nothing here
                 b"* 2 FETCH (UID 2 MODSEQ (41))\r\n* 3 FETCH (UID 3 MODSEQ (42))\r\n"
                 b"* 3 FETCH (UID 3 FLAGS (\\Flagged $X) MODSEQ (60))\r\n"
                 b"{tag} OK [MODIFIED 1] conditional store failed\r\n",
             ),
             (
-                b"UID STORE 2:3 (UNCHANGEDSINCE 42) -FLAGS.SILENT (\\Seen)",
+                b"UID STORE 2:3 (UNCHANGEDSINCE 40) -FLAGS.SILENT (\\Seen)",
                 b"{tag} NO [MODIFIED 3] all failed\r\n",
             ),
         ]
     )
     store.select("INBOX")
-    got = store.store_flags([1, 2, 3], frozenset({"\\Flagged"}), frozenset({"\\Seen"}), 40)
-    assert got == {1, 3}
-    assert server.commands[-1].startswith(b"UID STORE 2:3 (UNCHANGEDSINCE 42)")
+    assert store.store_flags([1, 2, 3], frozenset({"\\Flagged"}), frozenset(), 40) == {1}
+    assert store.store_flags([2, 3], frozenset(), frozenset({"\\Seen"}), 40) == {3}
+    assert server.commands[-1].startswith(b"UID STORE 2:3 (UNCHANGEDSINCE 40)")
+
+
+def test_adding_and_removing_is_one_store_of_the_whole_list(scripted: Any) -> None:
+    """Each message is stored once, with the list it had (read first) changed: its
+    keywords kept, \\Recent left to the server. One that vanished needs nothing;
+    one with a flag that cannot be written back is refused for the caller to
+    re-read; so is one the server refuses as modified."""
+    store, server = scripted(
+        [
+            (b'SELECT "INBOX"', _SELECT_INBOX),
+            (
+                b"UID FETCH 1:5 (FLAGS)",
+                b"* 1 FETCH (UID 1 FLAGS (\\Seen $Label1 \\Recent))\r\n"
+                b"* 2 FETCH (UID 2 FLAGS (\\Seen))\r\n"
+                b"* 3 FETCH (UID 3 FLAGS (\\Answered \\Seen))\r\n"
+                b"* 5 FETCH (UID 5 FLAGS (\\Seen \\Odd\\))\r\n"
+                b"{tag} OK done\r\n",
+            ),
+            (
+                b"UID STORE 1 (UNCHANGEDSINCE 40) FLAGS.SILENT ($Label1 \\Flagged)",
+                b"* 1 FETCH (UID 1 MODSEQ (41))\r\n{tag} OK stored\r\n",
+            ),
+            (
+                b"UID STORE 2 (UNCHANGEDSINCE 40) FLAGS.SILENT (\\Flagged)",
+                b"{tag} OK [MODIFIED 2] conditional store failed\r\n",
+            ),
+            (
+                b"UID STORE 3 (UNCHANGEDSINCE 40) FLAGS.SILENT (\\Answered \\Flagged)",
+                b"* 3 FETCH (UID 3 MODSEQ (42))\r\n{tag} OK stored\r\n",
+            ),
+        ]
+    )
+    store.select("INBOX")
+    got = store.store_flags([1, 2, 3, 4, 5], frozenset({"\\Flagged"}), frozenset({"\\Seen"}), 40)
+    assert got == {2, 5}
+    assert len(server.commands) == 5  # SELECT, FETCH and three STOREs: nothing for 4 or 5
 
 
 def test_conditional_store_error_is_a_server_error(scripted: Any) -> None:

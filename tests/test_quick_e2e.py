@@ -138,6 +138,30 @@ def test_an_unchanged_account_is_done_by_the_quick_check(
     m.close()
 
 
+def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
+    """`python -m mirrorsync` (as `bin/mirrorsync`) finishes a no-op in the quick
+    check without importing the CLI, the errors (and their enum), the engine or the
+    `sqlite3` package; a run with work to do still gets the whole CLI."""
+    heavy = {"mirrorsync.cli", "mirrorsync.errors", "mirrorsync.engine", "sqlite3.dbapi2"}
+
+    def imported(r: Result) -> set[str]:
+        return {
+            line.rsplit("|", 1)[1].strip()
+            for line in r.err.splitlines()
+            if line.startswith("import time:")
+        }
+
+    time.sleep(SETTLE)
+    r = quiet.run_process("sync", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.status == 0 and timeless(r.out) == "test: 3 folders, no changes (T)\n", r
+    assert "mirrorsync.quick" in imported(r)
+    assert not heavy & imported(r)
+    quiet.client.append("INBOX", message(9), flags=[])
+    r = quiet.run_process("sync", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.status == 0 and "1 downloaded" in r.out, r
+    assert heavy <= imported(r)
+
+
 def test_quick_output_equals_the_full_paths(
     quiet: Mirror, runs: Runs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
