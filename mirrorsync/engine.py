@@ -45,7 +45,7 @@ from mirrorsync.maildir import (
     Stamp,
 )
 from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
-from mirrorsync.state import FolderState, Pair, PairRow, State, pair_of
+from mirrorsync.state import FolderState, Pair, PairRow, State
 
 # What only a changed folder needs is imported when one is met, so that a run that
 # finds nothing to do does not spend its time importing (see also cli.py).
@@ -546,7 +546,8 @@ class AccountSync:
         # Most messages of a changed folder are as the state left them on both sides;
         # they need no action, so only the others are made into objects, planned and
         # held while moves are looked for: memory and planning follow the change.
-        pairs, remote, local = _differing(rows, server, listing)
+        keep, remote, local = _differing(rows, server, listing)
+        pairs = self.state.pairs_for(name, [r[0] for r in keep]) if keep else []
         matches: list[Match] = []
         paired_u = {p.uid for p in pairs}
         paired_k = {p.key for p in pairs}
@@ -1029,8 +1030,8 @@ def _differing(
     rows: Sequence[PairRow],
     server: dict[int, Flags] | None,
     listing: dict[str, ListedFile] | None,
-) -> tuple[list[Pair], dict[int, Flags], dict[str, LocalMessage]]:
-    """The pairs, server flags and files of the messages that are not exactly as the
+) -> tuple[list[PairRow], dict[int, Flags], dict[str, LocalMessage]]:
+    """The rows, server flags and files of the messages that are not exactly as the
     state remembers them on both sides: a message that is needs no action in any mode
     and cannot be either end of a move. `server` None means the server is as the
     state last saw it, `listing` None the same of the Maildir. Most rows are decided
@@ -1040,7 +1041,7 @@ def _differing(
     from_letters = flagmod.from_letters
     keep: list[PairRow] = []
     for row in rows:
-        uid, key, _hash, remote_letters, local_letters = row
+        uid, key, remote_letters, local_letters = row
         if listing is not None:
             entry = listing.get(key)
             if entry is None or (
@@ -1055,19 +1056,18 @@ def _differing(
             del listing[key]
         if server is not None:
             del server[uid]
-    pairs = [pair_of(r) for r in keep]
-    remote = {p.uid: p.remote_flags for p in pairs} if server is None else server
+    remote = {r[0]: from_letters(r[2]) for r in keep} if server is None else server
     if listing is None:
-        local = _local_view(pairs)
+        local = {r[1]: LocalMessage(r[1], from_letters(r[3]), "cur") for r in keep}
     else:
         message = MaildirFolder.message
         local = {k: message(k, e) for k, e in listing.items()}
-    return pairs, remote, local
+    return keep, remote, local
 
 
 def _remote_letters(rows: Sequence[PairRow]) -> Iterator[tuple[int, Flags]]:
     from_letters = flagmod.from_letters
-    return ((r[0], from_letters(r[3])) for r in rows)
+    return ((r[0], from_letters(r[2])) for r in rows)
 
 
 def _still(mfolder: MaildirFolder, stamp: Stamp | None) -> bool:

@@ -481,7 +481,10 @@ class MaildirFolder:
             for filename in self._list(sub):
                 if filename.startswith("."):
                     continue
-                key, _sep, letters = split_filename(filename)
+                if "!" in filename:
+                    key, _sep, letters = split_filename(filename)
+                else:  # the usual name, split by one C call
+                    key, _sep, letters = filename.partition(":2,")
                 if not key:
                     continue
                 entry = (sub, filename, letters)
