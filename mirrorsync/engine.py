@@ -202,7 +202,7 @@ class AccountSync:
         # it is planned and done at once, so that only the folders a move could touch
         # are held in memory together.
         held: dict[str, FolderInputs] = {}
-        for n in names:
+        for n in self._gather_order(names):
             rep = reports[n]
             inputs = _guarded(rep, self.gather, n)
             if rep.error is not None:
@@ -215,7 +215,7 @@ class AccountSync:
                 _guarded(rep, self._plan_and_execute, inputs, rep)
         if held:
             self._moves(held, reports)
-        for n in list(held):
+        for n in reversed(list(held)):  # the folder selected last goes first
             inputs = held.pop(n)
             if reports[n].error is None:
                 _guarded(reports[n], self._plan_and_execute, inputs, reports[n])
@@ -226,6 +226,18 @@ class AccountSync:
             with self.state.transaction():
                 self.state.set_meta("last_sync", str(time.time()))
         return report
+
+    def _gather_order(self, names: list[str]) -> list[str]:
+        """Folders that received mail on the server (their UIDNEXT moved) last: move
+        detection and the downloads then find the last of them still selected. On
+        Dovecot, selecting a folder again after new mail was first seen in it cost a
+        re-read of the whole folder (74 ms for 28,000 messages)."""
+
+        def arrived(n: str) -> bool:
+            prior, now = self.prior.get(n), self.statuses.get(n)
+            return bool(prior and now and now.uidnext != prior.uidnext)
+
+        return sorted(names, key=arrived)  # stable: otherwise in the usual order
 
     def _wanted(self, names: Iterable[str]) -> set[str]:
         """The folders this run syncs: those the config includes, never a local-only

@@ -108,3 +108,21 @@ def test_a_server_only_change_loads_only_the_pairs_it_names(
     if mirror.client.has_capability("QRESYNC"):
         assert loaded["all"] == 0 and loaded["some"] == 1
     mirror.assert_mirrored()
+
+
+def test_a_server_batch_selects_each_changed_folder_once(
+    mirror: Mirror, calls: Counter[str]
+) -> None:
+    """New mail in A and expunges in B and C: move detection looks at A's arrivals and
+    the downloads need A selected, so A is gathered last and never selected again."""
+    c = mirror.client
+    for name in ("B", "C"):
+        c.select_folder(name)
+        gone = min(c.search("ALL"))
+        c.delete_messages([gone])
+        c.expunge()
+    c.append("A", message("A-new"), flags=[])
+    mirror.sync()
+    if mirror.client.has_capability("QRESYNC"):
+        assert calls["select_changes"] == 3 and calls["select"] == 0
+    mirror.assert_mirrored()
