@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Iterable, Sequence
 
+    from mirrorsync import quickimap
     from mirrorsync.configcache import Facts
     from mirrorsync.environment import Environment
 
@@ -205,6 +206,8 @@ def check_account(account: Facts) -> _Checked:
     """Lock the account and check that a sync would find nothing to do (see the
     module's docstring); NotQuick (or any other error) otherwise, with the lock
     released and the state closed."""
+    from mirrorsync import quickimap
+
     started = time.monotonic()
     name = str(account["name"])
     state_dir = str(account["state_dir"])
@@ -213,24 +216,38 @@ def check_account(account: Facts) -> _Checked:
     # the full path's open would chmod it
     if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o600:
         raise NotQuick("state file")
-    lock = AccountLock(state_dir, name).__enter__()
+    ca_file = account["ca_file"]
+    # Connected first: the server's greeting (its login process) is on its way while
+    # the state is opened, and the LOGIN is answered while the Maildir is looked at.
+    # Nothing the server does for it changes anything.
+    session = quickimap.Session(
+        str(account["host"]),
+        _integer(account["port"]),
+        str(account["tls"]),
+        None if ca_file is None else str(ca_file),
+        _number(account["timeout"]),
+        str(account["username"]),
+        str(account["password"]),
+    )
     try:
-        db = connect(db_path)
+        lock = AccountLock(state_dir, name).__enter__()
         try:
-            folders = _check_unchanged(account, db)
-            return _Checked(name, lock, db, folders, time.monotonic() - started)
+            db = connect(db_path)
+            try:
+                folders = _check_unchanged(account, db, session)
+                return _Checked(name, lock, db, folders, time.monotonic() - started)
+            except BaseException:
+                db.close()
+                raise
         except BaseException:
-            db.close()
+            lock.__exit__(None, None, None)
             raise
-    except BaseException:
-        lock.__exit__(None, None, None)
-        raise
+    finally:
+        session.close()
 
 
-def _check_unchanged(account: Facts, db: sqlite3.Connection) -> int:
+def _check_unchanged(account: Facts, db: sqlite3.Connection, session: quickimap.Session) -> int:
     """The number of folders a sync would report, if it would change nothing."""
-    from mirrorsync import quickimap
-
     include = _strings(account["include"])
     exclude = _strings(account["exclude"])
     local_only = _strings(account["local_only"])
@@ -246,33 +263,19 @@ def _check_unchanged(account: Facts, db: sqlite3.Connection) -> int:
     root, layout = str(account["path"]), str(account["layout"])
     if not os.path.isdir(root):
         raise NotQuick("no local root")  # the full path stops, or creates it
-    ca_file = account["ca_file"]
-    # Connected before the local side is checked: the server's greeting is on its way
-    # meanwhile (nothing is sent before the local side is found unchanged).
-    session = quickimap.Session(
-        str(account["host"]),
-        _integer(account["port"]),
-        str(account["tls"]),
-        None if ca_file is None else str(ca_file),
-        _number(account["timeout"]),
-        str(account["username"]),
-        str(account["password"]),
-    )
-    try:
-        warnings: list[tuple[object, ...]] = []
-        local = wanted(list_folders(root, layout, warn=lambda *a: warnings.append(a)))
-        if warnings or local != known:
-            raise NotQuick("local folders")
-        for n in known:
-            uidvalidity, uidnext, highestmodseq, needs_match, local_stamp = prior[n]
-            if needs_match or not highestmodseq or not local_stamp:
-                raise NotQuick(f"{n}: not trusted")
-            found = read_stamp(folder_dir(root, layout, n))
-            if found is None or found[0] != local_stamp:
-                raise NotQuick(f"{n}: changed locally")
-        numbers = session.list_status()
-    finally:
-        session.close()
+    session.begin_login()
+    warnings: list[tuple[object, ...]] = []
+    local = wanted(list_folders(root, layout, warn=lambda *a: warnings.append(a)))
+    if warnings or local != known:
+        raise NotQuick("local folders")
+    for n in known:
+        uidvalidity, uidnext, highestmodseq, needs_match, local_stamp = prior[n]
+        if needs_match or not highestmodseq or not local_stamp:
+            raise NotQuick(f"{n}: not trusted")
+        found = read_stamp(folder_dir(root, layout, n))
+        if found is None or found[0] != local_stamp:
+            raise NotQuick(f"{n}: changed locally")
+    numbers = session.list_status()
     if wanted(numbers) != known:
         raise NotQuick("server folders")
     for n in known:

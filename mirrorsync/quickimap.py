@@ -280,9 +280,17 @@ class _Connection:
 
     def command(self, text: bytes) -> tuple[list[bytes], bytes]:
         """Send one command; (untagged responses without "* ", the tagged OK's text)."""
+        return self.answer(self.send(text), text)
+
+    def send(self, text: bytes) -> bytes:
+        """Send one command without waiting for its answer; its tag."""
         self._tags += 1
         tag = b"Q%d" % self._tags
         self._sock.sendall(tag + b" " + text + b"\r\n")
+        return tag
+
+    def answer(self, tag: bytes, text: bytes) -> tuple[list[bytes], bytes]:
+        """The answer to the command `text` sent as `tag`, as `command` returns it."""
         untagged: list[bytes] = []
         while True:
             data = self.line()
@@ -318,13 +326,15 @@ class LoginRefused(Unsure):
 
 
 class Session:
-    """One quick look at the server, in two halves: the connection is made first (as
-    `ImapStore.connect` does, tls "none" or "imaps"), so the server's greeting (a few
-    milliseconds of its login process) is on its way while the caller checks the
-    local side; `list_status` then logs in and returns what `ImapStore.statuses`
-    would: canonical name -> numbers of every selectable folder. Unsure (or OSError)
-    whenever the full path would do more than this (STARTTLS, a STATUS per folder,
-    a warning) or fail."""
+    """One quick look at the server, in three steps, so that the server works while
+    the caller does: the connection is made first (as `ImapStore.connect` does, tls
+    "none" or "imaps"), and the server's greeting (a few milliseconds of its login
+    process) is on its way while the caller opens its state; `begin_login` reads the
+    greeting and sends LOGIN without waiting, and the server logs in while the caller
+    checks the local side; `list_status` then reads the answer and returns what
+    `ImapStore.statuses` would: canonical name -> numbers of every selectable folder.
+    Unsure (or OSError) whenever the full path would do more than this (STARTTLS, a
+    STATUS per folder, a warning) or fail."""
 
     def __init__(
         self,
@@ -361,16 +371,36 @@ class Session:
         except TimeoutError as e:
             timed_out[host, port] = e
             raise
+        self._login: bytes | None = None  # the LOGIN's tag while its answer is unread
+
+    def begin_login(self) -> None:
+        if self._login is None:
+            self._login = _greet_and_login(self._conn, self._username, self._quoted)
 
     def list_status(self) -> dict[str, Numbers]:
+        self.begin_login()
+        assert self._login is not None
+        tag, self._login = self._login, None
         try:
-            return _session(self._conn, self._username, self._quoted)
+            after = _logged_in(self._conn, tag)
         except LoginRefused:
             refused_logins.add((self._host, self._port, self._username))
             raise
+        return _list_status(self._conn, after)
 
     def close(self) -> None:
-        self._conn.close()
+        """Close; a LOGIN still unanswered is read first, so that the full path
+        knows of a refusal and does not try the password a second time."""
+        try:
+            if self._login is not None:
+                tag, self._login = self._login, None
+                _logged_in(self._conn, tag)
+        except LoginRefused:
+            refused_logins.add((self._host, self._port, self._username))
+        except (Unsure, OSError):
+            pass  # the full path finds out for itself
+        finally:
+            self._conn.close()
 
 
 def _connect(address: str | bytes, port: int, timeout: float) -> _socket.socket:
@@ -393,7 +423,8 @@ def _connect(address: str | bytes, port: int, timeout: float) -> _socket.socket:
     raise error
 
 
-def _session(conn: _Connection, username: str, quoted_password: bytes) -> dict[str, Numbers]:
+def _greet_and_login(conn: _Connection, username: str, quoted_password: bytes) -> bytes:
+    """Read the greeting and send LOGIN; its tag."""
     greeting = conn.line()
     if greeting != b"* OK" and not greeting.startswith(b"* OK "):
         raise Unsure(f"greeting {greeting[:80]!r}")  # PREAUTH, BYE
@@ -408,10 +439,13 @@ def _session(conn: _Connection, username: str, quoted_password: bytes) -> dict[s
     # the full path stop with its own message
     if not caps & {"IMAP4REV1", "IMAP4"} or "LOGINDISABLED" in caps:
         raise Unsure("the server's pre-login capabilities")
+    return conn.send(b"LOGIN " + username.encode("ascii") + b" " + quoted_password)
+
+
+def _logged_in(conn: _Connection, tag: bytes) -> frozenset[str]:
+    """The answer to the LOGIN sent as `tag`: the capabilities after login."""
     try:
-        untagged, result = conn.command(
-            b"LOGIN " + username.encode("ascii") + b" " + quoted_password
-        )
+        untagged, result = conn.answer(tag, b"LOGIN")
     except Answered as e:
         if e.result.startswith(b"NO") and b"[UNAVAILABLE]" not in e.result.upper():
             raise LoginRefused("LOGIN refused") from e
@@ -433,6 +467,10 @@ def _session(conn: _Connection, username: str, quoted_password: bytes) -> dict[s
         if not found:
             raise Unsure("no CAPABILITY response after login")
         after = _capabilities(found[0])
+    return after
+
+
+def _list_status(conn: _Connection, after: frozenset[str]) -> dict[str, Numbers]:
     # HIGHESTMODSEQ is asked for only with CONDSTORE, and the state records a folder
     # as unchanged only with a non-zero one: without it nothing can be skipped
     if "LIST-STATUS" not in after or "CONDSTORE" not in after:
