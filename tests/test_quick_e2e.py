@@ -300,9 +300,12 @@ def test_a_held_lock_is_reported_by_the_full_path(quiet: Mirror, runs: Runs) -> 
     assert runs.sync(quiet)[1]
 
 
+@pytest.mark.parametrize("local_change", [False, True])
 def test_a_refused_login_is_reported_by_the_full_path(
-    quiet: Mirror, runs: Runs, monkeypatch: pytest.MonkeyPatch
+    quiet: Mirror, runs: Runs, monkeypatch: pytest.MonkeyPatch, local_change: bool
 ) -> None:
+    """Also when the local side changed: the quick check has sent its LOGIN by the
+    time it finds that out, and reads the refusal before it steps aside."""
     # Dovecot delays every later login from an address that failed one (anvil's auth
     # penalty, 2 s and up). The quick check (its own `_connect`) fails from 127.0.0.3
     # and the full path (were it to try) from 127.0.0.2, so that neither slows the
@@ -339,6 +342,9 @@ def test_a_refused_login_is_reported_by_the_full_path(
     t = time.time() - 100
     os.utime(account.server.passwd / account.user, (t, t))
     time.sleep(1.1)
+    if local_change:
+        f = quiet.files("Work")[0]
+        f.rename(f.with_name(f.name + "F"))
     r, took_quick = runs.sync(quiet)
     assert not took_quick
     assert (r.status, r.out) == (3, "")
