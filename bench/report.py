@@ -107,6 +107,9 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for t in tools:
         header += [f"{t} s", f"{t} RSS MB"]
     header += [f"mirrorsync/{p}" for p in peers]
+    floors = results.get("floors", {}).get("phases")
+    if floors is not None:
+        header += ["floor s"] + [f"floor/{p}" for p in peers]
     rows = []
     for phase, by_tool in results["phases"].items():
         row = [PHASE_LABELS.get(phase, phase)]
@@ -119,8 +122,32 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 row.append("-")
             else:
                 row.append(f"{ms['seconds'] / peer['seconds']:.2f}x")
+        if floors is not None:
+            floor = floors.get(phase)
+            row.append("-" if floor is None else f"{floor['seconds']:.2f}")
+            for p in peers:
+                peer = by_tool.get(p)
+                ok = floor is not None and peer is not None and peer["seconds"]
+                row.append(f"{floor['seconds'] / peer['seconds']:.2f}x" if ok else "-")
         rows.append(row)
     return header, rows
+
+
+def floor_lines(results: dict[str, Any]) -> list[str]:
+    """What the floors were (see bench/floor.py)."""
+    floors = results.get("floors")
+    if not floors:
+        return []
+    return [
+        f"- Start-up floor: a Python process importing imapclient and sqlite3 takes "
+        f"{floors['startup_seconds']:.3f} s (median of 7).",
+        "- Server floor (no-op and server batch): a raw client on a user of its own with "
+        "the same mail and batches logs in, runs one LIST-STATUS and selects (QRESYNC) "
+        "each folder whose HIGHESTMODSEQ moved, and nothing else.",
+        "- Floor of the local batch: the server's part (the batch made on that user by a "
+        "client that knows exactly what changed: one STORE per resulting flag list, "
+        "STORE \\Deleted and UID EXPUNGE, APPEND) plus listing one Maildir's folders.",
+    ]
 
 
 def text_table(results: dict[str, Any]) -> str:
@@ -155,6 +182,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         markdown_table(results),
         "",
+        *floor_lines(results),
         *machine_lines(results["machine"]),
     ]
     problems = [

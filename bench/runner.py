@@ -19,6 +19,7 @@ from typing import Any
 from bench import report
 from bench.changes import Batch, Expected, apply_local, apply_remote, plan_batch, plan_big
 from bench.corpus import FOLDERS, Corpus, ensure_corpus, install_for_user
+from bench.floor import Probe, index, local_floor, scan_seconds, startup_seconds
 from bench.sides import connect, server_folder, server_folders
 from bench.tools import (
     REPO,
@@ -29,11 +30,13 @@ from bench.tools import (
     Server,
     Tool,
     install_peers,
+    installed_venv,
 )
 from bench.verify import Verdict, verify
 from mirrorsync.devserver import Dovecot
 
 PHASES = ("initial", "noop", "remote", "local", "big")
+FLOOR_USER, FLOOR_PASSWORD = "bench-floor", "secret"  # see bench/floor.py
 SETTLE_SECONDS = 1.1  # between a batch and the timed runs (see run_phase)
 PHASE_HEADINGS = {
     "initial": "initial sync into an empty Maildir",
@@ -83,6 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "e.g. an export of a commit: git archive HEAD mirrorsync | tar -x -C DIR)",
     )  # fmt: skip
     p.add_argument("--no-install", action="store_true", help="never apt-get install peers")
+    p.add_argument(
+        "--no-floors", action="store_true",
+        help="skip the floors (start-up, and the server's own time on a user of its own)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     args.phases = [t.strip() for t in args.phases.split(",") if t.strip()]
@@ -107,6 +114,8 @@ class Bench:
         self.tools: list[Tool] = []
         self.expected = Expected.of(corpus)
         self.newest: list[str] = []
+        self.probe: Probe | None = None  # the floor user (bench/floor.py)
+        self.floor_uids: dict[tuple[str, str], int] = {}
         self.results: dict[str, Any] = {
             "messages": len(corpus.messages),
             "corpus_bytes": corpus.total_bytes,
@@ -138,25 +147,43 @@ class Bench:
             install_for_user(self.corpus, self.server.maildir_of(tool.user))
             tool.prepare()
             self.tools.append(tool)
+        if not self.args.no_floors:
+            self.probe = Probe(srv.host, srv.port, FLOOR_USER, FLOOR_PASSWORD)
+            self.server.add_user(FLOOR_USER, FLOOR_PASSWORD)
+            install_for_user(self.corpus, self.server.maildir_of(FLOOR_USER))
         copied = time.perf_counter()
         self.results["setup"]["copy_seconds"] = round(copied - started, 2)
         print(f"bench: copied the corpus to {len(self.tools)} users ({copied - started:.1f}s)")
         for tool in self.tools:
-            self.warm_up(tool)
+            self.warm_up(tool.user, tool.password)
+        if self.probe is not None:
+            self.warm_up(FLOOR_USER, FLOOR_PASSWORD)
+            self.probe.run()  # learns where every folder stands
+            with connect(self.server.host, self.server.port, FLOOR_USER, FLOOR_PASSWORD) as c:
+                self.floor_uids = index(c, [name for name, _share in FOLDERS])
+            python = sys.executable
+            for tool in self.tools:
+                if isinstance(tool, Mirrorsync):
+                    venv = installed_venv(tool.src, tool.venv_dir)
+                    python = str(venv / "bin" / "python") if venv else python
+            self.results["floors"] = {
+                "startup_seconds": round(startup_seconds(python), 3),
+                "phases": {},
+            }
         warm = time.perf_counter() - copied
         self.results["setup"]["warmup_seconds"] = round(warm, 2)
         print(f"bench: Dovecot indexed every folder of every user ({warm:.1f}s)")
 
-    def warm_up(self, tool: Tool) -> None:
+    def warm_up(self, user: str, password: str) -> None:
         """Let Dovecot build its indexes and caches before anything is timed, and check
         that it sees the corpus exactly."""
         extra = ("RFC822.SIZE", "INTERNALDATE")
-        with self.imap(tool) as c:
+        with connect(self.server.host, self.server.port, user, password) as c:
             folders = server_folders(c)
             counts = {f: sum(map(len, server_folder(c, f, extra).values())) for f in folders}
         want = {f: len(m) for f, m in self.expected.folders.items()}
         if counts != want:
-            raise SystemExit(f"bench: Dovecot sees {counts} for {tool.user}, expected {want}")
+            raise SystemExit(f"bench: Dovecot sees {counts} for {user}, expected {want}")
 
     def imap(self, tool: Tool) -> Any:
         return connect(self.server.host, self.server.port, tool.user, tool.password)
@@ -177,12 +204,35 @@ class Bench:
             print(f"bench: {phase} batch: {batch.summary()}")
             for tool in self.tools:
                 self.apply(tool, batch, remote=phase != "local")
+            if self.probe is not None and phase == "remote":
+                with connect(self.server.host, self.server.port, FLOOR_USER, FLOOR_PASSWORD) as c:
+                    apply_remote(c, batch)
+                    for gone in batch.deletions:
+                        self.floor_uids.pop(gone, None)
+                    self.floor_uids.update(index(c, [batch.new_folder]))
+            elif self.probe is not None and phase == "local":
+                self.local_floor(batch)
             self.expected.apply(batch)
             self.newest = [mid for mid, *_ in batch.new]
             # A mail reader rarely changes a Maildir in the very second a sync starts;
             # mbsync would then sleep up to a second to be safe from that race.
             time.sleep(SETTLE_SECONDS)
         self.timed_round(phase)
+
+    def local_floor(self, batch: Batch) -> None:
+        """The local batch's floor (bench/floor.py): the server's part, made on the
+        floor user, and listing one tool's Maildir."""
+        with connect(self.server.host, self.server.port, FLOOR_USER, FLOOR_PASSWORD) as c:
+            server = local_floor(c, self.floor_uids, batch)
+        scan = scan_seconds(self.tools[0].maildir)
+        self.results["floors"]["phases"]["local"] = {
+            "seconds": round(server + scan, 3),
+            "server_seconds": round(server, 3),
+            "scan_seconds": round(scan, 3),
+        }
+        print(f"  [local] floor: {server + scan:.2f}s (server {server:.2f}s, scan {scan:.2f}s)")
+        assert self.probe is not None
+        self.probe.run()  # the probe's next look starts after these changes
 
     def apply(self, tool: Tool, batch: Batch, remote: bool) -> None:
         try:
@@ -202,6 +252,15 @@ class Bench:
     def timed_round(self, phase: str) -> None:
         by_tool: dict[str, Any] = {}
         self.results["phases"][phase] = by_tool
+        # Only what a client must do to hear of changes has a floor here: in the local
+        # phase the server's work is what the tool itself asks of it.
+        if self.probe is not None and phase in ("noop-1", "noop", "remote"):
+            seconds, selected = self.probe.run()
+            self.results["floors"]["phases"][phase] = {
+                "seconds": round(seconds, 3),
+                "selected": selected,
+            }
+            print(f"  [{phase}] server floor: {seconds:.2f}s ({selected} folders selected)")
         for tool in self.tools:
             r = tool.run(phase, self.args.timeout)
             try:
@@ -312,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(report.text_table(bench.results))
+    print("\n".join(report.floor_lines(bench.results)))
     print()
     print("Markdown (for docs/benchmarks.md):")
     print()
