@@ -211,8 +211,9 @@ def _setup_logging(env: Environment, verbose: int, quiet: bool) -> None:
 
 
 def _load_config(args: argparse.Namespace, env: Environment) -> Config:
-    """Load and validate the file, and leave what `mirrorsync.quick` needs of it in
-    the parsed-config cache (see `configcache`)."""
+    """Load and validate the file, and leave it in the parsed-config cache (see
+    `configcache`) for `mirrorsync.quick` and for the next run, which then takes it
+    from there while the file is provably unchanged, without YAML."""
     import contextlib
     from pathlib import Path
 
@@ -222,6 +223,9 @@ def _load_config(args: argparse.Namespace, env: Environment) -> Config:
     found: tuple[str, os.stat_result, float] | None = None
     with contextlib.suppress(OSError):  # load() words the problem
         key = configcache.key_for(given)
+        cached = configcache.load_config(key, env.environ)
+        if cached is not None:
+            return cached
         before = time.time()
         # before reading: an edit made after this must not match the cache
         found = (key, os.stat(key), before)

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from mirrorsync import xdg
 from mirrorsync.errors import ConfigError
 from mirrorsync.model import SEP, canonical_folder
@@ -210,24 +208,37 @@ def default_path(env: Mapping[str, str]) -> Path:
     return Path(xdg.default_config(env))
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys: PyYAML keeps the last one silently, which
-    would let a forgotten second `path:` or `password:` win without anyone noticing."""
+_loader: Any = None
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
-                key_node, yaml.ScalarNode
-            ):
-                continue
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+
+def _yaml_loader() -> Any:
+    """SafeLoader that rejects duplicate keys: PyYAML keeps the last one silently, which
+    would let a forgotten second `path:` or `password:` win without anyone noticing.
+    Made on first use: PyYAML is imported only when a file is parsed, and a run whose
+    configuration comes from the parsed-config cache parses nothing."""
+    global _loader
+    if _loader is not None:
+        return _loader
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                    key_node, yaml.ScalarNode
+                ):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    _loader = Loader
+    return _loader
 
 
 @dataclass(frozen=True)
@@ -749,8 +760,10 @@ def _read(path: Path) -> str:
 
 
 def _parse(text: str, file: str) -> object:
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

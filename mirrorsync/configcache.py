@@ -1,12 +1,16 @@
 """The parsed-config cache: what `mirrorsync.quick` needs of the configuration,
-written by a full run so that a no-op run need not import YAML to learn it.
+written by a full run so that a no-op run need not import YAML to learn it, and the
+whole parsed configuration (pickled), so that the next full run need not either.
 
 Parsing the file costs more than the whole quick check (PyYAML alone takes longer
 to import than a LIST-STATUS round trip), so every run that loads the configuration
 successfully leaves the facts the quick check needs in
 ``$XDG_CACHE_HOME/mirrorsync/config-<crc32 of the path>.marshal`` (mode 0600, in a
 0700 directory, replaced atomically). Only plain values are stored, with `marshal`,
-which costs no import.
+which costs no import; the pickled configuration is one of them, as bytes, unpickled
+only by the full path and only by the code that wrote it (the version and the
+`config` module's size and mtime must match). The file is the user's own, like the
+configuration file, which can name a password command anyway.
 
 The cache is never trusted beyond what it can prove: it is used only when the
 configuration file is provably the one it was made from (same device, inode, size,
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
     from mirrorsync.config import AccountConfig, Config
 
 # Bump whenever what is stored, or what it means, changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # One account's facts, as stored: plain values only (marshal).
 Facts = dict[str, object]
@@ -125,6 +129,8 @@ def store(
     the whole environment. Never raises: the cache is an optimisation."""
     if not settled or recorded.enumerated:
         return
+    import pickle
+
     try:
         data = marshal.dumps(
             {
@@ -134,6 +140,10 @@ def store(
                 "uid": os.getuid(),
                 "env": dict(recorded.seen),
                 "accounts": [_account_facts(a) for a in cfg.accounts.values()],
+                # the whole configuration for the full path, which then need not
+                # import and run YAML either; only for the code that pickled it
+                "code": code_identity(),
+                "pickled": pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL),
             }
         )
         path = cache_file(env, key)
@@ -166,6 +176,48 @@ def store(
 def load(key: str, env: Mapping[str, str]) -> list[Facts] | None:
     """The accounts' facts (in the file's order) if the cache provably describes the
     configuration file `key` as it is now, else None."""
+    data = _read(key, env)
+    if data is None:
+        return None
+    accounts = data.get("accounts")
+    if not isinstance(accounts, list) or not all(isinstance(a, dict) for a in accounts):
+        return None
+    return accounts
+
+
+def load_config(key: str, env: Mapping[str, str]) -> Config | None:
+    """The whole configuration, as `config.load` would return it for the file `key`
+    now, when the cache provably describes that file and was written by this very
+    code (`code_identity`); else None."""
+    data = _read(key, env)
+    if data is None or data.get("code") != code_identity():
+        return None
+    blob = data.get("pickled")
+    if not isinstance(blob, bytes):
+        return None
+    try:
+        import pickle
+
+        from mirrorsync.config import Config
+
+        cfg = pickle.loads(blob)
+    except Exception:
+        return None
+    return cfg if isinstance(cfg, Config) else None
+
+
+def code_identity() -> tuple[str, int, int]:
+    """The version and the `config` module's file, whose classes a pickled
+    configuration is made of: an upgrade or an edit of it voids the pickle."""
+    from mirrorsync import __version__, config
+
+    st = os.stat(config.__file__)
+    return (__version__, st.st_size, st.st_mtime_ns)
+
+
+def _read(key: str, env: Mapping[str, str]) -> dict[str, object] | None:
+    """The cache's contents if they provably describe the configuration file `key`
+    as it is now (see the module's docstring), else None."""
     try:
         fd = os.open(cache_file(env, key), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -194,10 +246,7 @@ def load(key: str, env: Mapping[str, str]) -> list[Facts] | None:
         recorded = data["env"]
         if any(env.get(name) != value for name, value in recorded.items()):
             return None
-        accounts = data["accounts"]
-        if not isinstance(accounts, list) or not all(isinstance(a, dict) for a in accounts):
-            return None
-        return accounts
+        return data
     except Exception:
         return None
 

@@ -162,6 +162,36 @@ def test_cache_holds_what_the_quick_check_needs(setup: Any, trusted: None, tmp_p
     assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_the_next_full_run_takes_the_whole_config_from_the_cache(
+    setup: Any, trusted: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mirrorsync import config
+
+    path, env = setup()
+    first = cli._load_config(argparse.Namespace(config=str(path)), env)
+    real_load = config.load
+    parsed: list[Path] = []
+
+    def load(*args: Any) -> Any:
+        parsed.append(args[0])
+        return real_load(*args)
+
+    monkeypatch.setattr(config, "load", load)
+    again = cli._load_config(argparse.Namespace(config=str(path)), env)
+    assert again == first and parsed == []  # no YAML
+    # only the code that pickled it may unpickle it
+    monkeypatch.setattr(configcache, "code_identity", lambda: ("another", 0, 0))
+    assert cli._load_config(argparse.Namespace(config=str(path)), env) == first
+    assert parsed == [path]
+    # and an edited file is parsed again
+    monkeypatch.undo()
+    monkeypatch.setattr(config, "load", load)
+    path.write_text(path.read_text().replace("Junk", "Spam"))
+    edited = cli._load_config(argparse.Namespace(config=str(path)), env)
+    assert edited.accounts["work"].folders.exclude == ("Spam",)
+    assert parsed == [path, path]
+
+
 def test_cache_is_keyed_by_the_absolute_path(
     setup: Any, trusted: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -141,7 +141,8 @@ def test_an_unchanged_account_is_done_by_the_quick_check(
 def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
     """`python -m mirrorsync` (as `bin/mirrorsync`) finishes a no-op in the quick
     check without importing the CLI, the errors (and their enum), the engine or the
-    `sqlite3` package; a run with work to do still gets the whole CLI."""
+    `sqlite3` package; a run with work to do still gets the whole CLI, but not YAML
+    while the configuration file is unchanged."""
     heavy = {"mirrorsync.cli", "mirrorsync.errors", "mirrorsync.engine", "sqlite3.dbapi2"}
 
     def imported(r: Result) -> set[str]:
@@ -160,6 +161,7 @@ def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
     r = quiet.run_process("sync", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert r.status == 0 and "1 downloaded" in r.out, r
     assert heavy <= imported(r)
+    assert "yaml" not in imported(r)  # the configuration came from the cache
 
 
 def test_quick_output_equals_the_full_paths(
