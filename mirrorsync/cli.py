@@ -154,7 +154,7 @@ def main(
             status = try_quick(sys.argv[1:] if argv is None else list(argv), env)
             if status is not None:
                 return status
-        args = build_parser().parse_args(argv)
+        args = plain_sync(argv) or build_parser().parse_args(argv)
         _setup_logging(env, args.verbose, args.quiet)
         if not args.command:
             raise UsageError("no command given", "try 'mirrorsync sync' or 'mirrorsync --help'")
@@ -179,6 +179,32 @@ def main(
             "(re-run with -v for a traceback and report it)\n"
         )
         return int(ExitStatus.INTERNAL)
+
+
+def plain_sync(argv: Sequence[str] | None) -> argparse.Namespace | None:
+    """A plain ``[-c FILE] sync [ACCOUNT...]`` (as the quick check reads it) parsed
+    as argparse would parse it, without importing argparse and building the parser
+    (8 ms of a run); None for any other command line."""
+    from mirrorsync.quick import parse_argv
+
+    gate = parse_argv(sys.argv[1:] if argv is None else list(argv))
+    if gate is None:
+        return None
+    import types
+
+    config, names = gate
+    args = types.SimpleNamespace(
+        config=config,
+        verbose=0,
+        quiet=False,
+        command="sync",
+        accounts=names,
+        folder=[],
+        dry_run=False,
+        force=False,
+        archive=False,
+    )
+    return args  # type: ignore[return-value]  # read by attribute, as a Namespace is
 
 
 def interrupted(env: Environment) -> int:

@@ -192,6 +192,36 @@ def test_the_next_full_run_takes_the_whole_config_from_the_cache(
     assert parsed == [path, path]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sync"],
+        ["-c", "f.yaml", "sync"],
+        ["--config", "f.yaml", "sync", "work"],
+        ["--config=f.yaml", "sync", "work", "home"],
+        ["sync", "sync"],
+    ],
+)
+def test_a_plain_sync_is_parsed_as_argparse_parses_it(argv: list[str]) -> None:
+    assert vars(cli.plain_sync(argv)) == vars(cli.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["sync", "--dry-run"],
+        ["-v", "sync"],
+        ["--conf", "f.yaml", "sync"],
+        ["sync", "--folder", "INBOX"],
+        ["status"],
+        ["sync", "-q"],
+    ],
+)
+def test_any_other_command_line_is_left_to_argparse(argv: list[str]) -> None:
+    assert cli.plain_sync(argv) is None
+
+
 def test_cache_is_keyed_by_the_absolute_path(
     setup: Any, trusted: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

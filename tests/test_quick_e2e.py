@@ -142,7 +142,7 @@ def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
     """`python -m mirrorsync` (as `bin/mirrorsync`) finishes a no-op in the quick
     check without importing the CLI, the errors (and their enum), the engine or the
     `sqlite3` package; a run with work to do still gets the whole CLI, but not YAML
-    while the configuration file is unchanged."""
+    while the configuration file is unchanged, nor argparse for a plain sync."""
     heavy = {"mirrorsync.cli", "mirrorsync.errors", "mirrorsync.engine", "sqlite3.dbapi2"}
 
     def imported(r: Result) -> set[str]:
@@ -162,6 +162,7 @@ def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
     assert r.status == 0 and "1 downloaded" in r.out, r
     assert heavy <= imported(r)
     assert "yaml" not in imported(r)  # the configuration came from the cache
+    assert "argparse" not in imported(r)  # a plain sync is read without it
 
 
 def test_quick_output_equals_the_full_paths(
