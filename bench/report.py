@@ -18,6 +18,7 @@ PHASE_LABELS: dict[str, str] = {
     "noop": "no-op resync, steady state",
     "remote": "resync after server-side batch",
     "local": "resync after local batch",
+    "big": "resync after one 30 MB message",
 }
 
 

@@ -38,6 +38,10 @@ from mirrorsync.devserver import Dovecot
 PHASES = ("initial", "noop", "remote", "local", "big")
 FLOOR_USER, FLOOR_PASSWORD = "bench-floor", "secret"  # see bench/floor.py
 SETTLE_SECONDS = 1.1  # between a batch and the timed runs (see run_phase)
+# Before each timed run: Dovecot goes on working for a moment after a client that
+# read a whole 100,000-message account (the previous tool's run or its verification)
+# has left, and a run that starts meanwhile shares the two CPUs with that.
+QUIET_SECONDS = 1.0
 PHASE_HEADINGS = {
     "initial": "initial sync into an empty Maildir",
     "noop": "no-op resync, run twice (the second is the steady state)",
@@ -262,6 +266,7 @@ class Bench:
             }
             print(f"  [{phase}] server floor: {seconds:.2f}s ({selected} folders selected)")
         for tool in self.tools:
+            time.sleep(QUIET_SECONDS)
             r = tool.run(phase, self.args.timeout)
             try:
                 with self.imap(tool) as c:
