@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import marshal
 import os
-
-# `collections.abc` would import the `collections` package, 2 ms of a 50 ms no-op run;
-# this is where it gets these names, and `os` has imported it already.
-from _collections_abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from mirrorsync import xdg
 

@@ -6,10 +6,13 @@ the canonical form live here rather than in `model`, `config` and `imapstore`
 (which re-export them) because `mirrorsync.quick` must decide with exactly the same
 code as a full sync while importing almost nothing: those modules pull in
 dataclasses, YAML and imapclient, which cost several times what the quick check
-itself does. Nothing at all is imported (`functools` alone would be 2 ms of a 50 ms run).
+itself does. Only `functools` is imported, which opening the state (`_sqlite3`)
+imports anyway.
 """
 
 from __future__ import annotations
+
+import functools
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
@@ -26,23 +29,8 @@ def canonical_folder(name: str) -> str:
     return name
 
 
-_MATCHED_MAX = 4096
-_matched: dict[tuple[str, str], bool] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def match_pattern(pattern: str, name: str) -> bool:
-    """Whether IMAP-style `pattern` matches `name`, remembered: every run asks the same
-    few patterns about the same folders."""
-    key = (pattern, name)
-    hit = _matched.get(key)
-    if hit is None:
-        if len(_matched) >= _MATCHED_MAX:
-            _matched.clear()
-        hit = _matched[key] = _match(pattern, name)
-    return hit
-
-
-def _match(pattern: str, name: str) -> bool:
     """Simulate the pattern as an NFA over the name. A regex would do, except that
     INBOX is case-insensitive (RFC 3501 5.1) while the rest of a name is not, so the
     first five characters of an INBOX name compare case-insensitively, whatever
