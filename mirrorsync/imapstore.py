@@ -48,7 +48,6 @@ from mirrorsync import quickimap
 from mirrorsync.config import RemoteConfig
 from mirrorsync.content import message_id
 from mirrorsync.errors import (
-    AppendRefused,
     AuthenticationFailed,
     ConfigError,
     ConnectionFailed,
@@ -71,7 +70,7 @@ from mirrorsync.model import (
 
 # In the import-light `names`, shared with `mirrorsync.quick`'s LIST-STATUS reader.
 from mirrorsync.names import server_to_canonical as server_to_canonical
-from mirrorsync.remote import FETCH_CHUNK, ByteSink
+from mirrorsync.remote import FETCH_CHUNK, ByteSink, append_each, append_refused, batches
 
 log = logging.getLogger(__name__)
 
@@ -1137,7 +1136,7 @@ class ImapStore:
         folder = self._require_selected("fetch")
         generation = self._generation
         sizes = self.sizes(uids)
-        for batch in _batches(sorted(sizes), sizes, self.fetch_batch_count, self.fetch_batch_bytes):
+        for batch in batches(sorted(sizes), sizes, self.fetch_batch_count, self.fetch_batch_bytes):
             if self._generation != generation:
                 raise ServerError(
                     f"fetch from folder {folder!r} on {self._address} was interrupted by "
@@ -1228,14 +1227,9 @@ class ImapStore:
         so both ways store the same bytes."""
         if not items:
             return []
-        out: list[int | None] = []
         if "MULTIAPPEND" not in self._capabilities:
-            for data, flags, date in items:
-                try:
-                    out.append(self.append(name, data, flags, date))
-                except ServerError as exc:
-                    raise _refused(exc, out, 1) from exc
-            return out
+            return append_each(self.append, name, items)
+        out: list[int | None] = []
         server = self._server_name(name)
         prepared = [
             (_append_crlf(data), _flag_args(flags, "append to", name, self._address), date)
@@ -1243,7 +1237,7 @@ class ImapStore:
         ]
         sizes = {i: len(data) for i, (data, _flags, _date) in enumerate(prepared)}
         uidplus = "UIDPLUS" in self._capabilities
-        for indexes in _batches(
+        for indexes in batches(
             list(range(len(prepared))), sizes, self.append_batch_count, self.append_batch_bytes
         ):
             batch = [prepared[i] for i in indexes]
@@ -1257,7 +1251,7 @@ class ImapStore:
                     if typ != "OK":
                         raise imaplib.IMAP4.error(_text(text))
             except ServerError as exc:
-                raise _refused(exc, out, len(batch)) from exc
+                raise append_refused(exc, out, len(batch)) from exc
             if uidplus:
                 out += _appended_uids(text, len(batch))
                 continue
@@ -1933,10 +1927,6 @@ def _continued(imap: Any, tag: bytes) -> bool:
     return True
 
 
-def _refused(exc: ServerError, done: list[int | None], refused: int) -> AppendRefused:
-    return AppendRefused(exc.message, list(done), refused, exc.hint)
-
-
 def _identities(
     rows: dict[int, dict[bytes, Any]], wanted: set[int] | None
 ) -> dict[int, RemoteIdentity]:
@@ -1972,22 +1962,6 @@ def _folder_status(numbers: dict[bytes, int], items: list[str]) -> FolderStatus 
         messages=numbers[b"MESSAGES"],
         highestmodseq=numbers.get(b"HIGHESTMODSEQ", 0),
     )
-
-
-def _batches(
-    uids: list[int], sizes: dict[int, int], max_count: int, max_bytes: int
-) -> Iterator[list[int]]:
-    batch: list[int] = []
-    total = 0
-    for uid in uids:
-        size = sizes[uid]
-        if batch and (len(batch) >= max_count or total + size > max_bytes):
-            yield batch
-            batch, total = [], 0
-        batch.append(uid)
-        total += size
-    if batch:
-        yield batch
 
 
 def _flag_args(flags: Flags, operation: str, folder: str, address: str) -> list[str]:

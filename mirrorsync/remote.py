@@ -8,10 +8,11 @@ engine decides how often a folder is selected.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from mirrorsync.errors import AppendRefused, ServerError
 from mirrorsync.model import (
     Flags,
     FolderChanges,
@@ -176,3 +177,44 @@ class RemoteStore(Protocol):
         folder summed. May leave no folder selected: select again before message
         operations."""
         ...
+
+
+def append_refused(exc: ServerError, done: list[int | None], refused: int) -> AppendRefused:
+    """The error of an `append_many` that stored `done` and then was refused `refused`
+    messages (one, or a whole MULTIAPPEND command) with `exc`."""
+    return AppendRefused(exc.message, list(done), refused, exc.hint)
+
+
+def append_each(
+    append: Callable[[str, bytes, Flags, datetime | None], int | None],
+    name: str,
+    items: Sequence[tuple[bytes, Flags, datetime | None]],
+) -> list[int | None]:
+    """`append_many` for a server without MULTIAPPEND: one `append` per message, and a
+    refusal raised as `append_refused`, naming what was stored before it."""
+    out: list[int | None] = []
+    for data, flags, date in items:
+        try:
+            out.append(append(name, data, flags, date))
+        except ServerError as exc:
+            raise append_refused(exc, out, 1) from exc
+    return out
+
+
+def batches(
+    keys: list[int], sizes: dict[int, int], max_count: int, max_bytes: int
+) -> Iterator[list[int]]:
+    """`keys` in order, cut into runs of at most `max_count` keys and `max_bytes` of
+    `sizes` (a single larger one goes alone): how fetches and MULTIAPPENDs are cut
+    into commands, by the real store and the tests' fake alike."""
+    batch: list[int] = []
+    total = 0
+    for key in keys:
+        size = sizes[key]
+        if batch and (len(batch) >= max_count or total + size > max_bytes):
+            yield batch
+            batch, total = [], 0
+        batch.append(key)
+        total += size
+    if batch:
+        yield batch

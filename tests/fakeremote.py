@@ -32,7 +32,6 @@ from datetime import date, datetime, timezone
 
 from mirrorsync.content import message_id
 from mirrorsync.errors import (
-    AppendRefused,
     ConnectionFailed,
     FolderNameError,
     MirrorsyncError,
@@ -49,7 +48,7 @@ from mirrorsync.model import (
     RemoteMessage,
     canonical_folder,
 )
-from mirrorsync.remote import FETCH_CHUNK, ByteSink
+from mirrorsync.remote import FETCH_CHUNK, ByteSink, append_each, append_refused, batches
 
 FULL_CAPABILITIES = frozenset(
     {
@@ -275,24 +274,21 @@ class FakeRemoteStore:
         if not items:
             return out
         if "MULTIAPPEND" not in self._capabilities:
-            for data, flags, date in items:
-                try:
-                    out.append(self.append(name, data, flags, date))
-                except ServerError as exc:
-                    raise _refused(exc, out, 1) from exc
-            return out
+            return append_each(self.append, name, items)
         for _data, flags, _date in items:  # ImapStore checks names before sending
             _check_flags(flags)
-        for batch in _append_batches(items, self.append_batch_count, self.append_batch_bytes):
+        sizes = {i: len(data) for i, (data, _flags, _date) in enumerate(items)}
+        cut = batches(list(sizes), sizes, self.append_batch_count, self.append_batch_bytes)
+        for batch in ([items[i] for i in indexes] for indexes in cut):
             self.append_commands += 1
             try:
                 f = self._folder(canonical_folder(name), "append to")
                 for data, flags, _date in batch:  # all or nothing, as RFC 3502 says
                     _check_append(name, data, flags)
             except ServerError as exc:
-                raise _refused(exc, out, len(batch)) from exc
-            for data, flags, date in batch:
-                uid = self._add(f, data, flags, date)
+                raise append_refused(exc, out, len(batch)) from exc
+            for data, flags, when in batch:
+                uid = self._add(f, data, flags, when)
                 out.append(uid if self.appenduid else None)
         return out
 
@@ -609,25 +605,6 @@ def _check_append(folder: str, data: bytes, flags: Iterable[str]) -> None:
         raise ServerError(f"append to {folder!r} failed: Can't save a zero byte message")
     if any(len(f) > _MAX_KEYWORD for f in flags if not f.startswith("\\")):
         raise ServerError(f"append to {folder!r} failed: [CANNOT] Keyword length too long")
-
-
-def _append_batches(
-    items: Sequence[tuple[bytes, Flags, datetime | None]], count: int, size: int
-) -> Iterator[list[tuple[bytes, Flags, datetime | None]]]:
-    batch: list[tuple[bytes, Flags, datetime | None]] = []
-    total = 0
-    for item in items:
-        if batch and (len(batch) >= count or total + len(item[0]) > size):
-            yield batch
-            batch, total = [], 0
-        batch.append(item)
-        total += len(item[0])
-    if batch:
-        yield batch
-
-
-def _refused(exc: ServerError, done: list[int | None], refused: int) -> AppendRefused:
-    return AppendRefused(exc.message, list(done), refused, exc.hint)
 
 
 def _checked(name: str) -> str:
