@@ -20,6 +20,7 @@ import sys
 import time
 
 from mirrorsync import __version__
+from mirrorsync.dirstamp import settle_now
 from mirrorsync.environment import Environment
 from mirrorsync.errors import ExitStatus, MirrorsyncError, UsageError
 
@@ -252,7 +253,7 @@ def _load_config(args: argparse.Namespace, env: Environment) -> Config:
         cached = configcache.load_config(key, env.environ)
         if cached is not None:
             return cached
-        before = time.time()
+        before = settle_now()
         # before reading: an edit made after this must not match the cache
         found = (key, os.stat(key), before)
     recorder = configcache.RecordingEnv(env.environ)

@@ -108,3 +108,24 @@ def quota_account(dovecot_quota: Dovecot) -> Account:
 def make_quota_account(dovecot_quota: Dovecot) -> Callable[[], Account]:
     """For tests that need several fresh users on the quota Dovecot."""
     return lambda: _new_account(dovecot_quota)
+
+
+class SettleClock:
+    """The settle clock of every mirrorsync run a test makes (see
+    `mirrorsync.dirstamp.settle_now`): `advance()` makes every stamp and config file
+    taken so far count as settled, as if the test had waited, without sleeping."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._monkeypatch = monkeypatch
+        self.skew = 0.0
+
+    def advance(self, seconds: float = 10.0) -> None:
+        from mirrorsync.dirstamp import CLOCK_SKEW_ENV
+
+        self.skew += seconds
+        self._monkeypatch.setenv(CLOCK_SKEW_ENV, repr(self.skew))
+
+
+@pytest.fixture
+def settle_clock(monkeypatch: pytest.MonkeyPatch) -> SettleClock:
+    return SettleClock(monkeypatch)

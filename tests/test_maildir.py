@@ -29,6 +29,7 @@ from mirrorsync.maildir import (
     split_filename,
 )
 from mirrorsync.model import NO_FLAGS, Flags, LocalMessage
+from tests.conftest import SettleClock
 
 SEEN = "\\Seen"
 FLAGGED = "\\Flagged"
@@ -787,3 +788,17 @@ def test_locate_finds_a_message_by_its_likely_name_or_says_it_cannot(tmp_path: P
     # A reader changed its flags meanwhile: not under the expected name.
     assert folder.locate(seen.key, frozenset({"\\Seen"})) is None
     assert folder.locate("no-such-key", frozenset()) is None
+
+
+def test_settle_clock_makes_a_fresh_stamp_settled(
+    tmp_path: Path, settle_clock: SettleClock
+) -> None:
+    folder = Maildir(tmp_path / "m", "nested").folder("INBOX")
+    folder.path.mkdir(parents=True)
+    for sub in ("cur", "new", "tmp"):
+        (folder.path / sub).mkdir()
+    stamp = folder.stamp()
+    assert stamp is not None and not stamp.settled  # just written: same clock tick
+    settle_clock.advance()
+    later = folder.stamp()
+    assert later is not None and later.settled and later.value == stamp.value
