@@ -7,6 +7,7 @@ key path, so a typo stops the run before any mail is touched.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -849,14 +850,20 @@ def _run_password_command(
 
     key = "password_command"
     try:
-        proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, env=dict(env))
+        # A process group of its own, so that a hung command is ended whole: killing
+        # only the shell would leave its children (a `sleep`, a stuck agent) orphaned.
+        proc = subprocess.Popen(
+            command, shell=True, stdout=subprocess.PIPE, env=dict(env), start_new_session=True
+        )
     except OSError as e:
         fail(key, f"could not start the command: {e.strerror or e}", "")
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        # Kill the shell and stop reading: waiting for end-of-file could hang forever
-        # when a grandchild still holds the pipe open.
+        # End the whole group and stop reading: waiting for end-of-file could hang
+        # forever when a grandchild still holds the pipe open.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.kill()
         if proc.stdout is not None:
             proc.stdout.close()

@@ -859,6 +859,23 @@ def test_password_command_timeout(env: dict[str, str]) -> None:
     assert "did not finish within 0.3 s" in message
 
 
+def test_password_command_timeout_ends_the_whole_group(env: dict[str, str], tmp_path: Path) -> None:
+    # A hung helper with a child of its own: after the timeout no process of it is
+    # left (before, the child lived on with PPID 1).
+    pidfile = tmp_path / "pid"
+    command = f"sh -c 'echo $$ > {pidfile}; exec sleep 301' & wait"
+    message = password_error(remote(password_command=command), env, timeout=0.5)
+    assert "did not finish within 0.5 s" in message
+    pid = int(pidfile.read_text())
+    # SIGKILL was sent before the error was raised: the child is gone or a zombie
+    # waiting for init, never still sleeping.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z", "X"), f"the command's child {pid} outlived the timeout"
+
+
 def test_password_default_timeout_is_30_seconds() -> None:
     import inspect
 
