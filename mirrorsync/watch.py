@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ Sink = Callable[[str | None, str], None]
 
 MESSAGE_DIRS = ("cur", "new")
 _EVENTS = ("created", "deleted", "moved", "closed")
+_DOUBLE_WATCH = r"Callback with id .* already exists for watch"
 
 
 def folder_of(root: Path, layout: str, directory: Path) -> str | None:
@@ -240,6 +242,11 @@ class LocalWatcher:
                 except Exception:  # a bug must not kill the observer thread
                     log.exception("watching %s: cannot handle %r", root, event)
 
+        # watchdog watches a new directory twice when its subtree appears quickly (once
+        # for the creation event, once while walking the parent) and warns that the
+        # second add overwrites the first's callback, with the same one: nothing is
+        # lost, so that warning alone is dropped instead of reaching stderr per folder.
+        warnings.filterwarnings("ignore", message=_DOUBLE_WATCH, category=RuntimeWarning)
         # The dispatcher thread blocks on its queue for `timeout` seconds at a time;
         # stop() wakes it at once, so a long timeout only saves idle wakeups.
         observer = Observer(timeout=3600)
