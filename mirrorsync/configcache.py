@@ -151,7 +151,7 @@ def store(
         except OSError:
             pass
         directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        xdg.private_makedirs(directory)
         if os.stat(directory).st_mode & 0o077:
             os.chmod(directory, 0o700)
         tmp = f"{path}.{os.getpid()}.tmp"

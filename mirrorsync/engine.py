@@ -46,6 +46,7 @@ from mirrorsync.maildir import (
 )
 from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
 from mirrorsync.state import FolderState, Pair, PairRow, State
+from mirrorsync.xdg import private_makedirs
 
 # What only a changed folder needs is imported when one is met, so that a run that
 # finds nothing to do does not spend its time importing (see also cli.py).
@@ -158,7 +159,7 @@ class AccountSync:
                     f"move the state directory {self.account.state_dir} aside",
                 )
             if not self.options.dry_run:
-                self.maildir.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_makedirs(self.maildir.root)
         if not self.options.dry_run and self.state.journal_count():
             # A killed `archive` left work half done: finish or undo it before the
             # sync reads either side, or a file moved into a local-only folder could

@@ -35,6 +35,7 @@ from mirrorsync.statefiles import KILL_ENV as KILL_ENV
 from mirrorsync.statefiles import SCHEMA_VERSION as SCHEMA_VERSION
 from mirrorsync.statefiles import AccountLock as AccountLock
 from mirrorsync.statefiles import connect
+from mirrorsync.xdg import private_makedirs
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class State:
     @classmethod
     def open(cls, state_dir: Path) -> State:
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_makedirs(state_dir)
         except OSError as e:
             raise StateError(
                 f"cannot create state directory {state_dir}: {e.strerror}",

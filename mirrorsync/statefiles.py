@@ -10,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import os
 
+from mirrorsync.xdg import private_makedirs
+
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
     import sqlite3
@@ -65,8 +67,7 @@ class AccountLock:
         self._fd: int | None = None
 
     def __enter__(self) -> AccountLock:
-        # As Path.mkdir(parents=True, mode=0o700): only the last level gets the mode.
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        private_makedirs(os.path.dirname(self.path))
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -43,3 +43,24 @@ def cache_dir(env: Mapping[str, str]) -> str:
     """$XDG_CACHE_HOME/mirrorsync: files that can be deleted at any time (see
     `configcache`)."""
     return os.path.join(xdg_dir(env, "XDG_CACHE_HOME", ".cache"), "mirrorsync")
+
+
+def private_makedirs(path: str | os.PathLike[str]) -> None:
+    """Make `path` and each missing parent with mode 0700. `os.makedirs` gives its
+    mode to the last level only, so under `umask 000` the parents it made were left
+    world-writable around the user's mail, state and cache. Existing directories
+    are left as they are."""
+    missing = []
+    current = os.fspath(path)
+    while current and not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)  # a umask only ever takes bits away
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise

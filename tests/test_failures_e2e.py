@@ -130,3 +130,34 @@ def test_a_settled_unchanged_folder_is_skipped_and_a_later_change_seen(
     f.unlink()
     mirror.sync()
     assert len(mirror.server_uids("INBOX")) == 29
+
+
+def test_directories_made_under_umask_000_are_private(account: Any, tmp_path: Path) -> None:
+    """The Maildir root, the state directory and the cache, with every parent
+    mirrorsync had to make for them, are 0700 even under `umask 000`."""
+    base = tmp_path / "home"
+    m = Mirror(
+        account,
+        tmp_path / "cfg",
+        local={"path": str(base / "mail" / "deep" / "Mail"), "layout": "nested"},
+        state_dir=str(base / "state" / "deep" / "acct"),
+    )
+    m.client.append("INBOX", message(1))
+    cache = base / "cache" / "deep"
+    old_umask = os.umask(0)
+    old_cache = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        m.sync()
+    finally:
+        os.umask(old_umask)
+        if old_cache is not None:
+            os.environ["XDG_CACHE_HOME"] = old_cache
+    loose = {
+        str(p.relative_to(base)): oct(p.stat().st_mode & 0o777)
+        for p in [base, *base.rglob("*")]
+        if p.is_dir() and p != base and p.stat().st_mode & 0o077
+    }
+    assert not loose, loose
+    for top in ("mail", "state", "cache"):
+        assert (base / top).stat().st_mode & 0o777 == 0o700
