@@ -698,6 +698,13 @@ class ImapStore:
                 hint="use imaps, starttls or none",
             )
         context = _tls_context(remote) if remote.tls != "none" else None
+        if remote.tls == "none" and not quickimap.is_loopback(remote.host):
+            log.warning(
+                "%s: tls: none sends the password and all mail unencrypted to %s; "
+                "use tls: imaps or tls: starttls",
+                remote.source_key or "remote",
+                remote.host,
+            )
         timeout = imapclient.SocketTimeout(connect=remote.timeout, read=remote.timeout)
         try:
             waited = quickimap.timed_out.get((remote.host, remote.port))

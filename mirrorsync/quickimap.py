@@ -49,6 +49,18 @@ def quote(text: str) -> bytes | None:
     return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine (where clear text never leaves it): the only
+    place `tls: none` is not worth a warning."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "127" and all(p.isdigit() for p in parts):
+        return True
+    return name in ("::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1")
+
+
 # -- modified UTF-7 (RFC 3501 5.1.3) -----------------------------------------------------
 
 
@@ -349,6 +361,9 @@ class Session:
 
         quoted = quote(password)
         if tls not in ("none", "imaps") or quoted is None or not is_atom(username):
+            raise Unsure("a connection or login the quick check does not make")
+        if tls == "none" and not is_loopback(host):
+            # the full path warns of the clear-text password on every such run
             raise Unsure("a connection or login the quick check does not make")
         self._host, self._port, self._username, self._quoted = host, port, username, quoted
         # An ASCII host name goes to getaddrinfo as bytes: the same lookup, without the

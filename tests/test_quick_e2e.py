@@ -594,3 +594,45 @@ def test_filters_local_only_folders_and_maildirpp_are_honoured(
     r, took_quick = runs.sync(m)
     assert not took_quick and r.out.startswith("test: 2 folders, 1 uploaded"), r
     m.close()
+
+
+def test_tls_none_warns_on_every_run_unless_the_host_is_loopback(
+    account: Any,
+    tmp_path: Path,
+    runs: Runs,
+    monkeypatch: pytest.MonkeyPatch,
+    settle_clock: Any,
+) -> None:
+    m = Mirror(account, tmp_path)
+    fill(m)
+    for _ in range(3):
+        m.sync()
+        settle_clock.advance()
+    r, took_quick = runs.sync(m)
+    assert took_quick and "unencrypted" not in r.err  # 127.0.0.1: nothing to say
+    # The same server seen under a name that is not this machine's: every run says
+    # so, the no-op too (the quick check steps aside for the full path's warning).
+    monkeypatch.setattr(quickimap, "is_loopback", lambda _host: False)
+    for _ in range(2):
+        r, took_quick = runs.sync(m)
+        assert r.status == 0 and not took_quick, r
+        assert r.err.count("tls: none sends the password and all mail unencrypted") == 1, r
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("127.example.org", False),
+        ("imap.example.org", False),
+        ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert quickimap.is_loopback(host) is loopback
