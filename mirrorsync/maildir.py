@@ -47,6 +47,13 @@ INFO_SEPARATORS = (":", "!")  # "!" where ":" is not allowed in file names (mbsy
 _INFO_RE = re.compile(r"[:!]2,")
 _counter = itertools.count()
 _host: str | None = None  # escaped for a file name; looked up once
+# tmp/ files older than this are abandoned deliveries (maildir(5), mailbox.Maildir.clean)
+TMP_MAX_AGE = 36 * 3600.0
+# What `new_key` names (the R part is ours alone), with its creation second: the
+# mtime of a delivery's tmp file is set to the message's date, so only the name says
+# when it was made.
+_OWN_TMP = re.compile(r"(\d+)\.M\d+P\d+Q\d+R[0-9a-f]{16}\.")
+_tmp_cleaned: dict[str, float] = {}  # folder path -> when its tmp/ was last cleaned
 _NAME_MAX = 255
 _MARKER = "maildirfolder"  # maildir++: tells delivery agents (quota) this is a subfolder
 
@@ -583,6 +590,27 @@ class MaildirFolder:
         """Durably add one message (see `deliver_many`); `mtime` is the INTERNALDATE."""
         return self.deliver_many([(key, data, flags, mtime)])[0]
 
+    def clean_tmp(self, now: float | None = None) -> int:
+        """Remove what deliveries of ours that were killed left in tmp/: files of our
+        own naming made more than TMP_MAX_AGE ago. Other writers' files are never
+        touched. Done at most once an hour per folder (a daemon delivers often), before
+        a delivery; returns how many were removed."""
+        now = time.time() if now is None else now
+        if now - _tmp_cleaned.get(str(self.path), -TMP_MAX_AGE) < 3600:
+            return 0
+        _tmp_cleaned[str(self.path)] = now
+        removed = 0
+        tmp = self.path / "tmp"
+        with contextlib.suppress(OSError):  # a cleanup; the delivery reports real trouble
+            for name in _listdir_or_empty(tmp):
+                made = _OWN_TMP.match(name)
+                if made and now - int(made.group(1)) > TMP_MAX_AGE:
+                    _unlink_quiet(tmp / name)
+                    removed += 1
+        if removed:
+            log.info("%s: removed %d abandoned files from tmp/", self.name, removed)
+        return removed
+
     def deliver_stream(
         self,
         key: str,
@@ -594,6 +622,7 @@ class MaildirFolder:
         message of any size is never held in memory whole. Errors raised by `write`
         (a dropped connection) pass through; the half-written file is removed."""
         subdir, filename = self._target(key, flags)
+        self.clean_tmp()
         temps: list[Path] = []
         placed: list[Path] = []
         try:
@@ -633,6 +662,7 @@ class MaildirFolder:
         """`deliver_many` in two halves, so a caller can fetch the next batch while
         this one's files are written and fsynced by the I/O threads: `finish()` on the
         result places them (or `abandon()` removes them)."""
+        self.clean_tmp()
         tmpdir = os.path.join(self.path, "tmp")
         temps: list[str] = []
         staged: list[tuple[str, Path, LocalMessage]] = []

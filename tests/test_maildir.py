@@ -802,3 +802,26 @@ def test_settle_clock_makes_a_fresh_stamp_settled(
     settle_clock.advance()
     later = folder.stamp()
     assert later is not None and later.settled and later.value == stamp.value
+
+
+def test_a_delivery_removes_our_own_abandoned_tmp_files_only(tmp_path: Path) -> None:
+    """What killed runs left in tmp/ goes once it is older than 36 h, judged by the
+    time in its name (a tmp file's mtime is the message's date); files of other
+    writers, and our own recent ones (a delivery may be under way), stay."""
+    md = Maildir(tmp_path / "m", "nested")
+    folder = md.create_folder("INBOX")
+    tmp = folder.path / "tmp"
+    now = time.time()
+    old, recent = int(now - 40 * 3600), int(now - 3600)
+    ours_old = f"{old}.M1P2Q3R0123456789abcdef.host"
+    ours_recent = f"{recent}.M1P2Q4R0123456789abcdef.host"
+    theirs_old = f"{old}.M1P2Q3.host"  # the stdlib's, Dovecot's: not ours to judge
+    for name in (ours_old, ours_recent, theirs_old):
+        (tmp / name).write_bytes(b"partial")
+    maildir_mod._tmp_cleaned.clear()
+    folder.deliver(folder.new_key(), b"one", NO_FLAGS)
+    assert sorted(os.listdir(tmp)) == sorted([ours_recent, theirs_old])
+    # A second delivery within the hour does not list tmp/ again.
+    (tmp / ours_old).write_bytes(b"partial")
+    folder.deliver(folder.new_key(), b"two", NO_FLAGS)
+    assert ours_old in os.listdir(tmp)
