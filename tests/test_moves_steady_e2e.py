@@ -1,0 +1,218 @@
+"""Moves out of a folder in steady state, against a real Dovecot (with QRESYNC, with
+CONDSTORE only, and with no extensions): the sync gathers only what changed there,
+and a move must still be one move, never a copy of the rest of the folder. Also what
+`--dry-run` prints for a move: exactly what the real run then does."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorsync.devserver import Dovecot
+from tests.conftest import Account, SettleClock, _new_account
+from tests.harness import Mirror, message
+
+SIZE = 50
+
+
+@pytest.fixture(scope="module")
+def dovecot_condstore() -> Iterator[Dovecot]:
+    """A Dovecot with CONDSTORE but not QRESYNC: changes come as a delta of flags and
+    a UID listing, the path between QRESYNC's VANISHED and a full listing."""
+    server = Dovecot(
+        capabilities="IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS IDLE CONDSTORE MOVE UIDPLUS"
+    ).start()
+    yield server
+    server.cleanup()
+
+
+def _account(request: Any, kind: str) -> Account:
+    if kind == "condstore":
+        return _new_account(request.getfixturevalue("dovecot_condstore"))
+    return request.getfixturevalue({"qresync": "account", "basic": "basic_account"}[kind])
+
+
+def _steady(m: Mirror, clock: SettleClock) -> None:
+    """Sync until both folders are in steady state: their Maildir stamps settled and
+    recorded, so the next sync gathers only what changed on the server."""
+    m.sync()
+    clock.advance()
+    m.sync()
+    clock.advance()
+    assert "no changes" in m.sync().out
+
+
+def _counts(out: str) -> Counter[str]:
+    """The summary line's counts: '1 moved in, 2 uploaded' -> {moved in: 1, ...}."""
+    line = next(ln for ln in out.splitlines() if re.match(r"\w+: \d+ folders, ", ln))
+    body = line.split(" folders, ", 1)[1].rsplit(" (", 1)[0]
+    got: Counter[str] = Counter()
+    if body != "no changes":
+        for part in body.split(", "):
+            n, what = part.split(" ", 1)
+            got[what] += int(n)
+    return got
+
+
+def _sizes(m: Mirror) -> tuple[dict[str, int], dict[str, int]]:
+    server = {n: sum(c.values()) for n, c in m.server().items()}
+    local = {n: sum(c.values()) for n, c in m.local().items()}
+    return server, local
+
+
+def _server_move(m: Mirror, how: str, uid: int, src: str, dst: str) -> None:
+    c = m.client
+    c.select_folder(src)
+    if how == "move":
+        c.move([uid], dst)
+    else:
+        c.copy([uid], dst)
+        c.delete_messages([uid])
+        c.expunge()
+
+
+def _inodes(m: Mirror, folder: str) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in m.files(folder)}
+
+
+@pytest.mark.parametrize(
+    "kind,how",
+    [
+        ("qresync", "move"),
+        ("qresync", "copy"),
+        ("condstore", "move"),
+        ("condstore", "copy"),
+        ("basic", "copy"),
+    ],
+)
+def test_another_clients_move_out_of_a_steady_folder_is_one_move(
+    request: Any, tmp_path: Path, settle_clock: SettleClock, kind: str, how: str
+) -> None:
+    m = Mirror(_account(request, kind), tmp_path)
+    try:
+        c = m.client
+        c.create_folder("A")
+        c.create_folder("B")
+        for n in range(SIZE):
+            c.append("A", message(f"a{n}"), flags=[b"\\Seen"])
+        _steady(m, settle_clock)
+        before = _inodes(m, "A")
+        c.select_folder("A")
+        uid = sorted(c.search("ALL"))[SIZE // 2]
+        _server_move(m, how, uid, "A", "B")
+
+        r = m.sync()
+        assert _counts(r.out) == {"moved in": 1, "moved out": 1}, r.out
+        expected = {"INBOX": 0, "A": SIZE - 1, "B": 1}
+        assert _sizes(m) == (expected, expected)
+        (moved,) = m.files("B")
+        assert before[moved.name] == moved.stat().st_ino  # renamed, not downloaded
+        m.assert_mirrored()
+
+        for _ in range(2):  # nothing is left over, with or without a settled stamp
+            r = m.sync()
+            assert "no changes" in r.out, r.out
+            assert _sizes(m) == (expected, expected)
+            settle_clock.advance()
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("steady", [True, False])
+@pytest.mark.parametrize("kind", ["qresync", "condstore", "basic"])
+def test_an_unflagged_message_moved_on_the_server_is_renamed_not_downloaded(
+    request: Any, tmp_path: Path, settle_clock: SettleClock, kind: str, steady: bool
+) -> None:
+    """Unflagged mail lives in new/ (no info part). Moved by another client, the file
+    is renamed into the other folder, keeping its inode and its place in new/."""
+    m = Mirror(_account(request, kind), tmp_path)
+    try:
+        c = m.client
+        c.create_folder("B")
+        for n in range(4):
+            c.append("INBOX", message(f"u{n}"), flags=[] if n == 1 else [b"\\Seen"])
+        if steady:
+            _steady(m, settle_clock)
+        else:
+            m.sync()
+        (unflagged,) = [p for p in m.files("INBOX") if p.parent.name == "new"]
+        inode = unflagged.stat().st_ino
+        (uid,) = [u for u, fl in m.server_uids("INBOX").items() if not fl]
+        _server_move(m, "copy" if kind == "basic" else "move", uid, "INBOX", "B")
+
+        r = m.sync()
+        assert _counts(r.out) == {"moved in": 1, "moved out": 1}, r.out
+        (moved,) = m.files("B")
+        assert (moved.parent.name, moved.name) == ("new", unflagged.name)
+        assert moved.stat().st_ino == inode
+        assert _sizes(m) == ({"INBOX": 3, "B": 1}, {"INBOX": 3, "B": 1})
+        m.assert_mirrored()
+        assert "no changes" in m.sync().out
+    finally:
+        m.close()
+
+
+def _dry_counts(out: str) -> Counter[str]:
+    """What each dry-run line promises, in the words of the real run's summary."""
+    words = [
+        ("move on server ", ("moved out", "moved in")),
+        ("move locally ", ("moved out", "moved in")),
+        ("upload ", ("uploaded",)),
+        ("download ", ("downloaded",)),
+        ("delete on server ", ("deleted on server",)),
+        ("delete locally ", ("deleted locally",)),
+        ("flags ", ("flags",)),
+        ("link ", ("linked",)),
+    ]
+    got: Counter[str] = Counter()
+    for line in out.splitlines():
+        what = re.sub(r"^\[\w+\] (\w+: )?", "", line)
+        kinds = next((k for prefix, k in words if what.startswith(prefix)), None)
+        assert kinds is not None, line
+        got.update(kinds)
+    return got
+
+
+@pytest.mark.parametrize("kind", ["qresync", "basic"])
+@pytest.mark.parametrize("steady", [True, False])
+@pytest.mark.parametrize("side", ["local", "server"])
+def test_dry_run_shows_a_move_as_one_move_and_the_run_does_just_that(
+    request: Any, tmp_path: Path, settle_clock: SettleClock, kind: str, steady: bool, side: str
+) -> None:
+    m = Mirror(_account(request, kind), tmp_path)
+    try:
+        c = m.client
+        c.create_folder("B")
+        for n in range(6):
+            c.append("INBOX", message(f"d{n}"), flags=[b"\\Seen"])
+        if steady:
+            _steady(m, settle_clock)
+        else:
+            m.sync()
+        if side == "local":
+            f = m.files("INBOX")[2]
+            f.rename(m.folder_dir("B") / "cur" / f.name)
+            settle_clock.advance()
+        else:
+            uid = sorted(m.server_uids("INBOX"))[2]
+            _server_move(m, "copy", uid, "INBOX", "B")
+        server, local = _sizes(m)
+
+        dry = m.sync("--dry-run")
+        lines = dry.out.splitlines()
+        word = "move on server" if side == "local" else "move locally"
+        assert len(lines) == 1 and word in lines[0] and "INBOX -> B" in lines[0], dry.out
+        assert _sizes(m) == (server, local)  # a dry run changes nothing
+
+        r = m.sync()
+        assert _counts(r.out) == _dry_counts(dry.out) == {"moved in": 1, "moved out": 1}
+        expected = {"INBOX": 5, "B": 1}
+        assert _sizes(m) == (expected, expected)
+        assert m.sync("--dry-run").out == ""
+    finally:
+        m.close()
