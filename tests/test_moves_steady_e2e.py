@@ -216,3 +216,37 @@ def test_dry_run_shows_a_move_as_one_move_and_the_run_does_just_that(
         assert m.sync("--dry-run").out == ""
     finally:
         m.close()
+
+
+def test_the_daemon_keeps_another_clients_move_one_move(
+    account: Account, tmp_path: Path, settle_clock: SettleClock
+) -> None:
+    """The same as above through `mirrorsync daemon`, woken by NOTIFY for the two
+    folders: the source folder is not uploaded again."""
+    from tests.test_daemon import FAST, DaemonProcess
+
+    m = Mirror(account, tmp_path, daemon=FAST)
+    c = m.client
+    c.create_folder("A")
+    c.create_folder("B")
+    for n in range(SIZE):
+        c.append("A", message(f"a{n}"), flags=[b"\\Seen"])
+    _steady(m, settle_clock)
+    before = _inodes(m, "A")
+    settle_clock.advance(3600)  # the daemon's own stamps count as settled at once
+    d = DaemonProcess(m, tmp_path)
+    try:
+        d.ready()
+        c.select_folder("A")
+        _server_move(m, "move", sorted(c.search("ALL"))[SIZE // 2], "A", "B")
+        d.wait_for(lambda: len(m.files("B")) == 1, 10, "the move reaches the Maildir")
+        d.settle()
+        expected = {"INBOX": 0, "A": SIZE - 1, "B": 1}
+        assert _sizes(m) == (expected, expected), d.dump()
+        (moved,) = m.files("B")
+        assert before[moved.name] == moved.stat().st_ino, d.dump()
+        assert "uploaded" not in d.out and "downloaded" not in d.out, d.dump()
+        assert d.stop() == 0
+    finally:
+        d.kill()
+        m.close()
