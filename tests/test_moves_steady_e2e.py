@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mirrorsync.devserver import Dovecot
+from mirrorsync.maildir import MaildirFolder
 from tests.conftest import Account, SettleClock, _new_account
 from tests.harness import Mirror, message
 
@@ -91,7 +92,12 @@ def _inodes(m: Mirror, folder: str) -> dict[str, int]:
     ],
 )
 def test_another_clients_move_out_of_a_steady_folder_is_one_move(
-    request: Any, tmp_path: Path, settle_clock: SettleClock, kind: str, how: str
+    request: Any,
+    tmp_path: Path,
+    settle_clock: SettleClock,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    how: str,
 ) -> None:
     m = Mirror(_account(request, kind), tmp_path)
     try:
@@ -106,8 +112,18 @@ def test_another_clients_move_out_of_a_steady_folder_is_one_move(
         uid = sorted(c.search("ALL"))[SIZE // 2]
         _server_move(m, how, uid, "A", "B")
 
+        listed: list[str] = []
+        real = MaildirFolder.listing
+
+        def counted(self: MaildirFolder) -> Any:
+            listed.append(self.name)
+            return real(self)
+
+        monkeypatch.setattr(MaildirFolder, "listing", counted)
         r = m.sync()
+        monkeypatch.setattr(MaildirFolder, "listing", real)
         assert _counts(r.out) == {"moved in": 1, "moved out": 1}, r.out
+        assert listed == []  # the moved file is found by its name: cost follows the change
         expected = {"INBOX": 0, "A": SIZE - 1, "B": 1}
         assert _sizes(m) == (expected, expected)
         (moved,) = m.files("B")
