@@ -448,8 +448,13 @@ class AccountSync:
             with self.state.transaction():
                 self.state.put_folder(_started_row(dst, needs_match=True))
         if isinstance(move, MoveOnServer):
-            new_uid: int | None = None  # a dry run cannot know it: as if not told
-            if not dry:
+            if dry:
+                # The UID the move will most likely get (the target's next): a dry run
+                # cannot know it, and without one a flag change the reader made while
+                # moving the file would not show as the flag change it will be.
+                assert dst.status is not None
+                new_uid: int | None = max(dst.status.uidnext, max(dst.moved_in, default=0) + 1)
+            else:
                 self._select(move.src, src.status)
                 new_uid = self.remote.move([move.uid], move.dst).get(move.uid)
                 with self.state.transaction():
@@ -463,7 +468,7 @@ class AccountSync:
                 dst.local.pop(move.key, None)  # linked by content on the next run
                 dst.pending_match = True
             else:
-                dst.pairs.append(pair)
+                dst.pairs.append(Pair(new_uid, move.key, move.hash, move.flags, move.flags))
                 dst.remote[new_uid] = server_flags
                 dst.moved_in.add(new_uid)
         else:

@@ -196,10 +196,12 @@ def _dry_counts(out: str) -> Counter[str]:
 
 @pytest.mark.parametrize("kind", ["qresync", "basic"])
 @pytest.mark.parametrize("steady", [True, False])
-@pytest.mark.parametrize("side", ["local", "server"])
+@pytest.mark.parametrize("side", ["local", "local-flagged", "server"])
 def test_dry_run_shows_a_move_as_one_move_and_the_run_does_just_that(
     request: Any, tmp_path: Path, settle_clock: SettleClock, kind: str, steady: bool, side: str
 ) -> None:
+    """A move is one line; a reader who also flagged the file while moving it adds
+    one flag line, as the real run then stores the flag."""
     m = Mirror(_account(request, kind), tmp_path)
     try:
         c = m.client
@@ -210,9 +212,10 @@ def test_dry_run_shows_a_move_as_one_move_and_the_run_does_just_that(
             _steady(m, settle_clock)
         else:
             m.sync()
-        if side == "local":
+        if side.startswith("local"):
             f = m.files("INBOX")[2]
-            f.rename(m.folder_dir("B") / "cur" / f.name)
+            name = f.name.replace(":2,S", ":2,FS") if side == "local-flagged" else f.name
+            f.rename(m.folder_dir("B") / "cur" / name)
             settle_clock.advance()
         else:
             uid = sorted(m.server_uids("INBOX"))[2]
@@ -221,14 +224,18 @@ def test_dry_run_shows_a_move_as_one_move_and_the_run_does_just_that(
 
         dry = m.sync("--dry-run")
         lines = dry.out.splitlines()
-        word = "move on server" if side == "local" else "move locally"
-        assert len(lines) == 1 and word in lines[0] and "INBOX -> B" in lines[0], dry.out
+        word = "move on server" if side.startswith("local") else "move locally"
+        assert word in lines[0] and "INBOX -> B" in lines[0], dry.out
+        assert len(lines) == (2 if side == "local-flagged" else 1), dry.out
         assert _sizes(m) == (server, local)  # a dry run changes nothing
 
         r = m.sync()
-        assert _counts(r.out) == _dry_counts(dry.out) == {"moved in": 1, "moved out": 1}
+        moved = {"moved in": 1, "moved out": 1}
+        assert _counts(r.out) == _dry_counts(dry.out), (dry.out, r.out)
+        assert _counts(r.out) == (moved | {"flags": 1} if side == "local-flagged" else moved)
         expected = {"INBOX": 5, "B": 1}
         assert _sizes(m) == (expected, expected)
+        m.assert_mirrored()
         assert m.sync("--dry-run").out == ""
     finally:
         m.close()
