@@ -499,16 +499,22 @@ class AccountSync:
         """The file of `key` in a gathered folder. A folder that was not listed holds
         messages rebuilt from the state (key and flags, no file name, `cur/` assumed),
         so the file is looked for under its likely names (an unflagged one is in
-        `new/`), and the folder listed only if it is not there. Only this message is
-        learned: the view is never swapped for a listing, whose other files would
-        have no pair loaded and look new."""
+        `new/`), and the folder listed only if it is not there. The view is never
+        swapped for a listing, whose other files would have no pair loaded and look
+        new: a listing only names the files of the keys the view already holds (so
+        a folder is listed once however many of its messages moved)."""
         msg = inputs.local[key]
-        if inputs.local_scanned:
+        if inputs.local_scanned or msg.filename:
             return msg
         mfolder = self.maildir.folder(inputs.name)
-        found = mfolder.locate(key, msg.flags) or mfolder.scan().get(key)
+        found = mfolder.locate(key, msg.flags)
         if found is None:
-            raise MessageVanished(mfolder.path_of(msg), "find")
+            listed = mfolder.scan()
+            for k in inputs.local.keys() & listed.keys():
+                inputs.local[k] = listed[k]
+            found = listed.get(key)
+            if found is None:
+                raise MessageVanished(mfolder.path_of(msg), "find")
         inputs.local[key] = found
         return found
 

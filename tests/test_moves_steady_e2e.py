@@ -139,6 +139,61 @@ def test_another_clients_move_out_of_a_steady_folder_is_one_move(
         m.close()
 
 
+@pytest.mark.parametrize("kind", ["qresync", "basic"])
+def test_moved_files_under_unusual_names_cost_one_listing_of_the_folder(
+    request: Any,
+    tmp_path: Path,
+    settle_clock: SettleClock,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    """Files whose names carry letters mirrorsync does not sync (Dovecot's keyword
+    letters, `:2,Sa`) are not where the state's flags say: the folder is listed, once
+    for all the moves, and still only the moved files are touched."""
+    m = Mirror(_account(request, kind), tmp_path)
+    try:
+        c = m.client
+        c.create_folder("A")
+        c.create_folder("B")
+        for n in range(10):
+            c.append("A", message(f"k{n}"), flags=[b"\\Seen"])
+        m.sync()
+        for f in m.files("A")[:4]:
+            f.rename(f.with_name(f.name + "a"))
+        _steady(m, settle_clock)
+        before = _inodes(m, "A")
+        # Appended in order, so message k{n} has the n-th UID.
+        uids = sorted(m.server_uids("A"))
+        odd = [_number(p) for p in m.files("A") if p.name.endswith(":2,Sa")]
+        assert len(odd) == 4
+        for n in odd[:3]:
+            _server_move(m, "copy", uids[n], "A", "B")
+
+        listed: list[str] = []
+        real = MaildirFolder.listing
+
+        def counted(self: MaildirFolder) -> Any:
+            listed.append(self.name)
+            return real(self)
+
+        monkeypatch.setattr(MaildirFolder, "listing", counted)
+        r = m.sync()
+        monkeypatch.setattr(MaildirFolder, "listing", real)
+        assert _counts(r.out) == {"moved in": 3, "moved out": 3}, r.out
+        assert listed == ["A"]
+        assert all(before[p.name] == p.stat().st_ino for p in m.files("B"))
+        expected = {"INBOX": 0, "A": 7, "B": 3}
+        assert _sizes(m) == (expected, expected)
+        assert "no changes" in m.sync().out
+    finally:
+        m.close()
+
+
+def _number(p: Path) -> int:
+    """The n of the message(f"k{n}") in this file."""
+    return int(p.read_text().split("Message-ID: <k", 1)[1].split("@", 1)[0])
+
+
 @pytest.mark.parametrize("steady", [True, False])
 @pytest.mark.parametrize("kind", ["qresync", "condstore", "basic"])
 def test_an_unflagged_message_moved_on_the_server_is_renamed_not_downloaded(
