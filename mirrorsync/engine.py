@@ -753,14 +753,17 @@ class AccountSync:
         known: dict[str, LocalMessage],
     ) -> dict[str, LocalMessage]:
         """The files the plan renames or deletes, in a folder that was not listed:
-        each under its likely name, else from one listing. Only the planned keys are
-        returned, never the whole listing, whose other files have no pair loaded."""
+        each where it was found this run (a moved-in file) or under its likely name,
+        else from one listing. Only the planned keys are returned, never the whole
+        listing, whose other files have no pair loaded."""
         from mirrorsync import actions as act
 
         keys = [a.key for a in plan if isinstance(a, (act.DeleteLocal, act.UpdateFlags))]
         found: dict[str, LocalMessage] = {}
         for key in keys:
-            msg = mfolder.locate(key, known[key].flags) if key in known else None
+            msg = known.get(key)
+            if msg is not None and not msg.filename:
+                msg = mfolder.locate(key, msg.flags)
             if msg is None:
                 listed = mfolder.scan()
                 return {k: listed[k] for k in keys if k in listed}
