@@ -5,6 +5,7 @@ and a move must still be one move, never a copy of the rest of the folder. Also 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -46,6 +47,23 @@ def _steady(m: Mirror, clock: SettleClock) -> None:
     m.sync()
     clock.advance()
     assert "no changes" in m.sync().out
+
+
+@contextlib.contextmanager
+def _listings(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The folders listed (every scan comes down to `listing`) while inside."""
+    listed: list[str] = []
+    real = MaildirFolder.listing
+
+    def counted(self: MaildirFolder) -> Any:
+        listed.append(self.name)
+        return real(self)
+
+    monkeypatch.setattr(MaildirFolder, "listing", counted)
+    try:
+        yield listed
+    finally:
+        monkeypatch.setattr(MaildirFolder, "listing", real)
 
 
 def _counts(out: str) -> Counter[str]:
@@ -112,16 +130,8 @@ def test_another_clients_move_out_of_a_steady_folder_is_one_move(
         uid = sorted(c.search("ALL"))[SIZE // 2]
         _server_move(m, how, uid, "A", "B")
 
-        listed: list[str] = []
-        real = MaildirFolder.listing
-
-        def counted(self: MaildirFolder) -> Any:
-            listed.append(self.name)
-            return real(self)
-
-        monkeypatch.setattr(MaildirFolder, "listing", counted)
-        r = m.sync()
-        monkeypatch.setattr(MaildirFolder, "listing", real)
+        with _listings(monkeypatch) as listed:
+            r = m.sync()
         assert _counts(r.out) == {"moved in": 1, "moved out": 1}, r.out
         assert listed == []  # the moved file is found by its name: cost follows the change
         expected = {"INBOX": 0, "A": SIZE - 1, "B": 1}
@@ -169,16 +179,8 @@ def test_moved_files_under_unusual_names_cost_one_listing_of_the_folder(
         for n in odd[:3]:
             _server_move(m, "copy", uids[n], "A", "B")
 
-        listed: list[str] = []
-        real = MaildirFolder.listing
-
-        def counted(self: MaildirFolder) -> Any:
-            listed.append(self.name)
-            return real(self)
-
-        monkeypatch.setattr(MaildirFolder, "listing", counted)
-        r = m.sync()
-        monkeypatch.setattr(MaildirFolder, "listing", real)
+        with _listings(monkeypatch) as listed:
+            r = m.sync()
         assert _counts(r.out) == {"moved in": 3, "moved out": 3}, r.out
         assert listed == ["A"]
         assert all(before[p.name] == p.stat().st_ino for p in m.files("B"))
