@@ -354,7 +354,7 @@ class AccountSync:
             wanted: set[tuple[str | None, int]] = set()
             for n, p in lost_remote:
                 try:
-                    data = to_lf(self.maildir.folder(n).read(changed[n].local[p.key]))
+                    data = to_lf(self.maildir.folder(n).read(self._local_file(changed[n], p.key)))
                 except LocalStoreError:
                     continue
                 wanted.add((message_id(data), crlf_size(data)))
@@ -387,8 +387,9 @@ class AccountSync:
             if not isinstance(move, FreeOnServer) and not {move.src, move.dst} <= set(mirror):
                 continue
             if self.options.dry_run:
+                # The folders' plans are then made as if the move had been done, so a
+                # move shows as one line, not also as an upload and a deletion.
                 self.emit(f"[{self.account.name}] {move.describe()}")
-                continue
             _guarded(reports[move.src], self._execute_move, move, changed, reports)
 
     def _archived_candidates(self, changed: dict[str, FolderInputs]) -> dict[str, dict[str, str]]:
@@ -422,61 +423,101 @@ class AccountSync:
         changed: dict[str, FolderInputs],
         reports: dict[str, FolderReport],
     ) -> None:
+        """Carry out one move (a dry run only pretends to) and rewrite both folders'
+        inputs as if the message had always been where it is now."""
         from mirrorsync.actions import FreeOnServer, MoveOnServer
 
+        dry = self.options.dry_run
         if isinstance(move, FreeOnServer):
             # The content is safe in the local-only folder (its hash is the state's),
             # so the server copy goes; the file there is never touched.
             src = changed[move.src]
-            self._select(move.src, src.status)
-            self.remote.expunge([move.uid])
-            with self.state.transaction():
-                self.state.delete_pairs(move.src, [move.uid])
+            if not dry:
+                self._select(move.src, src.status)
+                self.remote.expunge([move.uid])
+                with self.state.transaction():
+                    self.state.delete_pairs(move.src, [move.uid])
+                reports[move.src].counts["freed on server (archived locally)"] += 1
             src.remote.pop(move.uid, None)
             src.pairs = [p for p in src.pairs if p.uid != move.uid]
-            reports[move.src].counts["freed on server (archived locally)"] += 1
             return
         src, dst = changed[move.src], changed[move.dst]
-        # Until the move is recorded, the destination is matched by content on the next
-        # run, so a kill right after the server or the file system moved the message
-        # links it there instead of copying it back.
-        with self.state.transaction():
-            self.state.put_folder(_started_row(dst, needs_match=True))
-        if isinstance(move, MoveOnServer):
-            self._select(move.src, src.status)
-            new_uid = self.remote.move([move.uid], move.dst).get(move.uid)
+        if not dry:
+            # Until the move is recorded, the destination is matched by content on the
+            # next run, so a kill right after the server or the file system moved the
+            # message links it there instead of copying it back.
             with self.state.transaction():
-                self.state.delete_pairs(move.src, [move.uid])
-                if new_uid is not None:
-                    pair = Pair(new_uid, move.key, move.hash, move.flags, move.flags)
-                    self.state.put_pairs(move.dst, [pair])
+                self.state.put_folder(_started_row(dst, needs_match=True))
+        if isinstance(move, MoveOnServer):
+            if dry:
+                # The UID the move will most likely get (the target's next): a dry run
+                # cannot know it, and without one a flag change the reader made while
+                # moving the file would not show as the flag change it will be.
+                assert dst.status is not None
+                new_uid: int | None = max(dst.status.uidnext, max(dst.moved_in, default=0) + 1)
+            else:
+                self._select(move.src, src.status)
+                new_uid = self.remote.move([move.uid], move.dst).get(move.uid)
+                with self.state.transaction():
+                    self.state.delete_pairs(move.src, [move.uid])
+                    if new_uid is not None:
+                        pair = Pair(new_uid, move.key, move.hash, move.flags, move.flags)
+                        self.state.put_pairs(move.dst, [pair])
             server_flags = src.remote.pop(move.uid)
             src.pairs = [p for p in src.pairs if p.uid != move.uid]
             if new_uid is None:
                 dst.local.pop(move.key, None)  # linked by content on the next run
                 dst.pending_match = True
             else:
-                dst.pairs.append(pair)
+                dst.pairs.append(Pair(new_uid, move.key, move.hash, move.flags, move.flags))
                 dst.remote[new_uid] = server_flags
                 dst.moved_in.add(new_uid)
         else:
-            if not src.local_scanned:
-                src.local = self.maildir.folder(move.src).scan()
-                src.local_scanned = True
-            moved = self.maildir.folder(move.src).move_to(
-                src.local[move.key], self.maildir.folder(move.dst)
-            )
+            # Only the moved file is looked for: the source's view may hold just the
+            # pairs a server delta named, and a listing of the whole folder there
+            # would make every other file look new (and be uploaded again).
+            msg = self._local_file(src, move.key)
+            if dry:
+                moved = msg
+            else:
+                mfolder = self.maildir.folder(move.src)
+                moved = mfolder.move_to(msg, self.maildir.folder(move.dst))
             pair = Pair(move.new_uid, move.key, move.hash, dst.remote[move.new_uid], moved.flags)
-            with self.state.transaction():
-                self.state.delete_pairs(move.src, [move.uid])
-                self.state.put_pairs(move.dst, [pair])
+            if not dry:
+                with self.state.transaction():
+                    self.state.delete_pairs(move.src, [move.uid])
+                    self.state.put_pairs(move.dst, [pair])
             src.local.pop(move.key)
             src.pairs = [p for p in src.pairs if p.uid != move.uid]
             dst.local[move.key] = moved
             dst.pairs.append(pair)
             dst.moved_in.add(move.new_uid)
-        reports[move.src].counts["moved out"] += 1
-        reports[move.dst].counts["moved in"] += 1
+        if not dry:
+            reports[move.src].counts["moved out"] += 1
+            reports[move.dst].counts["moved in"] += 1
+
+    def _local_file(self, inputs: FolderInputs, key: str) -> LocalMessage:
+        """The file of `key` in a gathered folder. A folder that was not listed holds
+        messages rebuilt from the state (key and flags, no file name, `cur/` assumed),
+        so the file is looked for under its likely names (an unflagged one is in
+        `new/`), and the folder listed only if it is not there. The view is never
+        swapped for a listing, whose other files would have no pair loaded and look
+        new: a listing only names the files of the keys the view already holds (so
+        a folder is listed once however many of its messages moved)."""
+        msg = inputs.local[key]
+        if inputs.local_scanned or msg.filename:
+            return msg
+        mfolder = self.maildir.folder(inputs.name)
+        found = mfolder.locate(key, msg.flags)
+        if found is None:
+            listed = mfolder.scan()
+            for k in inputs.local.keys() & listed.keys():
+                inputs.local[k] = listed[k]
+            found = listed.get(key)
+            if found is None:
+                raise MessageVanished(mfolder.path_of(msg), "find")
+        inputs.local[key] = found
+        return found
 
     def gather(self, name: str) -> FolderInputs | None:
         """What each side holds now, learned as cheaply as the state allows; None when
@@ -712,14 +753,21 @@ class AccountSync:
         plan: Sequence[act.MessageAction],
         known: dict[str, LocalMessage],
     ) -> dict[str, LocalMessage]:
+        """The files the plan renames or deletes, in a folder that was not listed:
+        each where it was found this run (a moved-in file) or under its likely name,
+        else from one listing. Only the planned keys are returned, never the whole
+        listing, whose other files have no pair loaded."""
         from mirrorsync import actions as act
 
         keys = [a.key for a in plan if isinstance(a, (act.DeleteLocal, act.UpdateFlags))]
         found: dict[str, LocalMessage] = {}
         for key in keys:
-            msg = mfolder.locate(key, known[key].flags) if key in known else None
+            msg = known.get(key)
+            if msg is not None and not msg.filename:
+                msg = mfolder.locate(key, msg.flags)
             if msg is None:
-                return mfolder.scan()
+                listed = mfolder.scan()
+                return {k: listed[k] for k in keys if k in listed}
             found[key] = msg
         return found
 
