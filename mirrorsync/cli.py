@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     sync.add_argument(
+        "--verify",
+        action="store_true",
+        help="list every folder on both sides and compare with the state (finds drift)",
+    )
+    sync.add_argument(
         "--force", action="store_true", help="allow deleting more than max_delete_share"
     )
     sync.add_argument(
@@ -202,6 +207,7 @@ def plain_sync(argv: Sequence[str] | None) -> argparse.Namespace | None:
         accounts=names,
         folder=[],
         dry_run=False,
+        verify=False,
         force=False,
         archive=False,
     )
@@ -293,7 +299,9 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     folders = tuple(canonical_folder(f.strip("/")) for f in args.folder)
     from mirrorsync.engine import SyncOptions
 
-    options = SyncOptions(dry_run=args.dry_run, force=args.force, folders=folders)
+    options = SyncOptions(
+        dry_run=args.dry_run, force=args.force, folders=folders, verify=args.verify
+    )
     if args.archive and not any(a.archive for a in accounts):
         raise UsageError(
             "--archive: no archive: rules in the configuration for "

@@ -338,7 +338,8 @@ class AccountLoop(threading.Thread):
         self.syncs += 1
         started = time.monotonic()
         try:
-            report = self._run_engine(SyncOptions(folders=folders))
+            # A full check trusts no recorded position: drift heals (see SyncOptions).
+            report = self._run_engine(SyncOptions(folders=folders, verify=bool(pending.full)))
         except ConnectionFailed as e:
             self._connection_failed(e)
             return False

@@ -73,6 +73,10 @@ class SyncOptions:
     dry_run: bool = False
     force: bool = False
     folders: tuple[str, ...] = ()  # --folder: only these (canonical names)
+    # Trust no recorded position or stamp: list every folder on both sides and compare
+    # with the state (`sync --verify`, the daemon's periodic check), so a drift that
+    # counts and MODSEQs cannot show is found and healed.
+    verify: bool = False
 
 
 @dataclass
@@ -118,6 +122,9 @@ class FolderInputs:
     # UIDs this run moved in: their server flags are known exactly (we just moved
     # them), so their stores need no UNCHANGEDSINCE, whose MODSEQ our move outdated.
     moved_in: set[int] = field(default_factory=set)
+    # What a verifying run found and left alone (see `_drop_duplicates`): counts for
+    # the folder's report.
+    found: dict[str, int] = field(default_factory=dict)
 
 
 class AccountSync:
@@ -282,6 +289,8 @@ class AccountSync:
     def _plan_and_execute(self, inputs: FolderInputs, rep: FolderReport) -> None:
         from mirrorsync.planner import guard_violation, plan_messages
 
+        for what, n in inputs.found.items():
+            rep.counts[what] += n
         mode = self.account.sync.mode_for(inputs.name)
         plan = plan_messages(inputs.pairs, inputs.remote, inputs.local, inputs.matches, mode)
         if not self.options.force:
@@ -526,7 +535,7 @@ class AccountSync:
         prior = self.prior.get(name)
         now = self.statuses.get(name)
         stamp = mfolder.stamp()
-        trusted = prior is not None and not prior.needs_match
+        trusted = prior is not None and not prior.needs_match and not self.options.verify
         remote_same = bool(
             trusted
             and prior
@@ -615,6 +624,9 @@ class AccountSync:
             from mirrorsync.matching import match_by_content
 
             matches = match_by_content(self.remote, mfolder, new_remote, new_local)
+        found: dict[str, int] = {}
+        if self.options.verify and rows and prior and not changed:
+            found = self._drop_duplicates(prior, mfolder, pairs, remote, local, matches)
         return FolderInputs(
             name,
             status,
@@ -628,7 +640,81 @@ class AccountSync:
             stamp=stamp,
             sizes=sizes,
             known=len(rows),
+            found=found,
         )
+
+    def _drop_duplicates(
+        self,
+        prior: FolderState,
+        mfolder: MaildirFolder,
+        differing: list[Pair],
+        remote: dict[int, Flags],
+        local: dict[str, LocalMessage],
+        matches: list[Match],
+    ) -> dict[str, int]:
+        """A verifying run's check of what the state should know but does not: a
+        server message below the UIDNEXT of the last sync, or a file that was there
+        before it, whose content is that of a message already synced and still there
+        is a second copy left by a drift. It is reported with its Message-ID and taken
+        out of the plan, never copied to the other side, where it would be a duplicate
+        too; `remote` and `local` lose those entries. Copies made since the last sync
+        are another client's or the reader's doing, and are synced as usual."""
+        from mirrorsync.content import content_hash, message_id, to_lf
+
+        name = prior.name
+        paired_u = {p.uid for p in differing} | {m.uid for m in matches}
+        paired_k = {p.key for p in differing} | {m.key for m in matches}
+        unknown_u = [u for u in remote if u not in paired_u and u < prior.uidnext]
+        unknown_k = [
+            k for k in local if k not in paired_k and _older(mfolder, local[k], prior.last_sync)
+        ]
+        if not unknown_u and not unknown_k:
+            return {}
+        # A pair in `differing` may be gone from one side; any other pair is steady,
+        # so present on both.
+        gone_u = {p.uid for p in differing if p.uid not in remote}
+        gone_k = {p.key for p in differing if p.key not in local}
+        synced: dict[str, Pair] = {}
+        for p in self.state.pairs(name):
+            if p.hash and p.uid not in gone_u and p.key not in gone_k:
+                synced.setdefault(p.hash, p)
+        found: dict[str, int] = defaultdict(int)
+        if unknown_u:
+            self._select(name)
+            for uid, data, _flags, _date in self.remote.fetch(unknown_u):
+                lf = to_lf(data)
+                twin = synced.get(content_hash(lf))
+                if twin is None:
+                    continue
+                log.warning(
+                    "%s: the server holds a second copy of a message already synced "
+                    "(UID %d, a copy of UID %d, Message-ID %s); it is left on the server "
+                    "and not downloaded",
+                    name,
+                    uid,
+                    twin.uid,
+                    message_id(lf) or "none",
+                )
+                del remote[uid]
+                found["duplicates on server (not downloaded)"] += 1
+        for key in unknown_k:
+            try:
+                lf = to_lf(mfolder.read(local[key]))
+            except LocalStoreError:
+                continue
+            twin = synced.get(content_hash(lf))
+            if twin is None:
+                continue
+            log.warning(
+                "%s: %s is a second copy of a message already synced (Message-ID %s); "
+                "it is not uploaded",
+                name,
+                mfolder.path_of(local[key]),
+                message_id(lf) or "none",
+            )
+            del local[key]
+            found["duplicates in the Maildir (not uploaded)"] += 1
+        return dict(found)
 
     @property
     def _qresync(self) -> bool:
@@ -1058,6 +1144,14 @@ class AccountSync:
                 send()
         send()
         return unresolved
+
+
+def _older(mfolder: MaildirFolder, msg: LocalMessage, than: float) -> bool:
+    """Whether the file was last renamed or changed before `than` (its ctime)."""
+    try:
+        return mfolder.path_of(msg).stat().st_ctime < than
+    except OSError:
+        return False
 
 
 def _ts(date: datetime | None) -> float | None:
