@@ -71,6 +71,20 @@ QUOTA_CAPABILITIES = FULL_CAPABILITIES | {"QUOTA"}
 # what Gmail offers of the fast paths: CONDSTORE but no QRESYNC
 CONDSTORE_CAPABILITIES = FULL_CAPABILITIES - {"QRESYNC"}
 BASIC_CAPABILITIES = frozenset({"IMAP4REV1", "LITERAL+", "SASL-IR", "LOGIN-REFERRALS", "IDLE"})
+# what Courier offers: UIDPLUS (so COPYUID) but no MOVE, CONDSTORE or QRESYNC
+UIDPLUS_CAPABILITIES = frozenset(
+    {
+        "IMAP4REV1",
+        "LITERAL+",
+        "ID",
+        "ENABLE",
+        "IDLE",
+        "NAMESPACE",
+        "CHILDREN",
+        "UNSELECT",
+        "UIDPLUS",
+    }
+)
 
 _SYSTEM_FLAGS = {
     f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
