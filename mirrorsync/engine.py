@@ -930,6 +930,7 @@ class AccountSync:
         the next run links the uploads by content instead of sending them again."""
         from mirrorsync.content import content_hash, to_crlf, to_lf
         from mirrorsync.errors import AppendRefused
+        from mirrorsync.stored import adopt_server_copies
 
         Upload = tuple[LocalMessage, str, bytes, datetime | None]  # file, hash, CRLF, date
         batch: list[Upload] = []
@@ -975,6 +976,19 @@ class AccountSync:
                     continue
                 done += zip(queue, uids, strict=True)
                 break
+            # The server may have stored something else than was sent (see `stored`):
+            # then the file takes the server's bytes before the pair is recorded.
+            # A failed check still records the uploads (as sent): a changed copy left to
+            # the next run's match by content would be missed and uploaded again.
+            sent = [(lm, digest, data, uid) for (lm, digest, data, _), uid in done if uid]
+            adopted: dict[int, str] = {}
+            unchecked: MirrorsyncError | None = None
+            try:
+                if sent:
+                    self._select(name)
+                adopted = adopt_server_copies(self.remote, name, mfolder, sent)
+            except (ServerError, ConnectionFailed) as e:
+                unchecked = e
             pairs = []
             for (lm, digest, _, _), uid in done:
                 if uid is None:
@@ -985,11 +999,13 @@ class AccountSync:
                         name,
                     )
                     continue
-                pairs.append(Pair(uid, lm.key, digest, lm.flags, lm.flags))
+                pairs.append(Pair(uid, lm.key, adopted.get(uid, digest), lm.flags, lm.flags))
             if pairs:
                 with self.state.transaction():
                     self.state.put_pairs(name, pairs)
                 rep.counts["uploaded"] += len(pairs)
+            if unchecked is not None:
+                raise unchecked
             batch.clear()
             size = 0
 

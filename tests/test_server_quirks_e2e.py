@@ -1,11 +1,16 @@
 """What servers do differently from the full Dovecot, end to end against a real
-Dovecot told to behave like them: UIDPLUS without MOVE (Courier)."""
+Dovecot: told to behave like them (UIDPLUS without MOVE, as Courier), or showing that
+a check for what they do costs nothing where it finds nothing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from mirrorsync.imapstore import ImapStore
+from mirrorsync.maildir import MaildirFolder
 from tests.harness import Mirror, message
 
 
@@ -30,4 +35,39 @@ def test_a_local_move_without_move_keeps_its_copyuid(uidplus_account: Any, tmp_p
     again = m.sync()
     assert "linked" not in again.out, again.out
     assert m.assert_mirrored() == snap
+    m.close()
+
+
+def test_dovecot_stores_what_is_sent_so_no_file_is_replaced(
+    account: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The check after an upload (see mirrorsync.stored) against a server that keeps
+    messages as sent: the sizes agree, the one message with raw 8-bit header bytes is
+    fetched back and found equal, and no file is rewritten or warned about."""
+    replaced: list[Any] = []
+    monkeypatch.setattr(MaildirFolder, "replace", lambda self, *a: replaced.append(a))
+    fetched: list[int] = []
+    real_fetch = ImapStore.fetch
+
+    def fetch(self: ImapStore, uids: Any) -> Any:
+        fetched.extend(uids)
+        return real_fetch(self, uids)
+
+    monkeypatch.setattr(ImapStore, "fetch", fetch)
+    m = Mirror(account, tmp_path)
+    m.sync()
+    inbox = m.folder_dir("INBOX")
+    names: dict[int, str] = {}
+    for n in range(3):
+        extra = "X-Note: caf\u00e9\r\n" if n == 0 else ""
+        names[n] = f"17000000{n}.test.host:2,S"
+        data = message(f"up{n}", extra=extra).replace(b"\r\n", b"\n")
+        (inbox / "cur" / names[n]).write_bytes(data)
+    inodes = {p.name: p.stat().st_ino for p in m.files("INBOX")}
+    m.sync()
+    assert len(fetched) == 1  # the one with 8-bit header bytes, fetched back
+    assert replaced == [] and "server changed" not in caplog.text
+    assert {p.name: p.stat().st_ino for p in m.files("INBOX")} == inodes
+    snap = m.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 3
     m.close()
