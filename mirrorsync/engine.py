@@ -649,7 +649,7 @@ class AccountSync:
                 self._select(name, status)
             hashes = {p.uid: p.hash for p in inputs.pairs}
             modseq = status.highestmodseq
-            touched_local |= self._apply_flags(
+            flagged, unapplied = self._apply_flags(
                 name,
                 mfolder,
                 local,
@@ -660,6 +660,7 @@ class AccountSync:
                 inputs.moved_in,
                 rep,
             )
+            touched_local |= flagged
             deletes = _of(plan, act.DeleteRemote)
             if deletes and not _still(mfolder, inputs.stamp):
                 # A directory listing is not atomic against a reader's renames, so a
@@ -686,14 +687,18 @@ class AccountSync:
             if rep.counts.get(NOT_UPLOADED):
                 rep.error = f"{rep.counts[NOT_UPLOADED]} messages could not be uploaded (see above)"
         else:
-            unresolved = 0
+            unresolved, unapplied = 0, False
 
         settled = inputs.stamp is not None and inputs.stamp.settled
+        # The recorded position never passes a server change that was not applied: a
+        # flag change left for the next run keeps the old one (as `started` has it),
+        # so the server reports that change again.
+        position = started if unapplied else status
         done = FolderState(
             name,
             status.uidvalidity,
-            status.uidnext,
-            status.highestmodseq,
+            position.uidnext,
+            position.highestmodseq,
             needs_match=unresolved > 0 or inputs.pending_match,
             local_stamp=inputs.stamp.value
             if settled and not touched_local and inputs.stamp
@@ -733,12 +738,14 @@ class AccountSync:
         modseq: int,
         exact: set[int],
         rep: FolderReport,
-    ) -> bool:
+    ) -> tuple[bool, bool]:
         """Server first (with UNCHANGEDSINCE where the server has CONDSTORE, so a flag
         another client changed meanwhile is merged next run, not overwritten), then
-        the files, then the state. Returns whether a file was renamed."""
+        the files, then the state. Returns whether a file was renamed, and whether a
+        change was left for the next run (then the caller must not record the
+        server's new HIGHESTMODSEQ, which would hide that change from the next run)."""
         if not items:
-            return False
+            return False, False
         from mirrorsync.actions import Link
 
         # One conditional STORE per distinct change: the store adds, then removes with
@@ -780,7 +787,7 @@ class AccountSync:
             mfolder.flush()  # every rename durable before the state records it
         with self.state.transaction():
             self.state.put_pairs(name, done)
-        return renamed
+        return renamed, len(done) < len(items)
 
     def _store(
         self, uids: list[int], add: Flags, remove: Flags, modseq: int, exact: set[int]
