@@ -35,6 +35,7 @@ from mirrorsync.errors import (
     LocalStoreError,
     MirrorsyncError,
     ServerError,
+    StateError,
 )
 from mirrorsync.maildir import Entry as ListedFile
 from mirrorsync.maildir import (
@@ -271,7 +272,7 @@ class AccountSync:
                 self.prior.pop(action.name, None)
             if not isinstance(action, (act.ForgetFolder, act.ResetFolder)):
                 log.info("%s", action.describe())
-        except ConnectionFailed:
+        except (ConnectionFailed, StateError):
             raise
         except MirrorsyncError as e:
             report.folders.append(FolderReport(action.name, error=str(e)))
@@ -1152,8 +1153,8 @@ def _guarded(rep: FolderReport, fn: Callable[..., R], *args: object) -> R | None
     lost connection is the account's."""
     try:
         return fn(*args)
-    except ConnectionFailed:
-        raise
+    except (ConnectionFailed, StateError):
+        raise  # the connection and the state are the whole account's
     except MirrorsyncError as e:
         rep.error = str(e)
         return None

@@ -4,12 +4,19 @@ a full disk under the state directory must not throw the good state away."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mirrorsync.engine import AccountSync
+from mirrorsync.state import DB_NAME
 from tests.harness import Mirror, message
 
 
@@ -50,4 +57,69 @@ def test_a_flag_change_skipped_for_a_readers_rename_arrives_next_run(
     snap = m.assert_mirrored()
     m.sync()
     assert m.assert_mirrored() == snap
+    m.close()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs of its own (root only), to be filled up for real."""
+    where = tmp_path / "small"
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(fs: Path) -> Path:
+    """Take every free byte of `fs`; the filler's path, to free them again."""
+    filler = fs / "filler"
+    with open(filler, "ab") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        with contextlib.suppress(OSError):
+            f.close()
+    return filler
+
+
+def test_a_full_disk_under_the_state_keeps_the_state(
+    account: Any, tmp_path: Path, small_fs: Path
+) -> None:
+    """The good database is neither moved aside nor emptied: the run says there is no
+    space (exit 1), and once there is, the next run goes on with the state intact,
+    so a message deleted locally is deleted on the server, not downloaded again."""
+    m = Mirror(account, tmp_path)
+    m.state_dir = small_fs / "state"
+    m.config.write_text(m.config.read_text().replace(str(tmp_path / "state"), str(m.state_dir)))
+    for n in range(3):
+        m.client.append("INBOX", message(n), flags=[b"\\Seen"])
+    m.sync()
+    db = m.state_dir / DB_NAME
+    before = db.stat().st_ino
+    m.files("INBOX")[0].unlink()
+    filler = _fill(small_fs)
+    r = m.run("sync")
+    assert r.status == 1, r
+    assert f"no space left for the state in {m.state_dir}" in r.err, r.err
+    assert "internal error" not in r.err
+    assert db.stat().st_ino == before
+    assert not [p for p in m.state_dir.iterdir() if ".corrupt-" in p.name]
+    assert len(m.server_uids("INBOX")) == 3  # nothing was done without its record
+    filler.unlink()
+    m.sync()
+    assert len(m.server_uids("INBOX")) == 2 and len(m.files("INBOX")) == 2
+    m.assert_mirrored()
     m.close()
