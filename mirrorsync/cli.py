@@ -321,7 +321,8 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
 def account_session(account: AccountConfig, env: Environment) -> AbstractContextManager[Session]:
     """The account's lock, a logged-in server connection, the state and the Maildir,
     for one run; all released whatever happens. A state database found damaged
-    mid-run becomes one clear line (the file is moved aside at the next start)."""
+    mid-run becomes one clear line (the file is moved aside at the next start); a
+    full, read-only or failing file system under it, another (the state is kept)."""
     import contextlib  # here, not at the top: the quick path does without it
 
     return contextlib.contextmanager(_session)(account, env)
@@ -331,10 +332,9 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
     import sqlite3
 
     from mirrorsync.config import resolve_password
-    from mirrorsync.errors import StateError
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
-    from mirrorsync.state import AccountLock, State
+    from mirrorsync.state import AccountLock, State, state_error
 
     with AccountLock(account.state_dir, account.name):
         remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
@@ -343,11 +343,7 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
             try:
                 yield Session(remote, state, Maildir(account.local.path, account.local.layout))
             except sqlite3.DatabaseError as e:
-                raise StateError(
-                    f"state database {state.path} is damaged ({e})",
-                    "move it aside and re-run: folders are then matched by content, "
-                    "nothing is lost or duplicated",
-                ) from e
+                raise state_error(e, state.path) from e
             finally:
                 state.close()
         finally:

@@ -35,6 +35,7 @@ from mirrorsync.errors import (
     LocalStoreError,
     MirrorsyncError,
     ServerError,
+    StateError,
 )
 from mirrorsync.maildir import Entry as ListedFile
 from mirrorsync.maildir import (
@@ -279,7 +280,7 @@ class AccountSync:
                 self.prior.pop(action.name, None)
             if not isinstance(action, (act.ForgetFolder, act.ResetFolder)):
                 log.info("%s", action.describe())
-        except ConnectionFailed:
+        except (ConnectionFailed, StateError):
             raise
         except MirrorsyncError as e:
             report.folders.append(FolderReport(action.name, error=str(e)))
@@ -777,7 +778,7 @@ class AccountSync:
                 self._select(name, status)
             hashes = {p.uid: p.hash for p in inputs.pairs}
             modseq = status.highestmodseq
-            touched_local |= self._apply_flags(
+            flagged, unapplied = self._apply_flags(
                 name,
                 mfolder,
                 local,
@@ -788,6 +789,7 @@ class AccountSync:
                 inputs.moved_in,
                 rep,
             )
+            touched_local |= flagged
             deletes = _of(plan, act.DeleteRemote)
             if deletes and not _still(mfolder, inputs.stamp):
                 # A directory listing is not atomic against a reader's renames, so a
@@ -814,14 +816,18 @@ class AccountSync:
             if rep.counts.get(NOT_UPLOADED):
                 rep.error = f"{rep.counts[NOT_UPLOADED]} messages could not be uploaded (see above)"
         else:
-            unresolved = 0
+            unresolved, unapplied = 0, False
 
         settled = inputs.stamp is not None and inputs.stamp.settled
+        # The recorded position never passes a server change that was not applied: a
+        # flag change left for the next run keeps the old one (as `started` has it),
+        # so the server reports that change again.
+        position = started if unapplied else status
         done = FolderState(
             name,
             status.uidvalidity,
-            status.uidnext,
-            status.highestmodseq,
+            position.uidnext,
+            position.highestmodseq,
             needs_match=unresolved > 0 or inputs.pending_match,
             local_stamp=inputs.stamp.value
             if settled and not touched_local and inputs.stamp
@@ -868,12 +874,14 @@ class AccountSync:
         modseq: int,
         exact: set[int],
         rep: FolderReport,
-    ) -> bool:
+    ) -> tuple[bool, bool]:
         """Server first (with UNCHANGEDSINCE where the server has CONDSTORE, so a flag
         another client changed meanwhile is merged next run, not overwritten), then
-        the files, then the state. Returns whether a file was renamed."""
+        the files, then the state. Returns whether a file was renamed, and whether a
+        change was left for the next run (then the caller must not record the
+        server's new HIGHESTMODSEQ, which would hide that change from the next run)."""
         if not items:
-            return False
+            return False, False
         from mirrorsync.actions import Link
 
         # One conditional STORE per distinct change: the store adds, then removes with
@@ -915,7 +923,7 @@ class AccountSync:
             mfolder.flush()  # every rename durable before the state records it
         with self.state.transaction():
             self.state.put_pairs(name, done)
-        return renamed
+        return renamed, len(done) < len(items)
 
     def _store(
         self, uids: list[int], add: Flags, remove: Flags, modseq: int, exact: set[int]
@@ -1065,6 +1073,7 @@ class AccountSync:
         the next run links the uploads by content instead of sending them again."""
         from mirrorsync.content import content_hash, to_crlf, to_lf
         from mirrorsync.errors import AppendRefused
+        from mirrorsync.stored import adopt_server_copies
 
         Upload = tuple[LocalMessage, str, bytes, datetime | None]  # file, hash, CRLF, date
         batch: list[Upload] = []
@@ -1110,6 +1119,19 @@ class AccountSync:
                     continue
                 done += zip(queue, uids, strict=True)
                 break
+            # The server may have stored something else than was sent (see `stored`):
+            # then the file takes the server's bytes before the pair is recorded.
+            # A failed check still records the uploads (as sent): a changed copy left to
+            # the next run's match by content would be missed and uploaded again.
+            sent = [(lm, digest, data, uid) for (lm, digest, data, _), uid in done if uid]
+            adopted: dict[int, str] = {}
+            unchecked: MirrorsyncError | None = None
+            try:
+                if sent:
+                    self._select(name)
+                adopted = adopt_server_copies(self.remote, name, mfolder, sent)
+            except (ServerError, ConnectionFailed) as e:
+                unchecked = e
             pairs = []
             for (lm, digest, _, _), uid in done:
                 if uid is None:
@@ -1120,11 +1142,13 @@ class AccountSync:
                         name,
                     )
                     continue
-                pairs.append(Pair(uid, lm.key, digest, lm.flags, lm.flags))
+                pairs.append(Pair(uid, lm.key, adopted.get(uid, digest), lm.flags, lm.flags))
             if pairs:
                 with self.state.transaction():
                     self.state.put_pairs(name, pairs)
                 rep.counts["uploaded"] += len(pairs)
+            if unchecked is not None:
+                raise unchecked
             batch.clear()
             size = 0
 
@@ -1272,8 +1296,8 @@ def _guarded(rep: FolderReport, fn: Callable[..., R], *args: object) -> R | None
     lost connection is the account's."""
     try:
         return fn(*args)
-    except ConnectionFailed:
-        raise
+    except (ConnectionFailed, StateError):
+        raise  # the connection and the state are the whole account's
     except MirrorsyncError as e:
         rep.error = str(e)
         return None

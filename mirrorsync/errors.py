@@ -85,6 +85,39 @@ class StateError(MirrorsyncError):
     """The state database is unusable."""
 
 
+# StateUnwritable's causes -> (what happened, what to do)
+_STATE_CAUSES = {
+    "full": ("no space left for the state in {where}", "free some space there and re-run"),
+    "read-only": (
+        "the state in {where} is on a read-only file system",
+        "make it writable (or point state_dir elsewhere) and re-run",
+    ),
+    "io": (
+        "the disk failed while reading or writing the state in {where}",
+        "check the disk (dmesg) and re-run",
+    ),
+    "access": (
+        "no permission to write the state in {where}",
+        "check the owner and mode of that directory and re-run",
+    ),
+}
+
+
+class StateUnwritable(StateError):
+    """The state database could not be written (or opened) for a reason outside it: a
+    full file system, a read-only one, an I/O error. Unlike damage, this says nothing
+    against the state itself: it is kept as it is and nothing is undone, so the run
+    stops (for the whole account) and the next one, once the cause is gone, goes on
+    from where this one stopped."""
+
+    def __init__(self, where: str, cause: str, detail: str = "") -> None:
+        what, todo = _STATE_CAUSES.get(cause, _STATE_CAUSES["io"])
+        message = what.format(where=where) + (f" ({detail})" if detail else "")
+        super().__init__(message, f"{todo}; the state is kept and nothing was undone")
+        self.where = where
+        self.cause = cause
+
+
 class LockedError(MirrorsyncError):
     """Another mirrorsync run holds the account's lock."""
 

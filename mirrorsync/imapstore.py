@@ -7,7 +7,8 @@ what the engine needs on top and papers over what imapclient 4.1.0 lacks:
   it was given to drop unsolicited responses, so it rejects sets; `_uid_fetch` sends the
   command through the client's imaplib object instead (see its docstring).
 * APPENDUID, read from the tagged APPEND response text; without UIDPLUS the new UID is
-  found by UIDNEXT, Message-ID and size.
+  found by UIDNEXT, Message-ID and size. COPYUID, of a MOVE (untagged) or a COPY
+  (tagged, where imapclient drops it), is read from imaplib's table (`_response_codes`).
 * MULTIAPPEND, many messages in one APPEND: imaplib sends one literal per command, and
   imapclient's `multiappend` takes a refused literal for a lost connection, so
   `_send_append` writes the command itself.
@@ -98,7 +99,9 @@ _FLAG_RE = re.compile(r'^\\?[^\x00-\x20\x7f-\U0010ffff(){%*"\\\]]+$')
 # uid-set: one UID per message appended; a MULTIAPPEND lists them in the messages'
 # order (RFC 4315), e.g. "7:9" or "7,9,12:13"
 _APPENDUID_RE = re.compile(rb"\[APPENDUID\s+(\d+)\s+([\d:,]+)\]", re.IGNORECASE)
-_COPYUID_RE = re.compile(rb"\[COPYUID\s+(\d+)\s+([\d:,]+)\s+([\d:,]+)\]", re.IGNORECASE)
+# The data of a COPYUID response code as imaplib files it: "uidvalidity old-set new-set",
+# possibly followed by the rest of the line when the text holds another "]".
+_COPYUID_RE = re.compile(rb"(\d+)\s+([\d:,]+)\s+([\d:,]+)")
 # imaplib turns bare CR or LF in an APPEND literal into CRLF; the size the server will
 # report is that of the converted message.
 _LINE_END_RE = re.compile(rb"\r\n|\r(?!\n)|\n")
@@ -1465,7 +1468,6 @@ class ImapStore:
             return {}
         folder = self._require_selected("move messages from")
         dest = self._server_name(name)
-        imap = self._client._imap
         found: dict[int, int] = {}
         has_move = "MOVE" in self._capabilities
         told = "UIDPLUS" in self._capabilities
@@ -1476,14 +1478,14 @@ class ImapStore:
                 before = self.identities(wanted)
                 uidnext = int(self._client.folder_status(dest, ["UIDNEXT"])[b"UIDNEXT"])
             for chunk in uid_set_chunks(wanted):
-                imap.untagged_responses.pop("OK", None)
+                self._response_codes("COPYUID")  # none left over from an earlier command
                 if has_move:
-                    text = self._client.move(chunk, dest)
+                    self._client.move(chunk, dest)
                 else:
-                    text = self._client.copy(chunk, dest)
-                for line in [text, *imap.untagged_responses.pop("OK", [])]:
-                    m = _COPYUID_RE.search(_as_bytes(line))
-                    if m and told:
+                    self._client.copy(chunk, dest)
+                for data in self._response_codes("COPYUID") if told else []:
+                    m = _COPYUID_RE.match(data)
+                    if m:
                         old, new = _uid_list(m.group(2)), _uid_list(m.group(3))
                         found.update(zip(old, new, strict=False))
         if not has_move:
@@ -1499,6 +1501,15 @@ class ImapStore:
                 if pool:
                     found[uid] = pool.pop(0)
         return found
+
+    def _response_codes(self, code: str) -> list[bytes]:
+        """Take the data of every ``[CODE ...]`` response code read since the last
+        call. imaplib files a response code's data under ``untagged_responses[CODE]``
+        whether it came in an untagged OK (MOVE's COPYUID, RFC 6851) or in the tagged
+        answer (COPY's COPYUID, RFC 4315); imapclient returns neither (its `copy` hands
+        back imaplib's FETCH list, None), so this is where the store reads imaplib's
+        table for them."""
+        return [_as_bytes(d) for d in self._client._imap.untagged_responses.pop(code, []) if d]
 
     # -- protocol: server space -----------------------------------------------------
 

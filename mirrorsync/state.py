@@ -7,14 +7,18 @@ half of one; what the engine did after its last commit is recognised on the next
 run (a folder left with `needs_match` is reconciled by content, so nothing is
 fetched or uploaded twice).
 
-A state file that SQLite cannot read is moved aside (never silently emptied) and a
+A state file that SQLite finds damaged is moved aside (never silently emptied) and a
 fresh one started: that forces a content match of every folder, which rebuilds the
-pairs without loss or duplication.
+pairs without loss or duplication. A file system that is full, read-only or failing
+says nothing against the state: then it is kept as it is and the run stops with
+`StateUnwritable` (moving a good state aside would make the next run start afresh,
+and messages deleted on one side would come back from the other).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirrorsync import flags as flagmod
-from mirrorsync.errors import StateError
+from mirrorsync.errors import MirrorsyncError, StateError, StateUnwritable
 from mirrorsync.model import Flags
 
 # The lock, the file name, the schema version and how a connection is opened live in
@@ -73,6 +77,89 @@ CREATE TABLE IF NOT EXISTS archive_journal (
     PRIMARY KEY (folder, uid)
 );
 """
+
+
+# SQLite's primary result codes (the low byte of an extended code) that tell what a
+# failure was about: the file system around the database, or its content.
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 3, 8, 10, 13, 14
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+# Python 3.10's exceptions carry no code: SQLite's own words for each (sqlite3_errstr).
+_CODE_OF_WORDS = {
+    "database or disk is full": _SQLITE_FULL,
+    "attempt to write a readonly database": _SQLITE_READONLY,
+    "disk I/O error": _SQLITE_IOERR,
+    "unable to open database file": _SQLITE_CANTOPEN,
+    "access permission denied": _SQLITE_PERM,
+    "database disk image is malformed": _SQLITE_CORRUPT,
+    "file is not a database": _SQLITE_NOTADB,
+}
+_ERRNO_CAUSE = {
+    errno.ENOSPC: "full",
+    errno.EDQUOT: "full",
+    errno.EROFS: "read-only",
+    errno.EIO: "io",
+    errno.EACCES: "access",
+    errno.EPERM: "access",
+}
+_NEARLY_FULL = 64 * 1024  # free bytes below which an I/O error is taken for a full disk
+
+
+def _sqlite_code(e: sqlite3.Error) -> int:
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    text = str(e)
+    return next((c for words, c in _CODE_OF_WORDS.items() if words in text), 0)
+
+
+def is_damage(e: sqlite3.Error) -> bool:
+    """Whether SQLite says the file's content is broken (the one case where the state
+    is moved aside and rebuilt)."""
+    return _sqlite_code(e) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def outside_cause(e: BaseException, state_dir: Path) -> str | None:
+    """The cause outside the database of a failure to use it ("full", "read-only",
+    "io", "access"), or None when the failure is not the file system's. SQLite
+    reports a full disk met while growing its shared-memory file as an I/O error, so
+    an I/O error or a file it cannot open is judged by the directory itself."""
+    if isinstance(e, OSError):
+        return _ERRNO_CAUSE.get(e.errno or 0, "io")
+    if not isinstance(e, sqlite3.Error):
+        return None
+    code = _sqlite_code(e)
+    if code == _SQLITE_FULL:
+        return "full"
+    if code == _SQLITE_READONLY:
+        return "read-only"
+    if code == _SQLITE_PERM:
+        return "access"
+    if code not in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
+        return None
+    try:
+        fs = os.statvfs(state_dir)
+    except OSError:
+        return "io"
+    if fs.f_flag & os.ST_RDONLY:
+        return "read-only"
+    if fs.f_bavail * fs.f_frsize < _NEARLY_FULL:
+        return "full"
+    if not os.access(state_dir, os.W_OK):
+        return "access"
+    return "io"
+
+
+def state_error(e: sqlite3.Error | OSError, path: Path) -> MirrorsyncError:
+    """The typed error for a failure to use the state database at `path`: the file
+    system's (the state is kept) or the database's own."""
+    cause = outside_cause(e, path.parent)
+    if cause is not None:
+        return StateUnwritable(str(path.parent), cause, str(e))
+    return StateError(
+        f"state database {path} is damaged ({e})",
+        "move it aside and re-run: folders are then matched by content, "
+        "nothing is lost or duplicated",
+    )
 
 
 @dataclass(frozen=True)
@@ -139,9 +226,15 @@ class State:
         path = state_dir / DB_NAME
         try:
             return cls._open_checked(path)
+        except OSError as e:
+            raise state_error(e, path) from e
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
                 raise StateError(f"state database {path} is locked by another process") from e
+            if not is_damage(e):
+                # A full, read-only or failing file system, or anything else that
+                # says nothing against the file: keep it as it is.
+                raise state_error(e, path) from e
             aside = path.with_name(f"{DB_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             os.replace(path, aside)
             log.warning(
@@ -187,16 +280,36 @@ class State:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """All of the body's writes or none. A failure of the file system (full,
+        read-only, I/O) rolls back and becomes `StateUnwritable`: what the body
+        recorded was already done, and the next run finds it out as after a kill."""
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._commits += 1
-        if self._commits == self._kill_at:
-            os._exit(137)
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._rollback()
+                raise
+            self._commits += 1
+            if self._commits == self._kill_at:
+                os._exit(137)
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.Error as e:
+            cause = outside_cause(e, self.path.parent)
+            if cause is None:
+                raise
+            raise StateUnwritable(str(self.path.parent), cause, str(e)) from e
+
+    def _rollback(self) -> None:
+        """End a failed transaction, if SQLite has not already (it rolls back by itself
+        after some errors, such as a full disk during COMMIT)."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     # -- account-wide values
 

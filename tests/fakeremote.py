@@ -71,6 +71,20 @@ QUOTA_CAPABILITIES = FULL_CAPABILITIES | {"QUOTA"}
 # what Gmail offers of the fast paths: CONDSTORE but no QRESYNC
 CONDSTORE_CAPABILITIES = FULL_CAPABILITIES - {"QRESYNC"}
 BASIC_CAPABILITIES = frozenset({"IMAP4REV1", "LITERAL+", "SASL-IR", "LOGIN-REFERRALS", "IDLE"})
+# what Courier offers: UIDPLUS (so COPYUID) but no MOVE, CONDSTORE or QRESYNC
+UIDPLUS_CAPABILITIES = frozenset(
+    {
+        "IMAP4REV1",
+        "LITERAL+",
+        "ID",
+        "ENABLE",
+        "IDLE",
+        "NAMESPACE",
+        "CHILDREN",
+        "UNSELECT",
+        "UIDPLUS",
+    }
+)
 
 _SYSTEM_FLAGS = {
     f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -120,13 +134,18 @@ class FakeRemoteStore:
         capabilities: Iterable[str] = FULL_CAPABILITIES,
         appenduid: bool = True,
         quota_limit: int = 1024 * 1024,
+        munge8bit: bool = False,
     ) -> None:
         """`appenduid=False` makes `append` and `append_many` return None, as
         `ImapStore` does when it cannot tell the new UID, so the engine's handling of
         that can be tested.
-        `quota_limit` is the STORAGE limit in KiB (with "QUOTA" in `capabilities`)."""
+        `quota_limit` is the STORAGE limit in KiB (with "QUOTA" in `capabilities`).
+        `munge8bit` stores every raw 8-bit byte of a message's header as "X", as
+        Cyrus does by default: the stored message differs from the one sent, with
+        the same size."""
         self._capabilities = frozenset(c.upper() for c in capabilities)
         self.appenduid = appenduid
+        self.munge8bit = munge8bit
         self.quota_limit = quota_limit
         self.folders: dict[str, FakeFolder] = {"INBOX": FakeFolder(next(_uidvalidities))}
         self.selected: str | None = None
@@ -468,7 +487,8 @@ class FakeRemoteStore:
         if when.tzinfo is None:
             when = when.astimezone()  # naive means local time, as in IMAP APPEND
         kept = {_canon_flag(x) for x in flags if x.lower() != "\\recent"}
-        f.messages[uid] = FakeMessage(bytes(data), kept, when, f.bump())
+        stored = _munge8bit(bytes(data)) if self.munge8bit else bytes(data)
+        f.messages[uid] = FakeMessage(stored, kept, when, f.bump())
         return uid
 
     def _store(self, uids: Iterable[int], flags: Flags, add: bool) -> None:
@@ -612,3 +632,12 @@ def _checked(name: str) -> str:
     if any(not part for part in name.split(SEP)):
         raise FolderNameError(f"folder name {name!r} has an empty component")
     return name
+
+
+def _munge8bit(data: bytes) -> bytes:
+    """Cyrus's `munge8bit` (message_copy_strict): each byte >= 0x80 in the header
+    section, up to the first empty line, becomes "X"."""
+    end = data.find(b"\r\n\r\n")
+    head_end = len(data) if end < 0 else end
+    head = bytes(b if b < 0x80 else ord("X") for b in data[:head_end])
+    return head + data[head_end:]

@@ -32,6 +32,7 @@ from fakeremote import (
     CONDSTORE_CAPABILITIES,
     FULL_CAPABILITIES,
     QUOTA_CAPABILITIES,
+    UIDPLUS_CAPABILITIES,
     FakeRemoteStore,
 )
 from imapclient.imap_utf7 import decode as utf7_decode
@@ -207,6 +208,19 @@ def append_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield from _backend(request)
 
 
+@pytest.fixture(
+    params=[*_IMAP_KINDS, pytest.param("dovecot_uidplus", marks=_dovecot), "fake", "fake_uidplus"]
+)
+def move_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """`backend`, and UIDPLUS without MOVE (Courier): the move is a UID COPY whose
+    COPYUID comes in the tagged answer rather than in an untagged OK."""
+    yield from _backend(request)
+
+
+# The Dovecot each kind runs against, where it is not the full one.
+_ACCOUNTS = {"dovecot_basic": "basic_account", "dovecot_uidplus": "uidplus_account"}
+
+
 def _backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     kind = request.param
     if kind.startswith("fake"):
@@ -214,11 +228,12 @@ def _backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
             "fake_basic": BASIC_CAPABILITIES,
             "fake_condstore": CONDSTORE_CAPABILITIES,
             "fake_no_multiappend": FULL_CAPABILITIES - {"MULTIAPPEND"},
+            "fake_uidplus": UIDPLUS_CAPABILITIES,
         }
         fake = FakeRemoteStore(caps.get(kind, FakeRemoteStore().capabilities))
         yield Backend(kind, fake, FakeOther(fake))
         return
-    account = request.getfixturevalue("basic_account" if kind == "dovecot_basic" else "account")
+    account = request.getfixturevalue(_ACCOUNTS.get(kind, "account"))
     disable = _DISABLE.get(kind, ())
     store = ImapStore.connect(remote_config(account), account.password, disable=disable)
     other = ImapOther(account)
@@ -1281,8 +1296,8 @@ def test_list_folders_skips_unrepresentable_names(caplog: pytest.LogCaptureFixtu
     assert "INBOX.a/b" in caplog.text
 
 
-def test_move_keeps_flags_and_date_and_tells_the_new_uid(backend: Backend) -> None:
-    store = backend.store
+def test_move_keeps_flags_and_date_and_tells_the_new_uid(move_backend: Backend) -> None:
+    store = move_backend.store
     store.create_folder("Archive")
     date = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
     uids = [
@@ -1295,12 +1310,15 @@ def test_move_keeps_flags_and_date_and_tells_the_new_uid(backend: Backend) -> No
     store.select("Archive")
     there = store.list_messages()
     assert len(there) == 2
-    # From COPYUID, or (without UIDPLUS) found by Message-ID and size.
+    # From COPYUID (of the MOVE's untagged OK or the COPY's tagged OK), or (without
+    # UIDPLUS) found by Message-ID and size; each old UID paired with its own message.
     assert set(moved) == {uids[0], uids[2]} and set(moved.values()) == set(there)
-    for _uid, data, flags, when in store.fetch(sorted(there)):
+    got = {uid: (data, flags, when) for uid, data, flags, when in store.fetch(sorted(there))}
+    for i in (0, 2):
+        data, flags, when = got[moved[uids[i]]]
         assert {"\\Seen", "\\Flagged"} <= set(flags)
         assert when == date
-        assert content.message_id(data) in {"<mv0@mirrorsync.test>", "<mv2@mirrorsync.test>"}
+        assert content.message_id(data) == f"<mv{i}@mirrorsync.test>"
     assert store.move([], "Archive") == {}
 
 

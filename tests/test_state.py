@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mirrorsync.errors import LockedError, StateError
+from mirrorsync import state as state_module
+from mirrorsync.errors import ExitStatus, LockedError, StateError, StateUnwritable
 from mirrorsync.state import DB_NAME, AccountLock, FolderState, Pair, State
 
 
@@ -78,3 +81,98 @@ def test_archive_journal(tmp_path: Path) -> None:
     s = State.open(tmp_path)
     assert s.journal() == [c]
     s.close()
+
+
+# -- a file system that is full, read-only or failing is not damage -------------------
+
+
+class _Failing:
+    """A connection that fails one statement as SQLite does on a full disk, and passes
+    the rest to the real one (sqlite3's connections take no new attributes)."""
+
+    def __init__(self, conn: sqlite3.Connection, on: str, error: sqlite3.Error) -> None:
+        self._conn, self._on, self._error = conn, on, error
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.strip().startswith(self._on):
+            raise self._error
+        return self._conn.execute(sql, *args)
+
+    def executescript(self, sql: str) -> Any:
+        if sql.strip().startswith(self._on):
+            raise self._error
+        return self._conn.executescript(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def _good_state(path: Path) -> None:
+    s = State.open(path)
+    with s.transaction():
+        s.put_folder(FolderState("INBOX", 7, 10, 99))
+        s.put_pairs("INBOX", [Pair(3, "k3", "h", frozenset(), frozenset())])
+    s.close()
+
+
+def _intact(path: Path) -> None:
+    assert not [p for p in path.iterdir() if ".corrupt-" in p.name]
+    s = State.open(path)
+    assert s.folder("INBOX") == FolderState("INBOX", 7, 10, 99)
+    assert [p.uid for p in s.pairs("INBOX")] == [3]
+    s.close()
+
+
+@pytest.mark.parametrize(
+    ("words", "said"),
+    [
+        ("database or disk is full", "no space left for the state in"),
+        ("attempt to write a readonly database", "read-only file system"),
+    ],
+)
+def test_a_full_disk_at_open_keeps_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, words: str, said: str
+) -> None:
+    """Before, any error at open moved the good database aside and started afresh
+    (so deletions came back): the file system's errors now keep it."""
+    _good_state(tmp_path)
+    real = state_module.connect
+
+    def connect(path: Any) -> Any:
+        return _Failing(real(path), "CREATE", sqlite3.OperationalError(words))
+
+    monkeypatch.setattr(state_module, "connect", connect)
+    with pytest.raises(StateUnwritable, match=said) as got:
+        State.open(tmp_path)
+    assert got.value.exit_status == ExitStatus.PARTIAL
+    assert str(tmp_path) in str(got.value) and "the state is kept" in str(got.value)
+    monkeypatch.setattr(state_module, "connect", real)
+    _intact(tmp_path)
+
+
+def test_a_full_disk_at_commit_rolls_back_and_keeps_the_state(tmp_path: Path) -> None:
+    _good_state(tmp_path)
+    s = State.open(tmp_path)
+    full = sqlite3.OperationalError("database or disk is full")
+    s._db = _Failing(s._db, "COMMIT", full)  # type: ignore[assignment]
+    with pytest.raises(StateUnwritable, match="no space left for the state in"), s.transaction():
+        s.delete_pairs("INBOX", [3])
+    assert not s._db.in_transaction
+    s.close()
+    _intact(tmp_path)
+
+
+def test_damage_found_at_open_is_still_moved_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _good_state(tmp_path)
+    real = state_module.connect
+
+    def connect(path: Any) -> Any:
+        damage = sqlite3.DatabaseError("database disk image is malformed")
+        return _Failing(real(path), "SELECT count(*) FROM sqlite_master", damage)
+
+    monkeypatch.setattr(state_module, "connect", connect)
+    with pytest.raises(sqlite3.DatabaseError):  # the fresh file fails the same way here
+        State.open(tmp_path)
+    assert [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]

@@ -28,8 +28,14 @@ def message(n: int, size: int = 0) -> bytes:
 
 
 class World:
-    def __init__(self, tmp: Path, capabilities: frozenset[str], appenduid: bool = True) -> None:
-        self.remote = FakeRemoteStore(capabilities, appenduid=appenduid)
+    def __init__(
+        self,
+        tmp: Path,
+        capabilities: frozenset[str],
+        appenduid: bool = True,
+        remote: FakeRemoteStore | None = None,
+    ) -> None:
+        self.remote = remote or FakeRemoteStore(capabilities, appenduid=appenduid)
         self.remote.create_folder("Bulk")
         self.maildir = Maildir(tmp / "Mail")
         self.maildir.root.mkdir(parents=True)
@@ -194,3 +200,80 @@ def test_an_error_after_the_server_stored_a_message_leaves_it_for_matching(
     unresolved, rep = w.upload()
     assert rep.counts[NOT_UPLOADED] == 1 and unresolved == 1
     assert len(w.remote.folders["Bulk"].messages) == 1 and w.state.pairs("Bulk") == []
+
+
+# -- a server that stores something else than was sent ----------------------------------
+
+EIGHT_BIT = "Message-ID: <8bit@up.test>\nSubject: caf\u00e9 cr\u00e8me\n\nbody caf\u00e9\n".encode()
+
+
+@pytest.mark.parametrize("caps", CAPS)
+def test_a_message_the_server_munges_takes_the_servers_bytes(
+    tmp_path: Path, caps: frozenset[str], caplog: Any
+) -> None:
+    """Cyrus's munge8bit turns raw 8-bit header bytes into "X", keeping the size. The
+    file then holds the server's bytes (same name, date), the state the server's hash,
+    and one warning names the message; a plain message is neither fetched nor touched."""
+    w = World(tmp_path, caps, remote=FakeRemoteStore(caps, munge8bit=True))
+    changed = w.add(EIGHT_BIT, SEEN, 1_600_000_000)
+    plain = w.add(message(1))
+    before = {k: w.folder.path_of(m) for k, m in w.folder.scan().items()}
+    fetched: list[int] = []
+    real = w.remote.fetch
+    w.remote.fetch = lambda uids: (fetched.extend(uids), real(uids))[1]  # type: ignore[method-assign]
+    unresolved, rep = w.upload()
+    assert unresolved == 0 and rep.counts["uploaded"] == 2
+    pairs = {p.key: p for p in w.state.pairs("Bulk")}
+    served = w.remote.folders["Bulk"].messages[pairs[changed].uid].data
+    assert (
+        served == b"Message-ID: <8bit@up.test>\r\nSubject: cafXX crXXme\r\n\r\nbody caf\xc3\xa9\r\n"
+    )
+    after = {k: w.folder.path_of(m) for k, m in w.folder.scan().items()}
+    assert after == before  # same keys, flags and subdirectories
+    assert after[changed].read_bytes() == served.replace(b"\r\n", b"\n")
+    assert after[changed].stat().st_mtime == 1_600_000_000
+    assert pairs[changed].hash == content_hash(served.replace(b"\r\n", b"\n"))
+    assert after[plain].read_bytes() == w.datas[plain]
+    assert pairs[plain].hash == content_hash(w.datas[plain])
+    assert fetched == [pairs[changed].uid]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "Bulk" in warnings[0] and "<8bit@up.test>" in warnings[0]
+    assert not list((w.folder.path / "tmp").iterdir())
+
+
+class AddsHeader(FakeRemoteStore):
+    """A server that adds a header to what it is sent: the stored size differs."""
+
+    def _add(self, f: Any, data: bytes, flags: Any, date: Any) -> int:
+        return super()._add(f, b"X-Stored: yes\r\n" + data, flags, date)
+
+
+def test_a_message_the_server_grows_is_found_by_its_size(tmp_path: Path, caplog: Any) -> None:
+    w = World(tmp_path, FULL_CAPABILITIES, remote=AddsHeader(FULL_CAPABILITIES))
+    key = w.add(b"Subject: no id\n\nbody\n")
+    w.upload()
+    (msg,) = w.folder.scan().values()
+    assert w.folder.read(msg) == b"X-Stored: yes\nSubject: no id\n\nbody\n"
+    (pair,) = w.state.pairs("Bulk")
+    assert pair.key == key and pair.hash == content_hash(w.folder.read(msg))
+    assert "subject 'no id'" in caplog.text
+
+
+def test_a_failed_check_still_records_the_uploads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The messages are on the server: left to a match by content, a changed copy
+    would be missed and uploaded again, so they are recorded as sent."""
+    from mirrorsync.errors import ServerError
+
+    w = World(tmp_path, FULL_CAPABILITIES, remote=FakeRemoteStore(munge8bit=True))
+    w.add(EIGHT_BIT)
+
+    def fails(uids: Any) -> Any:
+        raise ServerError("Bulk: connection lost")
+
+    monkeypatch.setattr(w.remote, "sizes", fails)
+    with pytest.raises(ServerError):
+        w.upload()
+    (pair,) = w.state.pairs("Bulk")
+    assert pair.hash == content_hash(EIGHT_BIT)
