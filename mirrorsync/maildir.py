@@ -289,6 +289,9 @@ class Maildir:
         self.root = Path(root)
         self.layout = layout
         self.info_sep = info_sep
+        # Folder -> directory where it is for now, instead of where the layout keeps
+        # it: a dry run reads another tool's directory it would rename (see `adopt`).
+        self.aliases: dict[str, Path] = {}
 
     def exists(self) -> bool:
         return self.root.is_dir()
@@ -299,9 +302,8 @@ class Maildir:
     def folder(self, name: str) -> MaildirFolder:
         """Raises FolderNameError for names this layout cannot store."""
         name = canonical_folder(name)
-        return MaildirFolder(
-            folder_path(self.root, self.layout, name), name, info_sep=self.info_sep
-        )
+        path = self.aliases.get(name) or folder_path(self.root, self.layout, name)
+        return MaildirFolder(path, name, info_sep=self.info_sep)
 
     def create_folder(self, name: str) -> MaildirFolder:
         """Create the folder (and missing parents) with mode 0700; completes a folder
