@@ -63,6 +63,20 @@ def encode_mutf7(name: str) -> str:
     return encoded.decode("ascii") if isinstance(encoded, bytes) else str(encoded)
 
 
+def encode_name(name: str) -> str:
+    """A canonical folder name with each component in modified UTF-7."""
+    return SEP.join(encode_mutf7(p) for p in name.split(SEP))
+
+
+def decode_name(name: str) -> str | None:
+    """The canonical name a directory's modified UTF-7 name stands for; None when a
+    component is not modified UTF-7 (it could not be mapped back)."""
+    parts = [decode_mutf7(p) for p in name.split(SEP)]
+    if any(p is None or not p or SEP in p for p in parts):
+        return None
+    return SEP.join(p for p in parts if p is not None)
+
+
 @dataclass(frozen=True)
 class Adoption:
     """Directory `src`, written by another tool, is folder `name`; it goes to `dst`."""
@@ -83,6 +97,10 @@ def _spellings(name: str) -> list[tuple[list[str], str]]:
     utf7 = [encode_mutf7(p) for p in parts]
     if utf7 != parts:
         out.append((utf7, "modified UTF-7"))
+        # under a parent already renamed to (or always spelled in) UTF-8
+        last = [*parts[:-1], utf7[-1]]
+        if last not in (parts, utf7):
+            out.append((last, "modified UTF-7"))
     return out
 
 
@@ -136,17 +154,19 @@ def plan(
     wanted: Iterable[str],
     claimed: Iterable[str],
     warn: Callable[..., None] = log.warning,
+    spell: Callable[[str], str] = str,
 ) -> list[Adoption]:
     """Renames that bring another tool's directories of the folders `wanted` (server
     folders that have no directory of mirrorsync's yet) where `layout` keeps them.
     `claimed` are the folders whose own directories must never be taken (every
     server folder and every folder the state knows). Parents come before children,
-    since renaming a nested parent carries its children along."""
+    since renaming a nested parent carries its children along. `spell` gives a
+    folder's directory name (modified UTF-7 with local.folder_names)."""
     top = os.fspath(root)
     taken = set()
     for n in claimed:
         try:
-            taken.add(folder_dir(top, layout, n))
+            taken.add(folder_dir(top, layout, spell(n)))
         except Exception:  # a name this layout cannot store has no directory to protect
             continue
     view = _View()
@@ -161,7 +181,7 @@ def plan(
             found.setdefault(name, []).append((path, scheme))
     for name in sorted(found):
         try:
-            dst = folder_dir(top, layout, name)
+            dst = folder_dir(top, layout, spell(name))
         except Exception:
             continue  # refused by the layout: the sync says why
         if view.exists(dst):

@@ -359,7 +359,15 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
         try:
             state = State.open(account.state_dir)
             try:
-                yield Session(remote, state, Maildir(account.local.path, account.local.layout))
+                yield Session(
+                    remote,
+                    state,
+                    Maildir(
+                        account.local.path,
+                        account.local.layout,
+                        folder_names=account.local.folder_names,
+                    ),
+                )
             except sqlite3.DatabaseError as e:
                 raise StateError(
                     f"state database {state.path} is damaged ({e})",

@@ -246,6 +246,7 @@ class AccountSync:
             self.maildir.layout,
             remote_names - local_names - known,
             remote_names | known | local_only | set(self.prior),
+            spell=self.maildir.dir_name,
         )
         if not plans:
             return local_names

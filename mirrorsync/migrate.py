@@ -41,7 +41,6 @@ from mirrorsync import adopt
 from mirrorsync import flags as flagmod
 from mirrorsync.content import content_hash, to_lf
 from mirrorsync.errors import LocalStoreError, UsageError
-from mirrorsync.layout import folder_dir
 from mirrorsync.maildir import Maildir, MaildirFolder
 from mirrorsync.model import Flags, LocalMessage
 from mirrorsync.names import SEP
@@ -108,10 +107,8 @@ def locate_folders(maildir: Maildir, server: Iterable[str]) -> dict[str, Path]:
     names = sorted(server)
     for name in names:
         try:
-            own = folder_dir(root, maildir.layout, name)
+            own = os.fspath(maildir.folder(name).path)
         except LocalStoreError:
-            own = ""
-        except Exception:
             own = ""
         found = [own] if own and _is_maildir(own) else []
         if not found:
@@ -489,7 +486,7 @@ def migrate_account(
     plans = build(tool, folders, remote, maildir, {n: s.uidvalidity for n, s in statuses.items()})
     adoptions = []
     for fp in plans:
-        dst = Path(folder_dir(os.fspath(root), maildir.layout, fp.folder.name))
+        dst = maildir.folder(fp.folder.name).path
         if dst != fp.folder.path:
             adoptions.append(adopt.Adoption(fp.folder.name, fp.folder.path, dst, "renamed"))
     # Parents first (a nested parent carries its children along), then the paths of

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from mirrorsync import adopt
 from mirrorsync import flags as flagmod
 from mirrorsync.content import content_hash, to_lf
 from mirrorsync.migrate import strip_tracking
@@ -372,3 +373,38 @@ def test_first_sync_guard_stops_unmatched_uploads(account: Any, tmp_path: Path) 
     forced = m.sync("--force")
     assert counts(forced.out)["uploaded"] == 9
     mirrored(m)
+
+
+def test_modified_utf7_names_kept_for_the_old_tool_beside(account: Any, tmp_path: Path) -> None:
+    """local.folder_names: modified-utf-7 keeps the directories as mbsync named them,
+    and a folder new on the server gets a directory mbsync would find."""
+    local_cfg = {"path": str(tmp_path / "Mail"), "folder_names": "modified-utf-7"}
+    m = Mirror(account, tmp_path, local=local_cfg)
+    populate(m)
+    run_mbsync(m, tmp_path)
+    before = m.server()
+    done = m.run("migrate", "test", "--from", "mbsync", "--yes")
+    assert done.status == 0, done
+    assert "rename" not in done.out
+    assert "no changes" in m.sync().out
+    # mbsync, run again, finds its directories and state where it left them
+    run_mbsync(m, tmp_path)
+    assert m.server() == before
+    m.client.create_folder("Über")
+    m.client.append("Über", message("u1"))
+    r = m.sync()
+    assert counts(r.out) == Counter({"downloaded": 1}), r.out
+    assert (m.root / "&ANw-ber" / "cur").is_dir() and (m.root / CAFE_UTF7).is_dir()
+    assert not (m.root / CAFE).exists() and not (m.root / "Über").exists()
+    assert mirrored_utf7(m) == {**before, "Über": Counter({(h(message("u1")), ""): 1})}
+
+
+def h(data: bytes) -> str:
+    return content_hash(to_lf(data))
+
+
+def mirrored_utf7(m: Mirror) -> Snap:
+    server = m.server()
+    disk = {adopt.decode_name(k) or k: v for k, v in local(m).items()}
+    assert server == disk, (server, disk)
+    return server
