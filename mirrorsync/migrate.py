@@ -167,16 +167,18 @@ def _parse_mbsync(text: str) -> tuple[dict[str, str], list[tuple[int, int, str]]
 
 
 def _mbsync_state_files(state: Path | None) -> dict[str, Path]:
-    """Server folder spelling -> state file, from mbsync's SyncState directory,
-    whose files are named ``:FAR-STORE:BOX_:NEAR-STORE:BOX`` ('/' written as '!')."""
+    """Folder spelling -> state file, from a SyncState directory ('/' is written
+    '!' in these names): the global SyncState (and its default ``~/.mbsync/``) names
+    a file ``:FAR-STORE:BOX_:NEAR-STORE:BOX``, a Channel's SyncState just the
+    mailbox (its local name, which is the server's unless the Channel renames it)."""
     out: dict[str, Path] = {}
     if state is None or not state.is_dir():
         return out
-    for f in state.iterdir():
-        m = re.fullmatch(r":[^:]*:(.*)_:[^:]*:.*", f.name)
-        if m is None or f.name.endswith((".journal", ".new", ".lock")):
+    for f in sorted(state.iterdir()):
+        if not f.is_file() or f.name.endswith((".journal", ".new", ".lock")):
             continue
-        out[m.group(1).replace("!", "/")] = f
+        m = re.fullmatch(r":[^:]*:(.*)_:[^:]*:.*", f.name)
+        out.setdefault((m.group(1) if m else f.name).replace("!", "/"), f)
     return out
 
 

@@ -52,7 +52,10 @@ def populate(m: Mirror, inbox: int = 4) -> None:
     c.append("Archive/2024", message("dup"))
 
 
-def run_mbsync(m: Mirror, tmp: Path, subfolders: str = "Verbatim") -> None:
+def run_mbsync(m: Mirror, tmp: Path, subfolders: str = "Verbatim", sync_state: str = "*") -> None:
+    """mbsync's state in each folder (``SyncState *``), or in a directory given as
+    the global setting (``global``, named as mbsync's default ~/.mbsync/ is) or in
+    the Channel (``channel``)."""
     root = m.root
     if subfolders == "Maildir++":
         paths = f"Inbox {root}\nSubFolders Maildir++"
@@ -60,13 +63,20 @@ def run_mbsync(m: Mirror, tmp: Path, subfolders: str = "Verbatim") -> None:
         paths = f"Path {root}/\nInbox {root}/INBOX\nSubFolders {subfolders}"
     root.mkdir(parents=True, exist_ok=True)
     rc = tmp / "mbsyncrc"
+    where = str(tmp / "mbsync-state") + "/"
+    top = f"SyncState {where}\n\n" if sync_state == "global" else ""
+    channel = "SyncState *" if sync_state == "*" else ""
+    if sync_state == "channel":
+        channel = f"SyncState {where}"
+    (tmp / "mbsync-state").mkdir(exist_ok=True)
     rc.write_text(
-        f"IMAPAccount acc\nHost {m.account.host}\nPort {m.account.port}\n"
+        f"{top}IMAPAccount acc\nHost {m.account.host}\nPort {m.account.port}\n"
         f"User {m.account.user}\nPass {m.account.password}\nSSLType None\nAuthMechs LOGIN\n\n"
         "IMAPStore remote\nAccount acc\n\n"
         f"MaildirStore local\n{paths}\n\n"
         "Channel ch\nFar :remote:\nNear :local:\nPatterns *\nCreate Near\n"
-        "SyncState *\nExpunge Both\n"
+        + (f"{channel}\n" if channel else "")
+        + "Expunge Both\n"
     )
     p = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
@@ -319,18 +329,29 @@ def test_first_sync_over_an_offlineimap_maildir_links_everything(
     assert mirrored(m) == before
 
 
-@pytest.mark.parametrize("subfolders", ["Verbatim", "Legacy", "Maildir++"])
+@pytest.mark.parametrize(
+    ("subfolders", "sync_state"),
+    [
+        ("Verbatim", "*"),
+        ("Legacy", "*"),
+        ("Maildir++", "*"),
+        ("Verbatim", "global"),
+        ("Verbatim", "channel"),
+    ],
+)
 def test_migrate_from_each_mbsync_layout_changes_nothing(
-    account: Any, tmp_path: Path, subfolders: str
+    account: Any, tmp_path: Path, subfolders: str, sync_state: str
 ) -> None:
     layout = "maildir++" if subfolders == "Maildir++" else "nested"
     m = Mirror(account, tmp_path, layout=layout)
     populate(m)
-    run_mbsync(m, tmp_path, subfolders)
+    run_mbsync(m, tmp_path, subfolders, sync_state)
     before = m.server()
-    done = m.run("migrate", "test", "--from", "mbsync", "--yes")
+    state = [] if sync_state == "*" else ["--state", str(tmp_path / "mbsync-state")]
+    done = m.run("migrate", "test", "--from", "mbsync", "--yes", *state)
     assert done.status == 0, done
     assert "state written: 4 folders, 10 messages" in done.out
+    assert "matched by content" not in done.out
     r = m.sync()
     assert "no changes" in r.out, r.out
     assert m.server() == before
