@@ -311,6 +311,8 @@ def build(
         if tf.uidvalidity is None and tf.validities:
             known = fp.uidvalidity in tf.validities
             tf.uidvalidity = fp.uidvalidity if known else max(tf.validities)
+        if not tf.problem and tf.uidvalidity is None:
+            tf.problem = f"{tool} recorded no UIDVALIDITY for it"
         if not tf.problem and tf.uidvalidity != fp.uidvalidity:
             tf.problem = (
                 f"the server's UIDVALIDITY changed since {tool}'s last run "
@@ -490,7 +492,12 @@ def migrate_account(
     for fp in plans:
         dst = maildir.folder(fp.folder.name).path
         if dst != fp.folder.path:
-            adoptions.append(adopt.Adoption(fp.folder.name, fp.folder.path, dst, "renamed"))
+            src = os.fspath(fp.folder.path)
+            scheme = next(
+                (s for p, s in adopt.candidates(os.fspath(root), fp.folder.name) if p == src),
+                "another tool's directory",
+            )
+            adoptions.append(adopt.Adoption(fp.folder.name, fp.folder.path, dst, scheme))
     # Parents first (a nested parent carries its children along), then the paths of
     # those children as they will be when their turn comes.
     adoptions = _ordered(adoptions)
@@ -499,6 +506,11 @@ def migrate_account(
     for fp in plans:
         emit(f"[{account_name}] {describe(tool, fp)}")
     missing = sorted(set(statuses) - set(located))
+    if "INBOX" in missing and maildir.layout != "maildir++" and _is_maildir(os.fspath(root)):
+        emit(
+            f"[{account_name}] {root} is itself a Maildir (a maildir++ INBOX?): "
+            "if so, set local.layout: maildir++ before going on"
+        )
     if missing:
         emit(f"[{account_name}] not found locally (will be downloaded): {', '.join(missing)}")
     if not write:
