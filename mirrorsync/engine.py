@@ -143,6 +143,7 @@ class AccountSync:
         self._local_names_all: list[str] = []
         self._pair_counts: dict[str, int] | None = None
         self._first_run = False
+        self._server_names: set[str] = set()
 
     # -- the whole account
 
@@ -171,7 +172,9 @@ class AccountSync:
             from mirrorsync.archive import recover_archive
 
             recover_archive(self.remote, self.maildir, self.state)
-        self.statuses = {n: s for n, s in self.remote.statuses().items() if n in self._wanted([n])}
+        every = self.remote.statuses()
+        self._server_names = set(every)  # excluded ones too: their directories stay theirs
+        self.statuses = {n: s for n, s in every.items() if n in self._wanted([n])}
         remote_names = set(self.statuses)
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
         local_names = self._wanted(self._local_names_all)
@@ -245,7 +248,7 @@ class AccountSync:
             self.maildir.root,
             self.maildir.layout,
             remote_names - local_names - known,
-            remote_names | known | local_only | set(self.prior),
+            self._server_names | known | local_only | set(self.prior),
             spell=self.maildir.dir_name,
         )
         if not plans:

@@ -98,19 +98,29 @@ def strip_tracking(lf: bytes) -> bytes:
 # -- where each server folder is on disk ---------------------------------------------
 
 
-def locate_folders(maildir: Maildir, server: Iterable[str]) -> dict[str, Path]:
+def locate_folders(
+    maildir: Maildir, server: Iterable[str], every: Iterable[str] = ()
+) -> dict[str, Path]:
     """Server folder -> the directory that holds it: mirrorsync's own place, or one
-    the other tools use (see `adopt.candidates`); only Maildirs, one each."""
+    the other tools use (see `adopt.candidates`); only Maildirs, one each. The own
+    directory of any server folder in `every` (excluded ones too) is never another
+    folder's."""
     root = os.fspath(maildir.root)
     out: dict[str, Path] = {}
-    used: set[str] = set()
     names = sorted(server)
+    used: set[str] = set()
+    for other in every:
+        try:
+            used.add(os.fspath(maildir.folder(other).path))
+        except LocalStoreError:
+            continue
     for name in names:
         try:
             own = os.fspath(maildir.folder(name).path)
         except LocalStoreError:
             own = ""
         found = [own] if own and _is_maildir(own) else []
+        used.discard(own)
         if not found:
             found = [p for p, _ in adopt.candidates(root, name) if _is_maildir(p)]
         found = [p for p in dict.fromkeys(found) if p not in used]
@@ -474,8 +484,9 @@ def migrate_account(
             f"no offlineimap metadata directory at {state_path}",
             "give it with --state (offlineimap's 'metadata' setting)",
         )
-    statuses = {n: s for n, s in remote.statuses().items() if wanted(n)}
-    located = locate_folders(maildir, statuses)
+    every = remote.statuses()
+    statuses = {n: s for n, s in every.items() if wanted(n)}
+    located = locate_folders(maildir, statuses, every)
     if not located:
         raise UsageError(
             f"none of the server's folders has a Maildir under {maildir.root}",
