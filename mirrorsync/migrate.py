@@ -9,6 +9,8 @@ state (a pair per message: UID, Maildir key, content hash, flags as of the tool'
 last run), and the first sync then applies exactly what changed since: a file
 deleted locally is expunged, a message expunged on the server is deleted locally,
 flags merge three ways, and a file moved to another folder is moved on the server.
+A message another client moved on the server since then is found by content in its
+new folder, and `migrate --yes` moves the file there.
 
 What is checked before anything is written:
 
@@ -23,7 +25,8 @@ What is checked before anything is written:
   files by content, so a moved file is found and only a deleted one is deleted.
 
 The other tool's files are only read, never changed, so the user can go back. The
-one change to the Maildir is the renaming of folder directories (see `adopt`).
+changes to the Maildir are the renaming of folder directories (see `adopt`) and the
+moves of files whose message was moved on the server.
 """
 
 from __future__ import annotations
@@ -85,6 +88,10 @@ class FolderPlan:
     reason: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     moved_in: dict[str, str] = field(default_factory=dict)  # key -> folder it left
+    # Files whose message another client moved on the server to another folder since
+    # the tool's last run: (the file, the folder it goes to). `migrate --yes` moves
+    # them there; their pairs are already in that folder's plan.
+    server_moves: list[tuple[LocalMessage, str]] = field(default_factory=list)
 
 
 def strip_tracking(lf: bytes) -> bytes:
@@ -400,6 +407,7 @@ def build(
                 fp.moved_in[k] = dest
                 continue
             fp.pairs.append(Pair(far, f"{tool}-gone-U{far}", h, _flags(letters), _flags(letters)))
+    _server_moves(plans, listings, server, remote, stripped_hash)
     for name, fp in plans.items():
         if fp.needs_match:
             continue
@@ -409,6 +417,7 @@ def build(
             kind = type(a).__name__
             counts[kind] = counts.get(kind, 0) + 1
         counts["moved"] = len(fp.moved_in)
+        counts["server moves"] = len(fp.server_moves)
         # A moved file shows as a deletion here and an upload there; the sync's move
         # detection turns the pair into one UID MOVE.
         counts["DeleteRemote"] = counts.get("DeleteRemote", 0) - len(fp.moved_in)
@@ -417,6 +426,60 @@ def build(
         for dest in fp.moved_in.values():
             plans[dest].counts["Upload"] = plans[dest].counts.get("Upload", 0) - 1
     return [plans[n] for n in sorted(plans)]
+
+
+def _server_moves(
+    plans: dict[str, FolderPlan],
+    listings: dict[str, dict[str, LocalMessage]],
+    server: dict[str, dict[int, Flags]],
+    remote: RemoteStore,
+    stripped_hash: Callable[[str, str], str],
+) -> None:
+    """Messages another client moved on the server since the tool's last run: the
+    file's UID is gone from its folder, and a UID no record knows holds the same
+    content (X-TUID aside) in another. The pair and the file go to that folder, so
+    the first sync neither deletes the file nor downloads the message again. The
+    server's new messages are compared by Message-ID and size first, and only the
+    candidates are fetched."""
+    from mirrorsync.content import crlf_size, message_id
+
+    lost: dict[tuple[str | None, int], list[tuple[str, Pair]]] = {}
+    for name, fp in plans.items():
+        for p in fp.pairs:
+            if fp.needs_match or p.uid in server[name] or p.key not in listings[name]:
+                continue
+            try:
+                data = to_lf(MaildirFolder(fp.folder.path, name).read(listings[name][p.key]))
+            except LocalStoreError:
+                continue
+            clean = strip_tracking(data)
+            lost.setdefault((message_id(clean), crlf_size(clean)), []).append((name, p))
+    if not lost:
+        return
+    taken: set[tuple[str, str]] = set()
+    for dst, fp in sorted(plans.items()):
+        if fp.needs_match:
+            continue
+        known = {p.uid for p in fp.pairs}
+        fresh = [u for u in server[dst] if u not in known]
+        if not fresh:
+            continue
+        remote.select(dst)
+        ids = remote.identities(fresh)
+        maybe = [u for u, i in ids.items() if (i.message_id, i.size) in lost]
+        for uid, data, _f, _d in remote.fetch(maybe):
+            h = content_hash(to_lf(data))
+            i = ids[uid]
+            for src, p in lost[(i.message_id, i.size)]:
+                if src == dst or (src, p.key) in taken or stripped_hash(src, p.key) != h:
+                    continue
+                taken.add((src, p.key))
+                msg = listings[src].pop(p.key)
+                plans[src].pairs.remove(p)
+                plans[src].server_moves.append((msg, dst))
+                listings[dst][p.key] = msg
+                fp.pairs.append(Pair(uid, p.key, p.hash, p.remote_flags, p.local_flags))
+                break
 
 
 def _flags(letters: str) -> Flags:
@@ -441,6 +504,7 @@ _WORDS = (
     ("DeleteRemote", "deleted locally (to expunge on the server)"),
     ("DeleteLocal", "expunged on the server (to delete locally)"),
     ("moved", "moved locally to another folder (to move on the server)"),
+    ("server moves", "moved on the server to another folder (to move locally)"),
     ("Download", "new on the server (to download)"),
     ("Upload", "new locally (to upload)"),
 )
@@ -452,7 +516,7 @@ def describe(tool: str, plan: FolderPlan) -> str:
         return f"{tf.name}: {plan.reason}; its messages will be matched by content"
     done = [f"{plan.counts.get(k, 0)} {w}" for k, w in _WORDS if plan.counts.get(k, 0) > 0]
     since = "; since its last run: " + ", ".join(done) if done else "; nothing changed since"
-    return f"{tf.name}: {len(plan.pairs)} messages known to {tool}{since}"
+    return f"{tf.name}: {len(tf.entries)} messages known to {tool}{since}"
 
 
 def migrate_account(
@@ -528,6 +592,11 @@ def migrate_account(
         emit(f"{account_name}: nothing changed; re-run with --yes to write mirrorsync's state")
         return plans
     adopt.apply(adoptions)
+    # Files first, then the state: a state that put a file's pair in a folder the
+    # file is not in yet would make the sync move the message back on the server.
+    for fp in plans:
+        for msg, to in fp.server_moves:
+            maildir.folder(fp.folder.name).move_to(msg, maildir.folder(to))
     with state.transaction():
         for name in state.folders():
             state.delete_folder(name)

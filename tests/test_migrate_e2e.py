@@ -175,6 +175,9 @@ def change_both_sides(m: Mirror) -> None:
     f = file_of(m, "INBOX", "message 0")
     assert ",U=1" in f.name
     f.rename(m.folder_dir("Archive") / "cur" / f.name)
+    # another client's move on the server
+    c.select_folder("INBOX")
+    c.move([uid_of(m, "INBOX", "message 1")], CAFE)
     # new mail on each side
     c.append("Archive/2024", message("new-on-server"))
     (m.folder_dir("INBOX") / "new" / "1700000000.M1P1.newlocal").write_bytes(
@@ -195,6 +198,8 @@ def expected_after_changes(before: Snap) -> Snap:
     archive[(h(message("a1")), "RS")] += 1
     inbox[(h(message(0)), "")] -= 1
     archive[(h(message(0)), "")] += 1
+    inbox[(h(message(1)), "S")] -= 1
+    cafe[(h(message(1)), "S")] += 1
     want["Archive/2024"][(h(message("new-on-server")), "")] += 1
     inbox[(h(message("new-locally")), "")] += 1
     return {k: +v for k, v in want.items()}
@@ -228,6 +233,8 @@ def test_migrate_applies_each_change_since_the_tools_last_run_once(
     assert "1 deleted locally (to expunge on the server)" in plan.out
     assert "1 expunged on the server (to delete locally)" in plan.out
     assert "1 moved locally to another folder" in plan.out
+    assert "INBOX: 5 messages known" in plan.out
+    assert "1 moved on the server to another folder (to move locally)" in plan.out
 
     done = m.run("migrate", "test", "--from", tool, *state_arg, "--yes")
     assert done.status == 0, done
