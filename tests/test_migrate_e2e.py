@@ -59,6 +59,8 @@ def run_mbsync(m: Mirror, tmp: Path, subfolders: str = "Verbatim", sync_state: s
     root = m.root
     if subfolders == "Maildir++":
         paths = f"Inbox {root}\nSubFolders Maildir++"
+    elif subfolders == "Flatten":
+        paths = f"Path {root}/\nInbox {root}/INBOX\nFlatten ."
     else:
         paths = f"Path {root}/\nInbox {root}/INBOX\nSubFolders {subfolders}"
     root.mkdir(parents=True, exist_ok=True)
@@ -341,6 +343,7 @@ def test_first_sync_over_an_offlineimap_maildir_links_everything(
         ("Verbatim", "*"),
         ("Legacy", "*"),
         ("Maildir++", "*"),
+        ("Flatten", "*"),
         ("Verbatim", "global"),
         ("Verbatim", "channel"),
     ],
@@ -352,6 +355,13 @@ def test_migrate_from_each_mbsync_layout_changes_nothing(
     m = Mirror(account, tmp_path, layout=layout)
     populate(m)
     run_mbsync(m, tmp_path, subfolders, sync_state)
+    written = {
+        "Verbatim": "Archive/2024",
+        "Legacy": "Archive/.2024",
+        "Maildir++": ".Archive.2024",
+        "Flatten": "Archive.2024",
+    }[subfolders]
+    assert (m.root / written / "cur").is_dir()
     before = m.server()
     state = [] if sync_state == "*" else ["--state", str(tmp_path / "mbsync-state")]
     done = m.run("migrate", "test", "--from", "mbsync", "--yes", *state)
