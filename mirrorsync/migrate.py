@@ -308,7 +308,6 @@ def build(
     tool: str,
     folders: dict[str, ToolFolder],
     remote: RemoteStore,
-    maildir: Maildir,
     uidvalidity_now: dict[str, int],
 ) -> list[FolderPlan]:
     """The pairs of every folder, and the plan of the first sync after them."""
@@ -562,7 +561,7 @@ def migrate_account(
         folders = read_mbsync(located, root, state_path)
     else:
         folders = read_offlineimap(located, root, state_path)
-    plans = build(tool, folders, remote, maildir, {n: s.uidvalidity for n, s in statuses.items()})
+    plans = build(tool, folders, remote, {n: s.uidvalidity for n, s in statuses.items()})
     adoptions = []
     for fp in plans:
         dst = maildir.folder(fp.folder.name).path
