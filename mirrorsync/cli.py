@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="mbsync's SyncState directory (default: .mbsyncstate in each folder, else "
         "~/.mbsync/); offlineimap's metadata directory (default: ~/.offlineimap)",
     )
-    migrate.add_argument("--yes", action="store_true", help="rename and write the state")
+    confirm = migrate.add_mutually_exclusive_group()
+    confirm.add_argument("--yes", action="store_true", help="rename and write the state")
+    confirm.add_argument(
+        "--dry-run", action="store_true", help="print the plan, change nothing (the default)"
+    )
     migrate.add_argument(
         "--force", action="store_true", help="replace a state mirrorsync already has"
     )

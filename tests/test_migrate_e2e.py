@@ -226,6 +226,7 @@ def test_migrate_applies_each_change_since_the_tools_last_run_once(
 
     plan = m.run("migrate", "test", "--from", tool, *state_arg)
     assert plan.status == 0, plan
+    assert m.run("migrate", "test", "--from", tool, *state_arg, "--dry-run").out == plan.out
     assert (
         not (tmp_path / "state" / "state.db").exists()
         or not State.open(tmp_path / "state").folders()
