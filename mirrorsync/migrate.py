@@ -370,6 +370,9 @@ def build(
                 stripped[(n, key)] = ""
         return stripped[(n, key)]
 
+    # Expunged on the server while two files claim the record: decided after the
+    # others, when the file moved in from elsewhere has found its own record.
+    deferred: list[tuple[str, int, list[str], str]] = []
     for name, items in sorted(pending.items()):
         fp = plans[name]
         wanted = [far for far, _k, _l in items if far in server[name]]
@@ -379,6 +382,8 @@ def build(
         for far, keys, letters in items:
             h = hashes.get(far)
             if h is None:
+                if keys:
+                    deferred.append((name, far, keys, letters))
                 continue  # expunged on the server and the file is gone too: nothing left
             same = [k for k in keys if k not in bound[name] and stripped_hash(name, k) == h]
             if same:
@@ -406,6 +411,12 @@ def build(
                 fp.moved_in[k] = dest
                 continue
             fp.pairs.append(Pair(far, f"{tool}-gone-U{far}", h, _flags(letters), _flags(letters)))
+    for name, far, keys, letters in deferred:
+        left = [k for k in keys if k not in bound[name]]
+        if len(left) == 1:  # the first sync deletes it, as the server expunged it
+            mf = MaildirFolder(plans[name].folder.path, name)
+            plans[name].pairs.append(_pair(far, left[0], mf, listings[name][left[0]], letters))
+            bound[name].add(left[0])
     _server_moves(plans, listings, server, remote, stripped_hash)
     for name, fp in plans.items():
         if fp.needs_match:

@@ -446,3 +446,30 @@ def mirrored_utf7(m: Mirror) -> Snap:
     disk = {adopt.decode_name(k) or k: v for k, v in local(m).items()}
     assert server == disk, (server, disk)
     return server
+
+
+@pytest.mark.parametrize("tool", ["mbsync", "offlineimap"])
+def test_a_file_moved_in_with_the_number_of_a_message_expunged_meanwhile(
+    account: Any, tmp_path: Path, tool: str
+) -> None:
+    """Archive's own ,U=1 was expunged on the server while INBOX's ,U=1 was moved
+    into Archive: the expunge is applied and the move stays a move."""
+    m = Mirror(account, tmp_path)
+    populate(m)
+    meta = run_mbsync(m, tmp_path) if tool == "mbsync" else run_offlineimap(m, tmp_path)
+    state_arg = [] if meta is None else ["--state", str(meta)]
+    before = m.server()
+    f = file_of(m, "INBOX", "message 0")
+    assert ",U=1" in f.name and ",U=1" in file_of(m, "Archive", "message a1").name
+    f.rename(m.folder_dir("Archive") / "cur" / f.name)
+    c = m.client
+    c.select_folder("Archive")
+    c.delete_messages([uid_of(m, "Archive", "message a1")])
+    c.expunge()
+    assert m.run("migrate", "test", "--from", tool, *state_arg, "--yes").status == 0
+    r = m.sync()
+    assert counts(r.out) == Counter({"moved out": 1, "moved in": 1, "deleted locally": 1}), r.out
+    want = {k: Counter(v) for k, v in before.items()}
+    want["INBOX"][(h(message(0)), "")] -= 1
+    want["Archive"] = Counter({(h(message(0)), ""): 1})
+    assert mirrored(m) == {k: +v for k, v in want.items()}
