@@ -106,6 +106,35 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument(
         "--dry-run", action="store_true", help="print what would be archived, change nothing"
     )
+    migrate = sub.add_parser(
+        "migrate",
+        help="take over a Maildir from mbsync or offlineimap, with its state",
+        description="Read the state mbsync or offlineimap left (which server UID each "
+        "file is, and the flags at its last run), check it against the server, and "
+        "write mirrorsync's state from it, so that the next sync applies exactly what "
+        "changed since that tool's last run. Folder directories the tool named in "
+        "modified UTF-7 or its own layout are renamed where mirrorsync keeps them. "
+        "Prints the plan and changes nothing without --yes; the tool's own files are "
+        "never changed.",
+    )
+    migrate.add_argument("account", metavar="ACCOUNT")
+    migrate.add_argument(
+        "--from", dest="tool", required=True, choices=("mbsync", "offlineimap"), help="the tool"
+    )
+    migrate.add_argument(
+        "--state",
+        metavar="PATH",
+        help="mbsync's SyncState directory (default: .mbsyncstate in each folder, else "
+        "~/.mbsync/); offlineimap's metadata directory (default: ~/.offlineimap)",
+    )
+    confirm = migrate.add_mutually_exclusive_group()
+    confirm.add_argument("--yes", action="store_true", help="rename and write the state")
+    confirm.add_argument(
+        "--dry-run", action="store_true", help="print the plan, change nothing (the default)"
+    )
+    migrate.add_argument(
+        "--force", action="store_true", help="replace a state mirrorsync already has"
+    )
     quota = sub.add_parser(
         "quota",
         help="server quota, folder sizes, and what archiving would free",
@@ -171,6 +200,7 @@ def main(
             "daemon": cmd_daemon,
             "archive": cmd_archive,
             "quota": cmd_quota,
+            "migrate": cmd_migrate,
         }
         return int(command[args.command](args, env))
     except MirrorsyncError as e:
@@ -341,7 +371,15 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
         try:
             state = State.open(account.state_dir)
             try:
-                yield Session(remote, state, Maildir(account.local.path, account.local.layout))
+                yield Session(
+                    remote,
+                    state,
+                    Maildir(
+                        account.local.path,
+                        account.local.layout,
+                        folder_names=account.local.folder_names,
+                    ),
+                )
             except sqlite3.DatabaseError as e:
                 raise state_error(e, state.path) from e
             finally:
@@ -649,6 +687,38 @@ def _quota_text(name: str, doc: object) -> str:
                 f"{format_size(f['bytes'])}"
             )
     return "\n".join(lines) + "\n"
+
+
+def cmd_migrate(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """See `mirrorsync.migrate`."""
+    from pathlib import Path
+
+    from mirrorsync.migrate import migrate_account
+
+    cfg = _load_config(args, env)
+    (account,) = _select_accounts(cfg, [args.account])
+
+    def emit(line: str) -> None:
+        env.stdout.write(line + "\n")
+
+    def wanted(name: str) -> bool:
+        return account.folders.matches(name) and not account.local.is_local_only(name)
+
+    state = Path(os.path.expanduser(args.state)) if args.state else None
+    with account_session(account, env) as s:
+        migrate_account(
+            account.name,
+            args.tool,
+            state,
+            s.remote,
+            s.maildir,
+            s.state,
+            write=args.yes,
+            force=args.force,
+            emit=emit,
+            wanted=wanted,
+        )
+    return ExitStatus.OK
 
 
 def cmd_status(args: argparse.Namespace, env: Environment) -> ExitStatus:

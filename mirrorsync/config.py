@@ -50,6 +50,10 @@ class RemoteConfig:
 class LocalConfig:
     path: Path  # expanded (~ and $VARS)
     layout: str = "nested"  # "nested" | "maildir++"
+    # How folder names are spelled in directory names: "utf-8", or "modified-utf-7"
+    # (IMAP's, as mbsync and offlineimap write them) for someone who still runs one
+    # of those tools on the same Maildir.
+    folder_names: str = "utf-8"
     # Folder patterns (as in `folders`) of folders that exist only in the Maildir:
     # never created on the server, never synced. Moving mail into one frees server space.
     local_only: tuple[str, ...] = ()
@@ -164,6 +168,7 @@ class Config:
 _TLS_MODES = ("imaps", "starttls", "none")
 _DEFAULT_PORTS = {"imaps": 993, "starttls": 143, "none": 143}
 _LAYOUTS = ("nested", "maildir++")
+_FOLDER_NAMES = ("utf-8", "modified-utf-7")
 _PASSWORD_SOURCES = ("password", "password_command", "password_env")
 _PASSWORD_COMMAND_TIMEOUT = 30.0
 _MAX_CONNECTIONS = 32
@@ -185,7 +190,7 @@ _REMOTE_KEYS = (
     "timeout",
     "max_connections",
 )
-_LOCAL_KEYS = ("path", "layout", "local_only")
+_LOCAL_KEYS = ("path", "layout", "local_only", "folder_names")
 _FOLDERS_KEYS = ("include", "exclude")
 _SYNC_KEYS = ("max_delete_share", "guard_min", "mode", "folder_modes")
 _ARCHIVE_KEYS = ("folder", "older_than", "larger_than", "keep_flagged", "keep_unread", "to")
@@ -467,6 +472,9 @@ def _load_local(ctx: _Ctx, value: object, key: str) -> LocalConfig:
     section = _section(ctx, value, key, _LOCAL_KEYS, required=("path",))
     path = _expand_path(ctx, section["path"], _join(key, "path"))
     layout = _choice(ctx, section.get("layout", "nested"), _join(key, "layout"), _LAYOUTS)
+    folder_names = _choice(
+        ctx, section.get("folder_names", "utf-8"), _join(key, "folder_names"), _FOLDER_NAMES
+    )
     local_only: tuple[str, ...] = ()
     if "local_only" in section:
         k = _join(key, "local_only")
@@ -480,7 +488,7 @@ def _load_local(ctx: _Ctx, value: object, key: str) -> LocalConfig:
                     f"{pattern!r} matches INBOX, which cannot be local-only",
                     'use a narrower pattern such as "Archive/*"',
                 )
-    return LocalConfig(path=path, layout=layout, local_only=local_only)
+    return LocalConfig(path=path, layout=layout, local_only=local_only, folder_names=folder_names)
 
 
 def _load_folders(ctx: _Ctx, value: object, key: str) -> FolderFilter:

@@ -95,7 +95,9 @@ def _account_facts(account: AccountConfig) -> Facts:
     literal = remote.password is not None
     return {
         "name": account.name,
-        "quick": literal,
+        # The quick check lists folders as the layout spells them in UTF-8; with
+        # modified UTF-7 names every run takes the full path.
+        "quick": literal and account.local.folder_names == "utf-8",
         "host": remote.host,
         "port": remote.port,
         "tls": remote.tls,

@@ -390,7 +390,11 @@ class AccountLoop(threading.Thread):
             try:
                 state = State.open(account.state_dir)
                 try:
-                    maildir = Maildir(account.local.path, account.local.layout)
+                    maildir = Maildir(
+                        account.local.path,
+                        account.local.layout,
+                        folder_names=account.local.folder_names,
+                    )
                     report = AccountSync(
                         account, store, maildir, state, options, self._out.result
                     ).run()
@@ -483,10 +487,18 @@ class AccountLoop(threading.Thread):
             self._watcher.stop()
             self._watcher = None
         root = self.account.local.path
+        queue_folder = self.queue.folder
+        if self.account.local.folder_names == "modified-utf-7":
+            from mirrorsync.adopt import decode_name
+
+            def queue_folder(name: str | None, why: str) -> None:
+                # the directory's spelling -> the folder's name
+                self.queue.folder(name and (decode_name(name) or name), why)
+
         router = EventRouter(
             root,
             self.account.local.layout,
-            self.queue.folder,
+            queue_folder,
             self._own,
             self.account.folders.matches,
         )

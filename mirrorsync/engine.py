@@ -20,6 +20,7 @@ from the next one.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -150,12 +151,17 @@ class AccountSync:
         self._selected_status: FolderStatus | None = None
         self._local_names_all: list[str] = []
         self._pair_counts: dict[str, int] | None = None
+        self._first_run = False
+        self._server_names: set[str] = set()
 
     # -- the whole account
 
     def run(self) -> AccountReport:
         report = AccountReport(self.account.name)
         self.prior = self.state.folders()
+        # Until a sync of the whole account has completed, a folder without pairs is
+        # met for the first time: its sync is careful (see `_first_sync_check`).
+        self._first_run = self.state.get_meta("last_sync") is None
         known = self._wanted(self.prior)
         if not self.maildir.exists():
             remembered = sum(self.state.count_pairs().values())
@@ -175,10 +181,14 @@ class AccountSync:
             from mirrorsync.archive import recover_archive
 
             recover_archive(self.remote, self.maildir, self.state)
-        self.statuses = {n: s for n, s in self.remote.statuses().items() if n in self._wanted([n])}
+        every = self.remote.statuses()
+        self._server_names = set(every)  # excluded ones too: their directories stay theirs
+        self.statuses = {n: s for n, s in every.items() if n in self._wanted([n])}
         remote_names = set(self.statuses)
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
         local_names = self._wanted(self._local_names_all)
+        if remote_names - local_names - set(known):
+            local_names = self._adopt(remote_names, local_names, known)
         counts: dict[str, int] = {}
         for name in known:
             if name in remote_names and name not in local_names:
@@ -235,6 +245,41 @@ class AccountSync:
             with self.state.transaction():
                 self.state.set_meta("last_sync", str(time.time()))
         return report
+
+    def _adopt(self, remote_names: set[str], local_names: set[str], known: set[str]) -> set[str]:
+        """Rename the directories another tool (mbsync, offlineimap) wrote for server
+        folders we have none for yet (see `adopt`); the local folders afterwards. A
+        dry run prints the renames and reads those folders where they are now."""
+        from mirrorsync import adopt
+
+        local_only = {n for n in self._local_names_all if self.account.local.is_local_only(n)}
+        plans = adopt.plan(
+            self.maildir.root,
+            self.maildir.layout,
+            remote_names - local_names - known,
+            self._server_names | known | local_only | set(self.prior),
+            spell=self.maildir.dir_name,
+        )
+        if not plans:
+            return local_names
+        for a in plans:
+            self.emit(f"[{self.account.name}] {a.describe()}")
+        if not self.options.dry_run:
+            adopt.apply(plans)
+            self._local_names_all = self.maildir.list_folders()
+            return self._wanted(self._local_names_all)
+        moved = [str(a.src) for a in plans]
+
+        def gone(n: str) -> bool:
+            d = str(self.maildir.folder(n).path)
+            return any(d == m or d.startswith(m + os.sep) for m in moved)
+
+        for a in plans:
+            self.maildir.aliases[a.name] = a.src
+        self._local_names_all = [n for n in self._local_names_all if not gone(n)] + [
+            a.name for a in plans
+        ]
+        return self._wanted(self._local_names_all)
 
     def _gather_order(self, names: list[str]) -> list[str]:
         """Folders that received mail on the server (their UIDNEXT moved) last: move
@@ -294,6 +339,9 @@ class AccountSync:
             rep.counts[what] += n
         mode = self.account.sync.mode_for(inputs.name)
         plan = plan_messages(inputs.pairs, inputs.remote, inputs.local, inputs.matches, mode)
+        known = len(inputs.pairs) if inputs.known is None else inputs.known
+        if self._first_run and not known and (inputs.remote or inputs.local):
+            self._first_sync_check(inputs.name, plan)
         if not self.options.force:
             why = guard_violation(
                 plan,
@@ -308,6 +356,24 @@ class AccountSync:
                 self.emit(f"[{self.account.name}] {inputs.name}: {a.describe()}")
             return
         self.execute(inputs, plan, rep)
+
+    def _first_sync_check(self, name: str, plan: Sequence[act.MessageAction]) -> None:
+        """A folder's first sync (no pair known, and the account never completed a
+        sync) says what it matched and will copy, and stops before uploading more
+        than `guard_min` unmatched files: a Maildir another tool made holds copies
+        of server mail that may fail to match (see `FirstSyncGuard`)."""
+        from mirrorsync import actions as act
+        from mirrorsync.errors import FirstSyncGuard
+
+        matched = len(_of(plan, act.Link))
+        uploads = len(_of(plan, act.Upload))
+        downloads = len(_of(plan, act.Download))
+        self.emit(
+            f"[{self.account.name}] {name}: first sync: {matched} matched, "
+            f"{uploads} to upload, {downloads} to download"
+        )
+        if uploads > self.account.sync.guard_min and not self.options.force:
+            raise FirstSyncGuard(name, uploads, matched, downloads)
 
     def _select(self, name: str, expected: FolderStatus | None = None) -> FolderStatus:
         """Select `name` unless it already is; a UIDVALIDITY that moved since the

@@ -126,5 +126,25 @@ class GuardError(MirrorsyncError):
     """A plan would delete more than the configured share of a folder."""
 
 
+class FirstSyncGuard(GuardError):
+    """A folder's first sync would upload many local messages that matched nothing
+    on the server: more likely copies another tool left (with its own headers) than
+    new mail. The facts are kept so that the CLI can say what `migrate` would do."""
+
+    def __init__(self, folder: str, uploads: int, matched: int, downloads: int) -> None:
+        super().__init__(
+            f"first sync of {folder!r} would upload {uploads} local messages that match "
+            f"none on the server ({matched} matched, {downloads} to download); "
+            "nothing was changed in this folder",
+            "if this Maildir was made by mbsync or offlineimap, run 'mirrorsync migrate "
+            "ACCOUNT --from mbsync|offlineimap' first; if these are new messages, "
+            "re-run with --force",
+        )
+        self.folder = folder
+        self.uploads = uploads
+        self.matched = matched
+        self.downloads = downloads
+
+
 class LocalRootMissing(MirrorsyncError):
     """The local Maildir root vanished although the state remembers messages."""

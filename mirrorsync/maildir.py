@@ -289,26 +289,56 @@ def _os_error(
 class Maildir:
     """A tree of Maildir folders under `root`, in one of the `layout` module's layouts."""
 
-    def __init__(self, root: Path, layout: str = NESTED, *, info_sep: str = ":") -> None:
+    def __init__(
+        self, root: Path, layout: str = NESTED, *, info_sep: str = ":", folder_names: str = "utf-8"
+    ) -> None:
         check_layout(layout)
         if info_sep not in INFO_SEPARATORS:
             raise ValueError(f"info separator must be one of {INFO_SEPARATORS}")
         self.root = Path(root)
         self.layout = layout
         self.info_sep = info_sep
+        # Folder -> directory where it is for now, instead of where the layout keeps
+        # it: a dry run reads another tool's directory it would rename (see `adopt`).
+        self.aliases: dict[str, Path] = {}
+        # local.folder_names: directories named in modified UTF-7 (see `adopt`)
+        self.utf7 = folder_names == "modified-utf-7"
 
     def exists(self) -> bool:
         return self.root.is_dir()
 
     def list_folders(self) -> list[str]:
-        return _list_folders(self.root, self.layout)
+        found = _list_folders(self.root, self.layout)
+        if not self.utf7:
+            return found
+        from mirrorsync.adopt import decode_name
+
+        names = []
+        for raw in found:
+            name = decode_name(raw)
+            if name is None:
+                log.warning(
+                    "ignoring Maildir %s: its name is not modified UTF-7 "
+                    "(local.folder_names: modified-utf-7)",
+                    display_path(folder_path(self.root, self.layout, raw)),
+                )
+                continue
+            names.append(name)
+        return sorted(names)
+
+    def dir_name(self, name: str) -> str:
+        """Folder `name` as its directory spells it."""
+        if not self.utf7:
+            return name
+        from mirrorsync.adopt import encode_name
+
+        return encode_name(name)
 
     def folder(self, name: str) -> MaildirFolder:
         """Raises FolderNameError for names this layout cannot store."""
         name = canonical_folder(name)
-        return MaildirFolder(
-            folder_path(self.root, self.layout, name), name, info_sep=self.info_sep
-        )
+        path = self.aliases.get(name) or folder_path(self.root, self.layout, self.dir_name(name))
+        return MaildirFolder(path, name, info_sep=self.info_sep)
 
     def create_folder(self, name: str) -> MaildirFolder:
         """Create the folder (and missing parents) with mode 0700; completes a folder
