@@ -968,10 +968,10 @@ def test_watcher_is_quiet_when_many_folders_appear(tmp_path: Path) -> None:
                     os.makedirs(tmp_path / f"F{i}" / "A" / sub)
                 (tmp_path / f"F{i}" / "A" / "new" / "m").write_bytes(b"x")
             deadline = time.monotonic() + 10
-            while len(set(got)) < 25 and time.monotonic() < deadline:
+            while None not in got and time.monotonic() < deadline:
                 time.sleep(0.01)
         finally:
             watcher.stop()
         warnings.warn("another warning", RuntimeWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["another warning"]
-    assert len(set(got) - {None}) == 25  # every folder's delivery was still seen
+    assert None in got  # new folders: the daemon syncs everything
