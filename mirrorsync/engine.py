@@ -318,7 +318,7 @@ class AccountSync:
         """Find moves across folders (hashing only what a move could involve), carry
         them out, and rewrite the folders' inputs as if they had always been there."""
         from mirrorsync.actions import FreeOnServer
-        from mirrorsync.content import content_hash, crlf_size, message_id, to_lf
+        from mirrorsync.content import content_hash, crlf_size, loose_hash, message_id, to_lf
         from mirrorsync.planner import FolderView, plan_moves
 
         def unpaired_local(i: FolderInputs) -> list[str]:
@@ -340,15 +340,19 @@ class AccountSync:
             if p.uid not in i.remote and p.key in i.local
         ]
         local_hashes: dict[str, dict[str, str]] = {n: {} for n in changed}
+        local_loose: dict[str, dict[str, str]] = {n: {} for n in changed}
         remote_hashes: dict[str, dict[int, str]] = {n: {} for n in changed}
         if lost_local:
             for n, i in mirror.items():
                 mfolder = self.maildir.folder(n)
                 for key in unpaired_local(i):
                     try:
-                        local_hashes[n][key] = content_hash(to_lf(mfolder.read(i.local[key])))
+                        data = to_lf(mfolder.read(i.local[key]))
                     except LocalStoreError:
                         continue
+                    local_hashes[n][key] = content_hash(data)
+                    if loose := loose_hash(data):  # a reader's save added fields
+                        local_loose[n][key] = loose
         if lost_remote:
             wanted: set[tuple[str | None, int]] = set()
             for n, p in lost_remote:
@@ -379,6 +383,7 @@ class AccountSync:
                 {k: m for k, m in i.local.items() if k not in matched_keys},
                 local_hashes[n],
                 remote_hashes[n],
+                local_loose[n],
             )
         for move in plan_moves(views, archives):
             # Moves between folders are two-way business; freeing a message whose
@@ -443,6 +448,11 @@ class AccountSync:
             self.state.put_folder(_started_row(dst, needs_match=True))
         if isinstance(move, MoveOnServer):
             self._select(move.src, src.status)
+            if move.replace:  # the file takes the server's bytes, before the move
+                from mirrorsync.matching import take_server_bytes
+
+                item = (move.uid, move.key, move.hash)
+                take_server_bytes(self.remote, self.maildir.folder(move.dst), dst.local, [item])
             new_uid = self.remote.move([move.uid], move.dst).get(move.uid)
             with self.state.transaction():
                 self.state.delete_pairs(move.src, [move.uid])
@@ -643,17 +653,29 @@ class AccountSync:
                     isinstance(a, (act.UpdateFlags, act.Link))
                     and bool(a.change.remote_add or a.change.remote_remove)
                 )
+                or (isinstance(a, act.Link) and a.replace)
                 for a in plan
             )
             if remote_ops:
                 self._select(name, status)
             hashes = {p.uid: p.hash for p in inputs.pairs}
             modseq = status.highestmodseq
+            links = _of(plan, act.Link)
+            refill = [(a.uid, a.key, a.hash) for a in links if a.replace]
+            if refill:
+                # Files equal to the server's messages apart from a tool's tracking
+                # fields take the server's bytes first; one a reader renamed meanwhile
+                # is not linked now, the next run matches it afresh.
+                from mirrorsync.matching import take_server_bytes
+
+                filled = take_server_bytes(self.remote, mfolder, local, refill)
+                links = [a for a in links if not a.replace or a.key in filled]
+                touched_local = True
             touched_local |= self._apply_flags(
                 name,
                 mfolder,
                 local,
-                _of(plan, act.UpdateFlags) + _of(plan, act.Link),
+                [*_of(plan, act.UpdateFlags), *links],
                 inputs.local,
                 hashes,
                 modseq,

@@ -9,7 +9,7 @@ prose; keep the two in step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mirrorsync.actions import (
     CreateLocalFolder,
@@ -47,7 +47,8 @@ class Match:
 
     uid: int
     key: str
-    hash: str
+    hash: str  # the server's content hash
+    replace: bool = False  # equal only apart from tracking fields: the file takes the server's
 
 
 def plan_folders(
@@ -169,7 +170,8 @@ def plan_messages(
         # Same content on both sides with no common history: keep every flag either
         # has (one way: the server's).
         r, lf = remote[m.uid], local[m.key].flags
-        actions.append(Link(m.uid, m.key, m.hash, _change_to(r | lf if two_way else r, r, lf)))
+        change = _change_to(r | lf if two_way else r, r, lf)
+        actions.append(Link(m.uid, m.key, m.hash, change, m.replace))
     for uid in sorted(remote):
         if uid not in paired_uids and uid not in matched_uids:
             actions.append(Download(uid, remote[uid]))
@@ -206,13 +208,16 @@ class FolderView:
 
     `local_hashes` holds the content hash of unpaired local files and `remote_hashes`
     that of unpaired server messages, where the engine computed them (only when some
-    other folder lost a message, so a sync without moves reads nothing extra)."""
+    other folder lost a message, so a sync without moves reads nothing extra).
+    `local_loose` holds the hash of those files without their tracking fields, for
+    the files that have any (`content.loose_hash`: mutt's save adds them)."""
 
     pairs: Sequence[Pair]
     remote: Mapping[int, Flags]
     local: Mapping[str, LocalMessage]
     local_hashes: Mapping[str, str]
     remote_hashes: Mapping[int, str]
+    local_loose: Mapping[str, str] = field(default_factory=dict)
 
 
 def plan_moves(
@@ -222,7 +227,9 @@ def plan_moves(
 
     - A file gone from folder A whose key (a rename: notmuch, afew, aerc) or whose
       content (mutt's copy then delete) turned up as a new file in folder B is moved
-      on the server (UID MOVE), never uploaded again.
+      on the server (UID MOVE), never uploaded again. Content is the exact hash
+      first, then the hash without tracking fields (mutt's save adds Content-Length,
+      Lines, Status): such a file then takes the server's bytes (`replace`).
     - A server message gone from A while a new one with the same content appeared in
       B (another client moved it) is renamed locally, never downloaded again.
 
@@ -249,11 +256,15 @@ def plan_moves(
         new_local.update((name, key) for key in v.local if key not in paired)
     by_key: dict[str, list[str]] = {}
     by_local_hash: dict[str, list[tuple[str, str]]] = {}
+    by_loose_hash: dict[str, list[tuple[str, str]]] = {}
     for name, key in sorted(new_local):
         by_key.setdefault(key, []).append(name)
         h = views[name].local_hashes.get(key)
         if h:
             by_local_hash.setdefault(h, []).append((name, key))
+        loose = views[name].local_loose.get(key)
+        if loose:
+            by_loose_hash.setdefault(loose, []).append((name, key))
     taken_local: set[tuple[str, str]] = set()
     for src, p in gone_local:
         dst_key = next(
@@ -267,10 +278,18 @@ def plan_moves(
             (c for c in by_local_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
             None,
         )
+        # The state's hash is the server's bytes: a file equal to them once its
+        # tracking fields are gone is the same message, and takes those bytes.
+        replace = dst_key is None
+        if dst_key is None:
+            dst_key = next(
+                (c for c in by_loose_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
+                None,
+            )
         if dst_key is not None:
             taken_local.add(dst_key)
             dst, key = dst_key
-            moves.append(MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags))
+            moves.append(MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags, replace))
             continue
         kept = _archived(p, archives or {}, taken_local)
         if kept is not None:

@@ -1,0 +1,152 @@
+"""Content matching sees through the fields other tools add to their copy of a message
+(mbsync's X-TUID, mutt's Content-Length/Lines/Status), against a real Dovecot: such a
+copy is linked or moved, never uploaded and downloaded, and then holds the server's
+bytes."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorsync import flags as flagmod
+from mirrorsync.content import to_lf
+from mirrorsync.imapstore import ImapStore
+from tests.harness import Mirror, message
+
+LONG_AGO = datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def _totals(out: str) -> dict[str, int]:
+    """The counts of the summary line ("test: 2 folders, 3 linked, 1 uploaded (0.1s)")."""
+    line = next(x for x in out.splitlines() if x.startswith("test: "))
+    return {k: int(n) for n, k in re.findall(r"(\d+) ([a-z][a-z ()]*?)(?=,|\s\()", line)}
+
+
+def _with_fields(lf: bytes, fields: bytes) -> bytes:
+    """The message with `fields` added at the end of its header block, where mbsync
+    puts X-TUID and mutt its Content-Length and Status."""
+    end = lf.index(b"\n\n") + 1
+    return lf[:end] + fields + lf[end:]
+
+
+@pytest.fixture
+def no_uploads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    calls: list[Any] = []
+    real, real_many = ImapStore.append, ImapStore.append_many
+
+    def spy(self: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(args[0])
+        return real(self, *args, **kw)
+
+    def spy_many(self: Any, name: str, items: Any) -> Any:
+        calls.extend(name for _item in items)
+        return real_many(self, name, items)
+
+    monkeypatch.setattr(ImapStore, "append", spy)
+    monkeypatch.setattr(ImapStore, "append_many", spy_many)
+    return calls
+
+
+def _server_bodies(m: Mirror, folder: str) -> dict[int, tuple[bytes, str, Any]]:
+    """UID -> (LF bytes, flag letters, INTERNALDATE) of every message in `folder`."""
+    c = m.client
+    c.select_folder(folder, readonly=True)
+    uids = c.search("ALL")
+    rows = c.fetch(uids, ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"]) if uids else {}
+    return {
+        u: (
+            to_lf(r[b"BODY[]"]),
+            flagmod.to_letters(flagmod.normalize(r[b"FLAGS"])),
+            r[b"INTERNALDATE"],
+        )
+        for u, r in rows.items()
+    }
+
+
+def test_an_mbsync_maildir_with_x_tuid_is_linked_and_takes_the_servers_bytes(
+    account: Any, tmp_path: Path, no_uploads: list[Any]
+) -> None:
+    m = Mirror(account, tmp_path)
+    c = m.client
+    c.create_folder("Archive")
+    for n in range(4):
+        c.append("INBOX", message(n), flags=[b"\\Seen"] if n % 2 else [])
+    c.append("Archive", message("a", body="X-TUID: in the body is content"), flags=[b"\\Flagged"])
+    # No Message-ID: found by size, which the X-TUID line changes.
+    c.append("Archive", b"From: a@example.org\r\nSubject: no id\r\n\r\nbody\r\n")
+    # The same Message-ID as a server message, another body: a different message.
+    different = _with_fields(to_lf(message(1, body="edited locally")), b"X-TUID: zzzzzzzzzzzz\n")
+    # The Maildir as mbsync 1.4 leaves it: the server's bytes plus one X-TUID line.
+    names: dict[Path, bytes] = {}
+    for folder in ("INBOX", "Archive"):
+        for sub in ("cur", "new", "tmp"):
+            (m.folder_dir(folder) / sub).mkdir(parents=True)
+        for uid, (lf, letters, _date) in _server_bodies(m, folder).items():
+            tuid = f"X-TUID: {uid:04d}abcdefgh\n".encode()
+            name = f"17000000{uid:02d}.mbsync.host,U={uid}:2,{letters}"
+            path = m.folder_dir(folder) / "cur" / name
+            path.write_bytes(_with_fields(lf, tuid))
+            os.utime(path, (1700000000, 1700000000 + uid))
+            names[path] = lf
+    extra = m.folder_dir("INBOX") / "cur" / "1700000099.mbsync.host,U=99:2,S"
+    extra.write_bytes(different)
+
+    r = m.sync()
+
+    # Every mbsync copy linked; only the genuinely different message is uploaded.
+    assert _totals(r.out) == {"folders": 2, "linked": 6, "uploaded": 1}
+    assert len(no_uploads) == 1
+    for path, lf in names.items():
+        assert path.read_bytes() == lf  # same name (key, flags), the server's bytes
+        assert path.stat().st_mtime == 1700000000 + int(path.name.split("U=")[1].split(":")[0])
+    assert extra.read_bytes() == different  # never touched: it is not the server's message
+    snap = m.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 5 and sum(snap["Archive"].values()) == 2
+    assert not any(b"X-TUID: 00" in lf for lf, _l, _d in _server_bodies(m, "INBOX").values())
+    assert _totals(m.sync().out) == {"folders": 2}  # nothing left to do
+    m.close()
+
+
+@pytest.fixture(params=["full", "basic"])
+def mirror(request: Any, tmp_path: Path) -> Any:
+    account = request.getfixturevalue("account" if request.param == "full" else "basic_account")
+    m = Mirror(account, tmp_path)
+    c = m.client
+    c.create_folder("Archive")
+    for n in range(3):
+        c.append("INBOX", message(n), flags=[b"\\Seen"], msg_time=LONG_AGO)
+    m.sync()
+    yield m
+    m.close()
+
+
+def test_a_mutt_save_to_another_folder_is_a_server_move(
+    mirror: Mirror, no_uploads: list[Any]
+) -> None:
+    before = _server_bodies(mirror, "INBOX")
+    f = next(p for p in mirror.files("INBOX") if to_lf(message(1)) == p.read_bytes())
+    (uid,) = [u for u, (lf, _l, _d) in before.items() if lf == f.read_bytes()]
+    # mutt's save: a new file in the other folder with its length and status fields
+    # added, then the original deleted.
+    saved = mirror.folder_dir("Archive") / "cur" / "1700000000.R1.mutt:2,S"
+    saved.write_bytes(_with_fields(f.read_bytes(), b"Status: RO\nContent-Length: 25\nLines: 2\n"))
+    f.unlink()
+
+    r = mirror.sync()
+
+    assert no_uploads == []
+    assert _totals(r.out) == {"folders": 2, "moved out": 1, "moved in": 1}
+    inbox, archive = _server_bodies(mirror, "INBOX"), _server_bodies(mirror, "Archive")
+    assert uid not in inbox and len(inbox) == 2
+    ((lf, letters, date),) = archive.values()
+    assert lf == before[uid][0] and letters == "S"
+    assert date == before[uid][2]  # moved, not uploaded: the INTERNALDATE is kept
+    assert saved.read_bytes() == lf  # the same file name, now the server's bytes
+    snap = mirror.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 2 and sum(snap["Archive"].values()) == 1
+    assert _totals(mirror.sync().out) == {"folders": 2}
