@@ -210,7 +210,7 @@ def test_guard_counts_local_deletions_too() -> None:
     assert why is not None and "locally" in why
 
 
-def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None):  # type: ignore[no-untyped-def]
+def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None, loose=None):  # type: ignore[no-untyped-def]
     from mirrorsync.planner import FolderView
 
     return FolderView(
@@ -219,6 +219,7 @@ def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None)
         {m.key: m for m in local},
         local_hashes or {},
         remote_hashes or {},
+        loose or {},
     )
 
 
@@ -244,6 +245,52 @@ def test_a_copy_then_delete_is_recognised_by_content() -> None:
         "Archive": view([], {}, [lm("new")], local_hashes={"new": "H"}),
     }
     assert plan_moves(views) == [act.MoveOnServer("INBOX", 5, "Archive", "new", "H", fl())]
+
+
+def test_a_mutt_save_with_added_fields_is_a_move_that_takes_the_servers_bytes() -> None:
+    from mirrorsync.planner import plan_moves
+
+    # The saved copy's exact hash is its own; without mutt's fields it is the state's.
+    views = {
+        "INBOX": view([hpair(5, "old", "H", S)], {5: fl(S)}, []),
+        "Archive": view([], {}, [lm("new", S)], local_hashes={"new": "M"}, loose={"new": "H"}),
+    }
+    assert plan_moves(views) == [
+        act.MoveOnServer("INBOX", 5, "Archive", "new", "H", fl(S), replace=True)
+    ]
+
+
+def test_an_exact_copy_is_preferred_to_one_with_added_fields() -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
+        "A": view([], {}, [lm("saved")], local_hashes={"saved": "M"}, loose={"saved": "H"}),
+        "B": view([], {}, [lm("copy")], local_hashes={"copy": "H"}),
+    }
+    assert plan_moves(views) == [act.MoveOnServer("INBOX", 5, "B", "copy", "H", fl())]
+
+
+@pytest.mark.parametrize(
+    "loose",
+    [
+        {"saved": "OTHER"},  # different content apart from the fields: a new message
+        {},  # no tracking fields: its exact hash already said "different"
+    ],
+)
+def test_a_copy_that_differs_beyond_tracking_fields_is_no_move(loose: dict[str, str]) -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
+        "Archive": view([], {}, [lm("saved")], local_hashes={"saved": "M"}, loose=loose),
+    }
+    assert plan_moves(views) == []
+
+
+def test_a_loose_match_links_and_takes_the_servers_bytes() -> None:
+    plan = plan_messages([], {7: fl(S)}, {"k": lm("k")}, [Match(7, "k", "H", replace=True)])
+    assert plan == [act.Link(7, "k", "H", act.FlagChange(fl(S), fl(), fl(), fl(S)), replace=True)]
 
 
 def test_a_server_move_becomes_a_local_rename() -> None:
