@@ -150,3 +150,63 @@ def test_a_mutt_save_to_another_folder_is_a_server_move(
     snap = mirror.assert_mirrored()
     assert sum(snap["INBOX"].values()) == 2 and sum(snap["Archive"].values()) == 1
     assert _totals(mirror.sync().out) == {"folders": 2}
+
+
+def _mbsync_maildir(m: Mirror) -> None:
+    """Server mail in two folders, and the Maildir mbsync would have left of it
+    (one message not yet fetched)."""
+    c = m.client
+    c.create_folder("Archive")
+    for n in range(4):
+        c.append("INBOX" if n < 3 else "Archive", message(n), flags=[b"\\Seen"])
+    c.append("INBOX", message("late"))
+    for folder in ("INBOX", "Archive"):
+        for sub in ("cur", "new", "tmp"):
+            (m.folder_dir(folder) / sub).mkdir(parents=True)
+        for uid, (lf, letters, _d) in _server_bodies(m, folder).items():
+            if b"late@" in lf:
+                continue
+            name = f"17000000{uid:02d}.{folder}.host,U={uid}:2,{letters}"
+            path = m.folder_dir(folder) / "cur" / name
+            path.write_bytes(_with_fields(lf, f"X-TUID: {uid:012d}\n".encode()))
+
+
+def _mutt_save(m: Mirror) -> None:
+    c = m.client
+    c.create_folder("Archive")
+    for n in range(3):
+        c.append("INBOX", message(n), flags=[b"\\Seen"], msg_time=LONG_AGO)
+    m.sync()
+    f = m.files("INBOX")[1]
+    saved = m.folder_dir("Archive") / "cur" / "1700000000.R1.mutt:2,S"
+    saved.write_bytes(_with_fields(f.read_bytes(), b"Status: RO\nContent-Length: 25\n"))
+    f.unlink()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "counts"),
+    [(_mbsync_maildir, {"INBOX": 4, "Archive": 1}), (_mutt_save, {"INBOX": 2, "Archive": 1})],
+)
+def test_a_kill_before_any_state_commit_neither_duplicates_nor_keeps_the_fields(
+    make_account: Any, tmp_path: Path, scenario: Any, counts: dict[str, int]
+) -> None:
+    outcomes = {}
+    kill_at = 1
+    while True:
+        m = Mirror(make_account(), tmp_path / f"k{kill_at}")
+        scenario(m)
+        killed = m.run_killed("sync", kill_at)
+        # assert_mirrored compares bytes: every local file is the server's, no field left
+        snap = m.assert_mirrored()
+        assert all(n == 1 for f in snap.values() for n in f.values()), f"duplicate at {kill_at}"
+        outcomes[kill_at] = snap
+        m.close()
+        if not killed:
+            break
+        kill_at += 1
+        assert kill_at < 30, "a sync that never finishes"
+    assert kill_at > 2, "the scenario should pass through several commits"
+    final = outcomes[kill_at]
+    assert {f: sum(c.values()) for f, c in final.items()} == counts
+    for k, snap in outcomes.items():
+        assert snap == final, f"killing before commit {k} changed the outcome"
