@@ -701,10 +701,10 @@ class MaildirFolder:
                 os.unlink(t)
 
     def replace_contents(self, items: Sequence[tuple[LocalMessage, bytes]]) -> list[LocalMessage]:
-        """Give existing messages new bytes under the same name (key, flags), mtime
-        and mode; returns those replaced. Used when a file matched the server's
-        message apart from fields a tool added to its copy, so that it holds the
-        server's bytes afterwards.
+        """Give existing messages new bytes under the same name (key, flags) and
+        mtime (mode 0600, as every file mirrorsync writes); returns those replaced.
+        Used when a file matched the server's message apart from fields a tool added
+        to its copy, so that it holds the server's bytes afterwards.
 
         Each new file is written and fsynced in tmp/ first, then swapped with the old
         one by one atomic exchange of the two names (renameat2 RENAME_EXCHANGE), then
@@ -717,7 +717,6 @@ class MaildirFolder:
         temps: list[str] = []
         staged: list[tuple[str, Path, LocalMessage]] = []
         jobs: list[tuple[str, bytes, float | None]] = []
-        modes: list[int] = []
         try:
             for msg, data in items:
                 path = self.path_of(msg)
@@ -729,11 +728,15 @@ class MaildirFolder:
                 temps.append(tmp)
                 staged.append((tmp, path, msg))
                 jobs.append((tmp, data, st.st_mtime))
-                modes.append(st.st_mode & 0o7777)
-            _wait_all(_submit_all(_write_synced, jobs))
-            for (tmp, _path, _msg), mode in zip(staged, modes, strict=True):
-                if mode != FILE_MODE:
-                    os.chmod(tmp, mode)
+            # Durable as deliveries are: one syncfs for a large batch where the
+            # kernel can be trusted with it, else an fsync per file on a few threads.
+            syncfs = _syncfs() if len(jobs) >= SYNCFS_MIN_FILES else None
+            if syncfs is None:
+                _wait_all(_submit_all(_write_synced, jobs))
+            else:
+                for job in jobs:
+                    _write_file(job)
+                syncfs(tmpdir)
         except BaseException as e:
             self._undo(temps, [])
             if isinstance(e, OSError):
