@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
+import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -210,3 +214,90 @@ def test_a_kill_before_any_state_commit_neither_duplicates_nor_keeps_the_fields(
     assert {f: sum(c.values()) for f, c in final.items()} == counts
     for k, snap in outcomes.items():
         assert snap == final, f"killing before commit {k} changed the outcome"
+
+
+class _Tmux:
+    """A terminal program in a private tmux server, driven by keystrokes."""
+
+    def __init__(self, tmp: Path, command: list[str]) -> None:
+        self.base = ["tmux", "-L", f"mirrorsync-{os.getpid()}-{id(self)}", "-f", "/dev/null"]
+        env = {**os.environ, "TERM": "xterm", "HOME": str(tmp)}
+        subprocess.run(
+            [*self.base, "new-session", "-d", "-x", "120", "-y", "30", shlex.join(command)],
+            check=True,
+            env=env,
+        )
+
+    def screen(self) -> str:
+        p = subprocess.run([*self.base, "capture-pane", "-p"], capture_output=True, text=True)
+        return p.stdout
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        """Poll the screen until `text` shows (a terminal program answers when it is
+        ready, not after a fixed time)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.screen():
+            assert time.monotonic() < deadline, f"{text!r} never appeared:\n{self.screen()}"
+            time.sleep(0.05)
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([*self.base, "send-keys", *keys], check=True)
+
+    def wait_exit(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while subprocess.run([*self.base, "has-session"], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, f"still running:\n{self.screen()}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        subprocess.run([*self.base, "kill-server"], capture_output=True)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("neomutt") and shutil.which("tmux")),
+    reason="needs neomutt and tmux (apt-get install -y neomutt tmux)",
+)
+def test_a_save_made_by_real_neomutt_is_a_server_move(
+    account: Any, tmp_path: Path, no_uploads: list[Any]
+) -> None:
+    m = Mirror(account, tmp_path)
+    c = m.client
+    c.create_folder("Archive")
+    for n in range(3):
+        c.append("INBOX", message(n), flags=[b"\\Seen"], msg_time=LONG_AGO)
+    m.sync()
+    before = _server_bodies(m, "INBOX")
+    muttrc = tmp_path / "muttrc"
+    muttrc.write_text(
+        f'set folder="{m.root}"\nset spoolfile=+INBOX\nset mbox_type=Maildir\n'
+        "set confirmappend=no\nset delete=yes\nset move=no\nset quit=yes\n"
+        'set header_cache=""\nset wait_key=no\n'
+    )
+    neomutt = _Tmux(tmp_path, ["neomutt", "-n", "-F", str(muttrc)])
+    try:
+        neomutt.wait_for("NeoMutt: =INBOX")
+        neomutt.keys("s")  # save the message under the cursor ...
+        neomutt.wait_for("Save to mailbox")
+        neomutt.keys("C-u", "=Archive", "Enter")  # ... to the Archive folder
+        neomutt.wait_for("Del:1")  # the original is marked deleted
+        neomutt.keys("$")  # and purged
+        neomutt.wait_for("Msgs:2")
+        neomutt.keys("q")
+        neomutt.wait_exit()
+    finally:
+        neomutt.close()
+    (saved,) = m.files("Archive")
+    assert len(m.files("INBOX")) == 2
+    # What this test is about: neomutt's copy is not the server's bytes.
+    assert saved.read_bytes() not in {lf for lf, _l, _d in before.values()}
+
+    r = m.sync()
+
+    assert no_uploads == []
+    assert _totals(r.out) == {"folders": 2, "moved out": 1, "moved in": 1}
+    ((lf, _letters, date),) = _server_bodies(m, "Archive").values()
+    (uid,) = [u for u, (body, _l, _d) in before.items() if body == lf]
+    assert uid not in _server_bodies(m, "INBOX") and date == before[uid][2]
+    assert saved.read_bytes() == lf
+    m.assert_mirrored()
+    m.close()
