@@ -266,7 +266,10 @@ def plan_moves(
         if loose:
             by_loose_hash.setdefault(loose, []).append((name, key))
     taken_local: set[tuple[str, str]] = set()
-    for src, p in gone_local:
+    # Same key or same bytes first for every lost file, so that a copy with tracking
+    # fields never takes the place of an exact one meant for another lost file.
+    planned: dict[int, MessageMove] = {}  # by the index in gone_local, to keep its order
+    for n, (src, p) in enumerate(gone_local):
         dst_key = next(
             (
                 (d, p.key)
@@ -278,23 +281,28 @@ def plan_moves(
             (c for c in by_local_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
             None,
         )
-        # The state's hash is the server's bytes: a file equal to them once its
-        # tracking fields are gone is the same message, and takes those bytes.
-        replace = dst_key is None
-        if dst_key is None:
-            dst_key = next(
-                (c for c in by_loose_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
-                None,
-            )
         if dst_key is not None:
             taken_local.add(dst_key)
-            dst, key = dst_key
-            moves.append(MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags, replace))
+            planned[n] = MoveOnServer(src, p.uid, dst_key[0], dst_key[1], p.hash, p.remote_flags)
+    for n, (src, p) in enumerate(gone_local):
+        if n in planned:
+            continue
+        # The state's hash is the server's bytes: a file equal to them once its
+        # tracking fields are gone is the same message, and takes those bytes.
+        saved = next(
+            (c for c in by_loose_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
+            None,
+        )
+        if saved is not None:
+            taken_local.add(saved)
+            dst, key = saved
+            planned[n] = MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags, replace=True)
             continue
         kept = _archived(p, archives or {}, taken_local)
         if kept is not None:
             taken_local.add(kept)
-            moves.append(FreeOnServer(src, p.uid, kept[1], kept[0]))
+            planned[n] = FreeOnServer(src, p.uid, kept[1], kept[0])
+    moves += (planned[n] for n in sorted(planned))
     # Server side: messages that left a folder, matched by hash to new UIDs elsewhere.
     by_remote_hash: dict[str, list[tuple[str, int]]] = {}
     for name in sorted(views):

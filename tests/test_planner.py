@@ -271,6 +271,19 @@ def test_an_exact_copy_is_preferred_to_one_with_added_fields() -> None:
     assert plan_moves(views) == [act.MoveOnServer("INBOX", 5, "B", "copy", "H", fl())]
 
 
+def test_a_file_that_is_exactly_one_lost_message_is_not_taken_loosely_by_another() -> None:
+    """Two lost messages, X (hash H1) and X with a Status field (hash H2, the server
+    had it), and one new file byte for byte the second: it is the second's move, even
+    though the first comes first and equals it apart from the field."""
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "a", "H1"), hpair(6, "b", "H2")], {5: fl(), 6: fl()}, []),
+        "Archive": view([], {}, [lm("f")], local_hashes={"f": "H2"}, loose={"f": "H1"}),
+    }
+    assert plan_moves(views) == [act.MoveOnServer("INBOX", 6, "Archive", "f", "H2", fl())]
+
+
 @pytest.mark.parametrize(
     "loose",
     [
