@@ -100,6 +100,12 @@ def test_an_mbsync_maildir_with_x_tuid_is_linked_and_takes_the_servers_bytes(
     extra = m.folder_dir("INBOX") / "cur" / "1700000099.mbsync.host,U=99:2,S"
     extra.write_bytes(different)
 
+    dry = m.run("sync", "--dry-run")
+    assert dry.status == 0, dry
+    assert dry.out.count("(same content, taking the server's bytes)") == 6
+    assert dry.out.count("upload ") == 1 and "download " not in dry.out
+    assert all(path.read_bytes() != lf for path, lf in names.items())  # nothing changed
+
     r = m.sync()
 
     # Every mbsync copy linked; only the genuinely different message is uploaded.
