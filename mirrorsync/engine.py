@@ -370,7 +370,7 @@ class AccountSync:
                 maybe = [u for u, x in ids.items() if (x.message_id, x.size) in wanted]
                 for uid, data, _f, _d in self.remote.fetch(maybe):
                     remote_hashes[n][uid] = content_hash(to_lf(data))
-        archives = self._archived_candidates(changed) if lost_local else {}
+        archives, archives_loose = self._archived_candidates(changed) if lost_local else ({}, {})
         if not any(local_hashes.values()) and not any(remote_hashes.values()) and not archives:
             return
         views = {}
@@ -385,7 +385,7 @@ class AccountSync:
                 remote_hashes[n],
                 local_loose[n],
             )
-        for move in plan_moves(views, archives):
+        for move in plan_moves(views, archives, archives_loose):
             # Moves between folders are two-way business; freeing a message whose
             # content is safe in a local-only folder is right in every mode.
             if not isinstance(move, FreeOnServer) and not {move.src, move.dst} <= set(mirror):
@@ -395,15 +395,19 @@ class AccountSync:
                 continue
             _guarded(reports[move.src], self._execute_move, move, changed, reports)
 
-    def _archived_candidates(self, changed: dict[str, FolderInputs]) -> dict[str, dict[str, str]]:
+    def _archived_candidates(
+        self, changed: dict[str, FolderInputs]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
         """Hashes of the files in local-only folders that could be a synced message
         moved there: the same key as a message gone from a synced folder (a rename),
-        or written since the last sync (a copy). Older files cannot be either."""
-        from mirrorsync.content import content_hash, to_lf
+        or written since the last sync (a copy). Older files cannot be either. Then
+        the loose hashes of those with tracking fields (a mutt save adds some)."""
+        from mirrorsync.content import content_hash, loose_hash, to_lf
 
         lost = {p.key for i in changed.values() for p in i.pairs if p.key not in i.local}
         since = float(self.state.get_meta("last_sync") or 0) - 5.0
         out: dict[str, dict[str, str]] = {}
+        loose: dict[str, dict[str, str]] = defaultdict(dict)
         for name in self._local_names_all:
             if not self.account.local.is_local_only(name):
                 continue
@@ -413,12 +417,15 @@ class AccountSync:
                 try:
                     path = folder.path_of(msg)
                     if key in lost or path.stat().st_mtime >= since:
-                        hashes[key] = content_hash(to_lf(folder.read(msg)))
+                        data = to_lf(folder.read(msg))
+                        hashes[key] = content_hash(data)
+                        if h := loose_hash(data):
+                            loose[name][key] = h
                 except (OSError, LocalStoreError):
                     continue
             if hashes:
                 out[name] = hashes
-        return out
+        return out, dict(loose)
 
     def _execute_move(
         self,

@@ -221,7 +221,9 @@ class FolderView:
 
 
 def plan_moves(
-    views: Mapping[str, FolderView], archives: Mapping[str, Mapping[str, str]] | None = None
+    views: Mapping[str, FolderView],
+    archives: Mapping[str, Mapping[str, str]] | None = None,
+    archives_loose: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[MessageMove]:
     """Moves between folders, so they stay moves instead of a copy and a deletion.
 
@@ -235,7 +237,9 @@ def plan_moves(
 
     - A file gone from a synced folder whose content (the state's hash) is found in a
       local-only folder (`archives`: folder -> key -> hash of candidate files) is
-      freed on the server: it is safe on disk, so this is no deletion.
+      freed on the server: it is safe on disk, so this is no deletion. Failing
+      that, a file there equal to it apart from tracking fields (`archives_loose`,
+      for the files that have any: mutt's save) is as safe.
 
     Each message takes part in at most one move; a message gone and new in the same
     folder is no move."""
@@ -302,6 +306,11 @@ def plan_moves(
         if kept is not None:
             taken_local.add(kept)
             planned[n] = FreeOnServer(src, p.uid, kept[1], kept[0])
+    for n, (src, p) in enumerate(gone_local):
+        kept = None if n in planned else _archived(p, archives_loose or {}, taken_local, False)
+        if kept is not None:
+            taken_local.add(kept)
+            planned[n] = FreeOnServer(src, p.uid, kept[1], kept[0])
     moves += (planned[n] for n in sorted(planned))
     # Server side: messages that left a folder, matched by hash to new UIDs elsewhere.
     by_remote_hash: dict[str, list[tuple[str, int]]] = {}
@@ -326,11 +335,14 @@ def plan_moves(
 
 
 def _archived(
-    p: Pair, archives: Mapping[str, Mapping[str, str]], taken: set[tuple[str, str]]
+    p: Pair,
+    archives: Mapping[str, Mapping[str, str]],
+    taken: set[tuple[str, str]],
+    by_key: bool = True,
 ) -> tuple[str, str] | None:
     """Where in a local-only folder this pair's content is, by the same key first
     (a rename) and then by any key (a copy); None if it is nowhere safe."""
-    for name in sorted(archives):
+    for name in sorted(archives) if by_key else ():
         if archives[name].get(p.key) == p.hash and (name, p.key) not in taken:
             return (name, p.key)
     for name in sorted(archives):

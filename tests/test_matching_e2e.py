@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mirrorsync import flags as flagmod
 from mirrorsync.content import to_lf
@@ -28,7 +29,7 @@ LONG_AGO = datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 def _totals(out: str) -> dict[str, int]:
     """The counts of the summary line ("test: 2 folders, 3 linked, 1 uploaded (0.1s)")."""
     line = next(x for x in out.splitlines() if x.startswith("test: "))
-    return {k: int(n) for n, k in re.findall(r"(\d+) ([a-z][a-z ()]*?)(?=,|\s\()", line)}
+    return {k: int(n) for n, k in re.findall(r"(\d+) ([a-z][a-z ()]*?)(?=, | \(\d)", line)}
 
 
 def _with_fields(lf: bytes, fields: bytes) -> bytes:
@@ -306,4 +307,33 @@ def test_a_save_made_by_real_neomutt_is_a_server_move(
     assert uid not in _server_bodies(m, "INBOX") and date == before[uid][2]
     assert saved.read_bytes() == lf
     m.assert_mirrored()
+    m.close()
+
+
+def test_a_mutt_save_into_a_local_only_folder_frees_the_server_without_the_guard(
+    account: Any, tmp_path: Path
+) -> None:
+    """Saving 8 of 12 messages with mutt into a local-only archive folder is no mass
+    deletion: the saved copies (with mutt's fields) prove the mail is safe on disk."""
+    m = Mirror(account, tmp_path)
+    doc = yaml.safe_load(m.config.read_text())
+    doc["accounts"]["test"]["local"]["local_only"] = ["Archive"]
+    m.config.write_text(yaml.safe_dump(doc))
+    for n in range(12):
+        m.client.append("INBOX", message(n), flags=[b"\\Seen"])
+    m.sync()
+    archive = m.root / "Archive"
+    for sub in ("cur", "new", "tmp"):
+        (archive / sub).mkdir(parents=True)
+    saved = {}
+    for i, f in enumerate(m.files("INBOX")[:8]):
+        copy = archive / "cur" / f"1800000000.save{i}.host:2,S"
+        copy.write_bytes(_with_fields(f.read_bytes(), b"Status: RO\nContent-Length: 20\n"))
+        saved[copy] = copy.read_bytes()
+        f.unlink()
+    r = m.run("sync")
+    assert r.status == 0, r  # not read as a mass deletion: before, the guard stopped it
+    assert _totals(r.out) == {"folders": 1, "freed on server (archived locally)": 8}
+    assert len(_server_bodies(m, "INBOX")) == 4
+    assert {p: p.read_bytes() for p in saved} == saved  # a local-only file is never touched
     m.close()

@@ -362,6 +362,22 @@ def test_a_move_into_a_local_only_folder_frees_the_server() -> None:
     ]
 
 
+def test_a_mutt_save_into_a_local_only_folder_frees_the_server_exact_copies_first() -> None:
+    from mirrorsync.planner import plan_moves
+
+    # 5's content (H) was saved with mutt's fields (the file "s", exact hash M); 6's
+    # (H6) is both there exactly ("x") and loosely ("y"): the exact one is its proof.
+    views = {"INBOX": view([hpair(5, "a", "H"), hpair(6, "b", "H6")], {5: fl(), 6: fl()}, [])}
+    archives = {"Archive": {"s": "M", "x": "H6", "y": "M2"}}
+    loose = {"Archive": {"s": "H", "y": "H6"}}
+    assert plan_moves(views, archives, loose) == [
+        act.FreeOnServer("INBOX", 5, "s", "Archive"),
+        act.FreeOnServer("INBOX", 6, "x", "Archive"),
+    ]
+    # Without the loose hashes the save is no proof: the file is not the message.
+    assert plan_moves(views, archives) == [act.FreeOnServer("INBOX", 6, "x", "Archive")]
+
+
 def test_a_local_only_file_with_other_content_frees_nothing() -> None:
     from mirrorsync.planner import plan_moves
 
