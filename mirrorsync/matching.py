@@ -53,6 +53,7 @@ def match_by_content(
     # loose one is computed only for a file that has tracking fields.
     hashes_of: dict[str, tuple[str, str]] = {}
     by_ident: dict[tuple[str, object], list[str]] = defaultdict(list)
+    idents_of: dict[str, list[tuple[str, object]]] = defaultdict(list)
     for lm in local:
         try:
             data = to_lf(folder.read(lm))
@@ -61,11 +62,13 @@ def match_by_content(
         msgid, exact = message_id(data), content_hash(data)
         stripped = strip_tracking(data)
         hashes_of[lm.key] = (exact, exact if stripped is None else content_hash(stripped))
-        by_ident[_ident(msgid, crlf_size(data))].append(lm.key)
+        idents_of[lm.key].append(_ident(msgid, crlf_size(data)))
         if stripped is not None and msgid is None:
             # Without a Message-ID the size picks candidates: the server's copy is
             # most likely the one without the fields.
-            by_ident[_ident(None, crlf_size(stripped))].append(lm.key)
+            idents_of[lm.key].append(_ident(None, crlf_size(stripped)))
+        for ident in idents_of[lm.key]:
+            by_ident[ident].append(lm.key)
     # Server side: identities, then bodies only of the candidates.
     ids = remote.identities(uids)
     candidates = [u for u, i in ids.items() if _ident(i.message_id, i.size) in by_ident]
@@ -75,7 +78,6 @@ def match_by_content(
         exact = content_hash(data)
         served[uid] = (exact, loose_hash(data) or exact)
     matches: list[Match] = []
-    taken: set[str] = set()
     matched: set[int] = set()
     # Exact matches first, so that a file with tracking fields never takes the place
     # of one that is byte for byte the server's.
@@ -86,10 +88,11 @@ def match_by_content(
             i = ids[uid]
             want = served[uid][loose]
             for key in by_ident[_ident(i.message_id, i.size)]:
-                if key not in taken and hashes_of[key][loose] == want:
+                if hashes_of[key][loose] == want:
                     matches.append(Match(uid, key, served[uid][0], replace=loose))
-                    taken.add(key)
                     matched.add(uid)
+                    for ident in idents_of[key]:  # taken: no candidate any more
+                        by_ident[ident].remove(key)
                     break
     return matches
 
