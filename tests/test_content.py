@@ -117,3 +117,36 @@ def test_the_same_message_with_different_tracking_fields_hashes_loosely_the_same
     assert loose_hash(mbsync) == loose_hash(mutt) == content_hash(server)
     other = b"From: a\nSubject: y\nMessage-ID: <m@x>\nX-TUID: 0123456789ab\n\nbody\n"
     assert loose_hash(other) != content_hash(server)
+
+
+_NAMES = ["Subject", "X-TUID", "Status", "Lines", "To", "X-Keywords", "content-length", "X"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_NAMES), st.text("ab :\t", max_size=8), st.booleans()),
+        max_size=8,
+    ),
+    st.binary(max_size=40),
+)
+def test_strip_tracking_drops_only_tracking_fields_and_never_the_body(
+    fields: list[tuple[str, str, bool]], body: bytes
+) -> None:
+    lines = []
+    for name, value, folded in fields:
+        lines.append(f"{name}: {value}".encode())
+        if folded:
+            lines.append(f"\t{value}".encode())
+    head = b"\n".join(lines) + b"\n" if lines else b"Subject: -\n"
+    data = head + b"\n" + body
+    stripped = strip_tracking(data)
+    kept = b"".join(
+        f"{n}: {v}\n".encode() + (f"\t{v}\n".encode() if f else b"")
+        for n, v, f in fields
+        if n.lower() not in {"x-tuid", "status", "lines", "content-length"}
+    )
+    if stripped is None:
+        assert kept == head or not lines
+    else:
+        assert stripped == kept + b"\n" + body  # the body, byte for byte
+        assert strip_tracking(stripped) is None  # nothing left to strip
