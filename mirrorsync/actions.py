@@ -75,9 +75,13 @@ class Link:
     key: str
     hash: str
     change: FlagChange
+    # The file equals the message apart from fields a tool added to its copy (see
+    # content.TRACKING_FIELDS): it takes the server's bytes before it is recorded.
+    replace: bool = False
 
     def describe(self) -> str:
-        return f"link UID {self.uid} = {self.key} (same content) [{_letters(self.change.result)}]"
+        same = "same content, taking the server's bytes" if self.replace else "same content"
+        return f"link UID {self.uid} = {self.key} ({same}) [{_letters(self.change.result)}]"
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,11 @@ class MoveOnServer:
     key: str  # the file in `dst` now
     hash: str
     flags: Flags  # the pair's flags as last synced
+    replace: bool = False  # the file differs by tracking fields: it takes the server's bytes
 
     def describe(self) -> str:
-        return f"move on server UID {self.uid} {self.src} -> {self.dst} (moved locally)"
+        how = "moved locally, taking the server's bytes" if self.replace else "moved locally"
+        return f"move on server UID {self.uid} {self.src} -> {self.dst} ({how})"
 
 
 @dataclass(frozen=True)

@@ -395,7 +395,7 @@ class AccountSync:
         """Find moves across folders (hashing only what a move could involve), carry
         them out, and rewrite the folders' inputs as if they had always been there."""
         from mirrorsync.actions import FreeOnServer
-        from mirrorsync.content import content_hash, crlf_size, message_id, to_lf
+        from mirrorsync.content import content_hash, crlf_size, loose_hash, message_id, to_lf
         from mirrorsync.planner import FolderView, plan_moves
 
         def unpaired_local(i: FolderInputs) -> list[str]:
@@ -417,15 +417,19 @@ class AccountSync:
             if p.uid not in i.remote and p.key in i.local
         ]
         local_hashes: dict[str, dict[str, str]] = {n: {} for n in changed}
+        local_loose: dict[str, dict[str, str]] = {n: {} for n in changed}
         remote_hashes: dict[str, dict[int, str]] = {n: {} for n in changed}
         if lost_local:
             for n, i in mirror.items():
                 mfolder = self.maildir.folder(n)
                 for key in unpaired_local(i):
                     try:
-                        local_hashes[n][key] = content_hash(to_lf(mfolder.read(i.local[key])))
+                        data = to_lf(mfolder.read(i.local[key]))
                     except LocalStoreError:
                         continue
+                    local_hashes[n][key] = content_hash(data)
+                    if loose := loose_hash(data):  # a reader's save added fields
+                        local_loose[n][key] = loose
         if lost_remote:
             wanted: set[tuple[str | None, int]] = set()
             for n, p in lost_remote:
@@ -443,7 +447,7 @@ class AccountSync:
                 maybe = [u for u, x in ids.items() if (x.message_id, x.size) in wanted]
                 for uid, data, _f, _d in self.remote.fetch(maybe):
                     remote_hashes[n][uid] = content_hash(to_lf(data))
-        archives = self._archived_candidates(changed) if lost_local else {}
+        archives, archives_loose = self._archived_candidates(changed) if lost_local else ({}, {})
         if not any(local_hashes.values()) and not any(remote_hashes.values()) and not archives:
             return
         views = {}
@@ -456,8 +460,9 @@ class AccountSync:
                 {k: m for k, m in i.local.items() if k not in matched_keys},
                 local_hashes[n],
                 remote_hashes[n],
+                local_loose[n],
             )
-        for move in plan_moves(views, archives):
+        for move in plan_moves(views, archives, archives_loose):
             # Moves between folders are two-way business; freeing a message whose
             # content is safe in a local-only folder is right in every mode.
             if not isinstance(move, FreeOnServer) and not {move.src, move.dst} <= set(mirror):
@@ -468,15 +473,19 @@ class AccountSync:
                 self.emit(f"[{self.account.name}] {move.describe()}")
             _guarded(reports[move.src], self._execute_move, move, changed, reports)
 
-    def _archived_candidates(self, changed: dict[str, FolderInputs]) -> dict[str, dict[str, str]]:
+    def _archived_candidates(
+        self, changed: dict[str, FolderInputs]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
         """Hashes of the files in local-only folders that could be a synced message
         moved there: the same key as a message gone from a synced folder (a rename),
-        or written since the last sync (a copy). Older files cannot be either."""
-        from mirrorsync.content import content_hash, to_lf
+        or written since the last sync (a copy). Older files cannot be either. Then
+        the loose hashes of those with tracking fields (a mutt save adds some)."""
+        from mirrorsync.content import content_hash, loose_hash, to_lf
 
         lost = {p.key for i in changed.values() for p in i.pairs if p.key not in i.local}
         since = float(self.state.get_meta("last_sync") or 0) - 5.0
         out: dict[str, dict[str, str]] = {}
+        loose: dict[str, dict[str, str]] = defaultdict(dict)
         for name in self._local_names_all:
             if not self.account.local.is_local_only(name):
                 continue
@@ -486,12 +495,15 @@ class AccountSync:
                 try:
                     path = folder.path_of(msg)
                     if key in lost or path.stat().st_mtime >= since:
-                        hashes[key] = content_hash(to_lf(folder.read(msg)))
+                        data = to_lf(folder.read(msg))
+                        hashes[key] = content_hash(data)
+                        if h := loose_hash(data):
+                            loose[name][key] = h
                 except (OSError, LocalStoreError):
                     continue
             if hashes:
                 out[name] = hashes
-        return out
+        return out, dict(loose)
 
     def _execute_move(
         self,
@@ -533,6 +545,12 @@ class AccountSync:
                 new_uid: int | None = max(dst.status.uidnext, max(dst.moved_in, default=0) + 1)
             else:
                 self._select(move.src, src.status)
+                if move.replace:  # the file takes the server's bytes, before the move
+                    from mirrorsync.matching import take_server_bytes
+
+                    item = (move.uid, move.key, move.hash)
+                    dst_folder = self.maildir.folder(move.dst)
+                    take_server_bytes(self.remote, dst_folder, dst.local, [item])
                 new_uid = self.remote.move([move.uid], move.dst).get(move.uid)
                 with self.state.transaction():
                     self.state.delete_pairs(move.src, [move.uid])
@@ -838,17 +856,34 @@ class AccountSync:
                     isinstance(a, (act.UpdateFlags, act.Link))
                     and bool(a.change.remote_add or a.change.remote_remove)
                 )
+                or (isinstance(a, act.Link) and a.replace)
                 for a in plan
             )
             if remote_ops:
                 self._select(name, status)
             hashes = {p.uid: p.hash for p in inputs.pairs}
             modseq = status.highestmodseq
+            links = _of(plan, act.Link)
+            refill_skipped = False
+            refill = [(a.uid, a.key, a.hash) for a in links if a.replace]
+            if refill:
+                # Files equal to the server's messages apart from a tool's tracking
+                # fields take the server's bytes first; one a reader renamed meanwhile
+                # is not linked now, the next run matches it afresh.
+                from mirrorsync.matching import take_server_bytes
+
+                filled = take_server_bytes(self.remote, mfolder, local, refill)
+                kept = [a for a in links if not a.replace or a.key in filled]
+                # a link left for the next run keeps the folder's old position, so the
+                # server names that message again then (see `_apply_flags`)
+                refill_skipped = len(kept) < len(links)
+                links = kept
+                touched_local = True
             flagged, unapplied = self._apply_flags(
                 name,
                 mfolder,
                 local,
-                _of(plan, act.UpdateFlags) + _of(plan, act.Link),
+                [*_of(plan, act.UpdateFlags), *links],
                 inputs.local,
                 hashes,
                 modseq,
@@ -856,6 +891,7 @@ class AccountSync:
                 rep,
             )
             touched_local |= flagged
+            unapplied |= refill_skipped
             deletes = _of(plan, act.DeleteRemote)
             if deletes and not _still(mfolder, inputs.stamp):
                 # A directory listing is not atomic against a reader's renames, so a

@@ -11,7 +11,8 @@ forget: write into tmp/, fsync the file, set its mtime, link it into new/ or cur
 can forget the rename although the state database already recorded the message.
 
 Nothing here ever opens a delivered message for writing; the only changes to an
-existing message are renames (flags) and unlinks.
+existing message are renames (flags), unlinks, and `replace_contents`, which gives a
+file new bytes by writing a new file in tmp/ and swapping the two names atomically.
 """
 
 from __future__ import annotations
@@ -759,6 +760,70 @@ class MaildirFolder:
             with contextlib.suppress(OSError):
                 os.unlink(t)
 
+    def replace_contents(self, items: Sequence[tuple[LocalMessage, bytes]]) -> list[LocalMessage]:
+        """Give existing messages new bytes under the same name (key, flags) and
+        mtime (mode 0600, as every file mirrorsync writes); returns those replaced.
+        Used when a file matched the server's message apart from fields a tool added
+        to its copy, so that it holds the server's bytes afterwards.
+
+        Each new file is written and fsynced in tmp/ first, then swapped with the old
+        one by one atomic exchange of the two names (renameat2 RENAME_EXCHANGE), then
+        the directories are fsynced and the old bytes, now in tmp/, removed. A kill
+        leaves every file whole, old or new. A file a reader renamed (changed flags)
+        or removed meanwhile is not there to swap, so it is left alone: no second
+        file with its key is ever made. Where the system cannot exchange names, the
+        file is renamed over instead, checked to be there just before."""
+        tmpdir = os.path.join(self.path, "tmp")
+        temps: list[str] = []
+        staged: list[tuple[str, Path, LocalMessage]] = []
+        jobs: list[tuple[str, bytes, float | None]] = []
+        try:
+            for msg, data in items:
+                path = self.path_of(msg)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue  # renamed or removed meanwhile: left alone
+                tmp = os.path.join(tmpdir, new_key())
+                temps.append(tmp)
+                staged.append((tmp, path, msg))
+                jobs.append((tmp, data, st.st_mtime))
+            # Durable as deliveries are: one syncfs for a large batch where the
+            # kernel can be trusted with it, else an fsync per file on a few threads.
+            syncfs = _syncfs() if len(jobs) >= SYNCFS_MIN_FILES else None
+            if syncfs is None:
+                _wait_all(_submit_all(_write_synced, jobs))
+            else:
+                for job in jobs:
+                    _write_file(job)
+                syncfs(tmpdir)
+        except BaseException as e:
+            self._undo(temps, [])
+            if isinstance(e, OSError):
+                raise _os_error("writing to", self.path, e) from e
+            raise
+        done: list[LocalMessage] = []
+        try:
+            for tmp, path, msg in staged:
+                _own(path, False)
+                _own(path, True)
+                swapped = _exchange(tmp, path)
+                if swapped is None and os.path.lexists(path):
+                    os.rename(tmp, path)
+                    swapped = True
+                if swapped:
+                    done.append(msg)
+            for d in sorted({path.parent for _tmp, path, _msg in staged}):
+                fsync_dir(d)
+        except OSError as e:
+            raise _os_error(
+                "replacing messages in", self.path, e, "every file is whole, old or new"
+            ) from e
+        finally:
+            for t in temps:  # the old bytes, or a new file that found nothing to swap with
+                _unlink_quiet(t)
+        return done
+
     def set_flags(self, msg: LocalMessage, flags: Flags, *, durable: bool = True) -> LocalMessage:
         """Rename to cur/KEY:2,LETTERS. Letters we do not map are carried over, and the
         file keeps the separator it had (a reader using "!" expects "!"). Nothing is
@@ -946,6 +1011,41 @@ def _place(tmp: str | Path, target: Path) -> None:
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, "File exists", str(tmp), None, str(target))
     os.rename(tmp, target)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2_fn: Any = False  # False: not looked up yet; None: not available
+
+
+def _exchange(a: str | Path, b: str | Path) -> bool | None:
+    """Swap the names `a` and `b` atomically (Linux renameat2 RENAME_EXCHANGE, in
+    glibc since 2.28): True when done, False when one of them does not exist, None
+    when the system or the file system cannot exchange names."""
+    global _renameat2_fn
+    if _renameat2_fn is False:
+        _renameat2_fn = None
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            with contextlib.suppress(OSError, AttributeError):
+                fn = ctypes.CDLL(None, use_errno=True).renameat2
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+                fn.argtypes += [ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _renameat2_fn = fn
+    if _renameat2_fn is None:
+        return None
+    import ctypes
+
+    if _renameat2_fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ENOENT:
+        return False
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return None
+    raise OSError(err, os.strerror(err), os.fspath(b))
 
 
 def _mkdir(path: Path) -> bool:

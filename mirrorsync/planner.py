@@ -9,7 +9,7 @@ prose; keep the two in step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mirrorsync.actions import (
     CreateLocalFolder,
@@ -47,7 +47,8 @@ class Match:
 
     uid: int
     key: str
-    hash: str
+    hash: str  # the server's content hash
+    replace: bool = False  # equal only apart from tracking fields: the file takes the server's
 
 
 def plan_folders(
@@ -169,7 +170,8 @@ def plan_messages(
         # Same content on both sides with no common history: keep every flag either
         # has (one way: the server's).
         r, lf = remote[m.uid], local[m.key].flags
-        actions.append(Link(m.uid, m.key, m.hash, _change_to(r | lf if two_way else r, r, lf)))
+        change = _change_to(r | lf if two_way else r, r, lf)
+        actions.append(Link(m.uid, m.key, m.hash, change, m.replace))
     for uid in sorted(remote):
         if uid not in paired_uids and uid not in matched_uids:
             actions.append(Download(uid, remote[uid]))
@@ -206,29 +208,38 @@ class FolderView:
 
     `local_hashes` holds the content hash of unpaired local files and `remote_hashes`
     that of unpaired server messages, where the engine computed them (only when some
-    other folder lost a message, so a sync without moves reads nothing extra)."""
+    other folder lost a message, so a sync without moves reads nothing extra).
+    `local_loose` holds the hash of those files without their tracking fields, for
+    the files that have any (`content.loose_hash`: mutt's save adds them)."""
 
     pairs: Sequence[Pair]
     remote: Mapping[int, Flags]
     local: Mapping[str, LocalMessage]
     local_hashes: Mapping[str, str]
     remote_hashes: Mapping[int, str]
+    local_loose: Mapping[str, str] = field(default_factory=dict)
 
 
 def plan_moves(
-    views: Mapping[str, FolderView], archives: Mapping[str, Mapping[str, str]] | None = None
+    views: Mapping[str, FolderView],
+    archives: Mapping[str, Mapping[str, str]] | None = None,
+    archives_loose: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[MessageMove]:
     """Moves between folders, so they stay moves instead of a copy and a deletion.
 
     - A file gone from folder A whose key (a rename: notmuch, afew, aerc) or whose
       content (mutt's copy then delete) turned up as a new file in folder B is moved
-      on the server (UID MOVE), never uploaded again.
+      on the server (UID MOVE), never uploaded again. Content is the exact hash
+      first, then the hash without tracking fields (mutt's save adds Content-Length,
+      Lines, Status): such a file then takes the server's bytes (`replace`).
     - A server message gone from A while a new one with the same content appeared in
       B (another client moved it) is renamed locally, never downloaded again.
 
     - A file gone from a synced folder whose content (the state's hash) is found in a
       local-only folder (`archives`: folder -> key -> hash of candidate files) is
-      freed on the server: it is safe on disk, so this is no deletion.
+      freed on the server: it is safe on disk, so this is no deletion. Failing
+      that, a file there equal to it apart from tracking fields (`archives_loose`,
+      for the files that have any: mutt's save) is as safe.
 
     Each message takes part in at most one move; a message gone and new in the same
     folder is no move."""
@@ -249,13 +260,20 @@ def plan_moves(
         new_local.update((name, key) for key in v.local if key not in paired)
     by_key: dict[str, list[str]] = {}
     by_local_hash: dict[str, list[tuple[str, str]]] = {}
+    by_loose_hash: dict[str, list[tuple[str, str]]] = {}
     for name, key in sorted(new_local):
         by_key.setdefault(key, []).append(name)
         h = views[name].local_hashes.get(key)
         if h:
             by_local_hash.setdefault(h, []).append((name, key))
+        loose = views[name].local_loose.get(key)
+        if loose:
+            by_loose_hash.setdefault(loose, []).append((name, key))
     taken_local: set[tuple[str, str]] = set()
-    for src, p in gone_local:
+    # Same key or same bytes first for every lost file, so that a copy with tracking
+    # fields never takes the place of an exact one meant for another lost file.
+    planned: dict[int, MessageMove] = {}  # by the index in gone_local, to keep its order
+    for n, (src, p) in enumerate(gone_local):
         dst_key = next(
             (
                 (d, p.key)
@@ -269,13 +287,31 @@ def plan_moves(
         )
         if dst_key is not None:
             taken_local.add(dst_key)
-            dst, key = dst_key
-            moves.append(MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags))
+            planned[n] = MoveOnServer(src, p.uid, dst_key[0], dst_key[1], p.hash, p.remote_flags)
+    for n, (src, p) in enumerate(gone_local):
+        if n in planned:
+            continue
+        # The state's hash is the server's bytes: a file equal to them once its
+        # tracking fields are gone is the same message, and takes those bytes.
+        saved = next(
+            (c for c in by_loose_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
+            None,
+        )
+        if saved is not None:
+            taken_local.add(saved)
+            dst, key = saved
+            planned[n] = MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags, replace=True)
             continue
         kept = _archived(p, archives or {}, taken_local)
         if kept is not None:
             taken_local.add(kept)
-            moves.append(FreeOnServer(src, p.uid, kept[1], kept[0]))
+            planned[n] = FreeOnServer(src, p.uid, kept[1], kept[0])
+    for n, (src, p) in enumerate(gone_local):
+        kept = None if n in planned else _archived(p, archives_loose or {}, taken_local, False)
+        if kept is not None:
+            taken_local.add(kept)
+            planned[n] = FreeOnServer(src, p.uid, kept[1], kept[0])
+    moves += (planned[n] for n in sorted(planned))
     # Server side: messages that left a folder, matched by hash to new UIDs elsewhere.
     by_remote_hash: dict[str, list[tuple[str, int]]] = {}
     for name in sorted(views):
@@ -299,11 +335,14 @@ def plan_moves(
 
 
 def _archived(
-    p: Pair, archives: Mapping[str, Mapping[str, str]], taken: set[tuple[str, str]]
+    p: Pair,
+    archives: Mapping[str, Mapping[str, str]],
+    taken: set[tuple[str, str]],
+    by_key: bool = True,
 ) -> tuple[str, str] | None:
     """Where in a local-only folder this pair's content is, by the same key first
     (a rename) and then by any key (a copy); None if it is nowhere safe."""
-    for name in sorted(archives):
+    for name in sorted(archives) if by_key else ():
         if archives[name].get(p.key) == p.hash and (name, p.key) not in taken:
             return (name, p.key)
     for name in sorted(archives):

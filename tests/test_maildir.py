@@ -825,3 +825,66 @@ def test_a_delivery_removes_our_own_abandoned_tmp_files_only(tmp_path: Path) -> 
     (tmp / ours_old).write_bytes(b"partial")
     folder.deliver(folder.new_key(), b"two", NO_FLAGS)
     assert ours_old in os.listdir(tmp)
+
+
+# --- replacing a file's bytes (a copy matched apart from a tool's tracking fields) ---
+
+
+def test_replace_contents_keeps_name_and_mtime_and_leaves_nothing_behind(
+    inbox: MaildirFolder,
+) -> None:
+    msg = inbox.deliver(new_key(), b"Subject: x\nX-TUID: abc\n\nbody\n", frozenset({SEEN}), 1e9)
+    path = inbox.path_of(msg)
+    before = path.stat()
+    assert inbox.replace_contents([(msg, b"Subject: x\n\nbody\n")]) == [msg]
+    after = path.stat()
+    assert path.read_bytes() == b"Subject: x\n\nbody\n"
+    assert after.st_ino != before.st_ino  # a new file swapped in, never written in place
+    assert after.st_mtime == 1e9 and stat.S_IMODE(after.st_mode) == 0o600
+    assert files(inbox) == {"cur": [path.name], "new": [], "tmp": []}
+
+
+def test_replace_contents_is_an_atomic_exchange_here(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"A")
+    b.write_bytes(b"B")
+    assert maildir_mod._exchange(a, b) is True
+    assert (a.read_bytes(), b.read_bytes()) == (b"B", b"A")
+    assert maildir_mod._exchange(a, tmp_path / "gone") is False
+
+
+def test_replace_contents_leaves_a_file_a_reader_renamed_meanwhile_alone(
+    inbox: MaildirFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader changes the flags (renames the file) while the new bytes are being
+    written: the exchange finds nothing under the old name, so no second file with
+    that key is made, and the reader's file keeps its bytes."""
+    msg = inbox.deliver(new_key(), b"old\n", frozenset())
+    renamed = inbox.path / "cur" / f"{msg.key}:2,S"
+    real = maildir_mod._write_synced
+
+    def reader_renames(job: tuple[str, bytes, float | None]) -> None:
+        real(job)
+        os.rename(inbox.path_of(msg), renamed)
+
+    monkeypatch.setattr(maildir_mod, "_write_synced", reader_renames)
+    assert inbox.replace_contents([(msg, b"new\n")]) == []
+    assert renamed.read_bytes() == b"old\n"
+    assert files(inbox) == {"cur": [renamed.name], "new": [], "tmp": []}
+
+
+def test_replace_contents_skips_a_file_already_gone(inbox: MaildirFolder) -> None:
+    msg = inbox.deliver(new_key(), b"old\n", frozenset())
+    inbox.remove(msg)
+    assert inbox.replace_contents([(msg, b"new\n")]) == []
+    assert files(inbox) == {"cur": [], "new": [], "tmp": []}
+
+
+def test_replace_contents_renames_over_where_names_cannot_be_exchanged(
+    inbox: MaildirFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maildir_mod, "_exchange", lambda a, b: None)
+    msg = inbox.deliver(new_key(), b"old\n", frozenset({SEEN}))
+    assert inbox.replace_contents([(msg, b"new\n")]) == [msg]
+    assert inbox.read(msg) == b"new\n"
+    assert files(inbox) == {"cur": [inbox.path_of(msg).name], "new": [], "tmp": []}

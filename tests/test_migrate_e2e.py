@@ -374,7 +374,6 @@ def test_migrate_from_each_mbsync_layout_changes_nothing(
     assert m.server() == before
 
 
-@pytest.mark.xfail(strict=True, reason="X-TUID matching, branch matching")
 def test_first_sync_over_an_mbsync_maildir_without_migrate_links_everything(
     account: Any, tmp_path: Path
 ) -> None:

@@ -210,7 +210,7 @@ def test_guard_counts_local_deletions_too() -> None:
     assert why is not None and "locally" in why
 
 
-def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None):  # type: ignore[no-untyped-def]
+def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None, loose=None):  # type: ignore[no-untyped-def]
     from mirrorsync.planner import FolderView
 
     return FolderView(
@@ -219,6 +219,7 @@ def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None)
         {m.key: m for m in local},
         local_hashes or {},
         remote_hashes or {},
+        loose or {},
     )
 
 
@@ -244,6 +245,65 @@ def test_a_copy_then_delete_is_recognised_by_content() -> None:
         "Archive": view([], {}, [lm("new")], local_hashes={"new": "H"}),
     }
     assert plan_moves(views) == [act.MoveOnServer("INBOX", 5, "Archive", "new", "H", fl())]
+
+
+def test_a_mutt_save_with_added_fields_is_a_move_that_takes_the_servers_bytes() -> None:
+    from mirrorsync.planner import plan_moves
+
+    # The saved copy's exact hash is its own; without mutt's fields it is the state's.
+    views = {
+        "INBOX": view([hpair(5, "old", "H", S)], {5: fl(S)}, []),
+        "Archive": view([], {}, [lm("new", S)], local_hashes={"new": "M"}, loose={"new": "H"}),
+    }
+    assert plan_moves(views) == [
+        act.MoveOnServer("INBOX", 5, "Archive", "new", "H", fl(S), replace=True)
+    ]
+
+
+def test_an_exact_copy_is_preferred_to_one_with_added_fields() -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
+        "A": view([], {}, [lm("saved")], local_hashes={"saved": "M"}, loose={"saved": "H"}),
+        "B": view([], {}, [lm("copy")], local_hashes={"copy": "H"}),
+    }
+    assert plan_moves(views) == [act.MoveOnServer("INBOX", 5, "B", "copy", "H", fl())]
+
+
+def test_a_file_that_is_exactly_one_lost_message_is_not_taken_loosely_by_another() -> None:
+    """Two lost messages, X (hash H1) and X with a Status field (hash H2, the server
+    had it), and one new file byte for byte the second: it is the second's move, even
+    though the first comes first and equals it apart from the field."""
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "a", "H1"), hpair(6, "b", "H2")], {5: fl(), 6: fl()}, []),
+        "Archive": view([], {}, [lm("f")], local_hashes={"f": "H2"}, loose={"f": "H1"}),
+    }
+    assert plan_moves(views) == [act.MoveOnServer("INBOX", 6, "Archive", "f", "H2", fl())]
+
+
+@pytest.mark.parametrize(
+    "loose",
+    [
+        {"saved": "OTHER"},  # different content apart from the fields: a new message
+        {},  # no tracking fields: its exact hash already said "different"
+    ],
+)
+def test_a_copy_that_differs_beyond_tracking_fields_is_no_move(loose: dict[str, str]) -> None:
+    from mirrorsync.planner import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
+        "Archive": view([], {}, [lm("saved")], local_hashes={"saved": "M"}, loose=loose),
+    }
+    assert plan_moves(views) == []
+
+
+def test_a_loose_match_links_and_takes_the_servers_bytes() -> None:
+    plan = plan_messages([], {7: fl(S)}, {"k": lm("k")}, [Match(7, "k", "H", replace=True)])
+    assert plan == [act.Link(7, "k", "H", act.FlagChange(fl(S), fl(), fl(), fl(S)), replace=True)]
 
 
 def test_a_server_move_becomes_a_local_rename() -> None:
@@ -300,6 +360,22 @@ def test_a_move_into_a_local_only_folder_frees_the_server() -> None:
         act.FreeOnServer("INBOX", 5, "k", "Archive"),
         act.FreeOnServer("INBOX", 6, "copy", "Archive"),
     ]
+
+
+def test_a_mutt_save_into_a_local_only_folder_frees_the_server_exact_copies_first() -> None:
+    from mirrorsync.planner import plan_moves
+
+    # 5's content (H) was saved with mutt's fields (the file "s", exact hash M); 6's
+    # (H6) is both there exactly ("x") and loosely ("y"): the exact one is its proof.
+    views = {"INBOX": view([hpair(5, "a", "H"), hpair(6, "b", "H6")], {5: fl(), 6: fl()}, [])}
+    archives = {"Archive": {"s": "M", "x": "H6", "y": "M2"}}
+    loose = {"Archive": {"s": "H", "y": "H6"}}
+    assert plan_moves(views, archives, loose) == [
+        act.FreeOnServer("INBOX", 5, "s", "Archive"),
+        act.FreeOnServer("INBOX", 6, "x", "Archive"),
+    ]
+    # Without the loose hashes the save is no proof: the file is not the message.
+    assert plan_moves(views, archives) == [act.FreeOnServer("INBOX", 6, "x", "Archive")]
 
 
 def test_a_local_only_file_with_other_content_frees_nothing() -> None:
