@@ -898,36 +898,6 @@ class MaildirFolder:
             raise _os_error("flushing", dst.parent, e, "the move may not survive a crash") from e
         return LocalMessage(msg.key, msg.flags, msg.subdir, src.name)
 
-    def replace(self, msg: LocalMessage, data: bytes) -> None:
-        """Durably give `msg` new bytes under the same name (key, flags, subdirectory)
-        and date: written and fsynced in tmp/, then renamed over the file, so a reader
-        sees the old bytes or the new, never a part. Only for the server's copy of a
-        message the server changed on upload (see `mirrorsync.stored`); a delivered
-        file is otherwise never rewritten. MessageVanished when the file is gone."""
-        path = self.path_of(msg)
-        tmp = self.path / "tmp" / new_key()
-        try:
-            mtime = os.stat(path).st_mtime
-            _write_file((str(tmp), data, mtime), sync=True)
-            if not os.path.lexists(path):
-                # A reader renamed it meanwhile: renaming over its old name would
-                # make a second file with the same key.
-                raise FileNotFoundError(errno.ENOENT, "gone", str(path))
-            _own(path, True)
-            os.rename(tmp, path)
-        except FileNotFoundError as e:
-            _unlink_quiet(tmp)
-            raise MessageVanished(path, "replace") from e
-        except OSError as e:
-            _unlink_quiet(tmp)
-            raise _os_error("replacing", path, e, "the message is unchanged") from e
-        try:
-            fsync_dir(path.parent)
-        except OSError as e:
-            raise _os_error(
-                "flushing", path.parent, e, "the replacement may not survive a crash"
-            ) from e
-
     def remove(self, msg: LocalMessage, *, durable: bool = True) -> None:
         """Unlink; a file already gone is already removed. (A file a reader renamed
         meanwhile is gone too from here: the next scan finds it under its new name.)

@@ -58,9 +58,17 @@ def adopt_server_copies(
         if fresh == digest:
             continue
         try:
-            mfolder.replace(lm, lf)
+            replaced = mfolder.replace_contents([(lm, lf)])
         except LocalStoreError as e:
             log.warning("%s: the server changed %s on upload; %s", name, describe(lf), e)
+            continue
+        if not replaced:
+            log.warning(
+                "%s: the server changed %s on upload; the local file was renamed or "
+                "removed meanwhile, so it keeps its bytes",
+                name,
+                describe(lf),
+            )
             continue
         log.warning(
             "%s: the server changed %s when it was uploaded (it rewrites some messages, "
