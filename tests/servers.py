@@ -92,6 +92,15 @@ def _kill_wait(pid: int, wait: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _alive(pidfile: Path) -> bool:
+    """Whether the process named in `pidfile` runs (no pgrep: procps may be missing)."""
+    try:
+        os.kill(int(pidfile.read_text().split()[0]), 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
 def _need_root(what: str) -> None:
     if os.geteuid() != 0:
         raise Unavailable(f"{what} needs root here (run the tests as root)")
@@ -308,8 +317,8 @@ class Courier:
         if not _USERDB.exists():
             _USERDB.touch(mode=0o600)
             subprocess.run(["makeuserdb"], check=True, capture_output=True)
-        running = Path("/run/courier/authdaemon/socket").exists() and (
-            subprocess.run(["pgrep", "-x", "authdaemond"], capture_output=True).returncode == 0
+        running = Path("/run/courier/authdaemon/socket").exists() and _alive(
+            Path("/run/courier/authdaemon/pid")
         )
         if running and not changed:
             return False
