@@ -112,8 +112,9 @@ def _need_root(what: str) -> None:
 _DOVECOT_BASE = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ NAMESPACE CHILDREN"
 
 DOVECOT_VARIANTS: dict[str, str] = {
-    # Gmail: CONDSTORE but no QRESYNC (so no VANISHED), MOVE, UIDPLUS, no LIST-STATUS.
-    "condstore-only": f"{_DOVECOT_BASE} UNSELECT UIDPLUS MOVE CONDSTORE ESEARCH",
+    # Gmail: CONDSTORE but no QRESYNC (so no VANISHED); MOVE, UIDPLUS, LIST-STATUS.
+    "condstore-only": f"{_DOVECOT_BASE} UNSELECT UIDPLUS MOVE CONDSTORE ESEARCH "
+    "LIST-EXTENDED LIST-STATUS SPECIAL-USE",
     # Courier or Outlook: UIDPLUS, but no MOVE, CONDSTORE, QRESYNC or LIST-STATUS.
     "uidplus-only": f"{_DOVECOT_BASE} UNSELECT UIDPLUS",
 }
@@ -244,8 +245,9 @@ class Courier:
     """One Courier-IMAP 5.0 instance, under couriertcpd, logins through the system's
     authdaemond and its userdb (the socket path is compiled in, hence root).
 
-    Users are named after this instance (`tag`), so they can be removed from the
-    shared userdb afterwards; their Maildirs live under `base`, owned by `mail`.
+    It changes the machine's Courier setup: `authmodulelist="authuserdb"` in
+    /etc/courier/authdaemonrc, and its users in /etc/courier/userdb (removed again by
+    `cleanup()`). Their Maildirs live under `base`, owned by `mail`.
     """
 
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mirrorsync-courier-")))
@@ -433,7 +435,9 @@ class Pymap:
         try:
             import pymap  # noqa: F401
         except ImportError as e:
-            raise Unavailable(f"pymap is not installed ({e}); run scripts/setup") from e
+            raise Unavailable(
+                f"pymap is not installed ({e}); run scripts/setup (pymap needs Python 3.11)"
+            ) from e
         self.port = self.port or _free_port()
         users = self.base / "users"
         users.touch()
