@@ -326,8 +326,10 @@ class Courier:
             return False
         if running:
             subprocess.run(["authdaemond", "stop"], check=False, capture_output=True)
-        Path("/run/courier/authdaemon").mkdir(parents=True, exist_ok=True)
-        shutil.chown("/run/courier/authdaemon", "daemon", "daemon")
+        run = Path("/run/courier/authdaemon")
+        if not run.exists():  # made at boot by tmpfiles.d, which a container may skip
+            run.mkdir(mode=0o750, parents=True)
+            shutil.chown(run, "courier", "courier")
         subprocess.run(["authdaemond", "start"], check=True, capture_output=True)
         deadline = time.monotonic() + 10
         while not Path("/run/courier/authdaemon/socket").exists():
