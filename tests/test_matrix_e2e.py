@@ -62,10 +62,6 @@ _MUNGE8BIT = (
     "imapfix: Cyrus (munge8bit) replaces raw 8-bit header bytes with X on APPEND, so "
     "the server's message differs from the local file"
 )
-_CYRUS_PARENT = (
-    "found by the matrix: creating A/B on Cyrus makes A a real folder too; mirrorsync "
-    "creates it locally only at the next sync (nothing lost, but not one sync)"
-)
 
 # (scenario, server id, start) -> the known bug it fails on; a None start means both.
 KNOWN: dict[tuple[str, str, str | None], str] = {
@@ -74,8 +70,6 @@ KNOWN: dict[tuple[str, str, str | None], str] = {
     ("local_move", "courier", None): _COPYUID,
     ("folders", "courier", None): _COURIER_NAMESPACE,
     ("nested_folders", "courier", None): _COURIER_NAMESPACE,
-    ("nested_folders", "cyrus-slash", None): _CYRUS_PARENT,
-    ("nested_folders", "cyrus-dot", None): _CYRUS_PARENT,
     ("dotted_name", "courier", None): _COURIER_NAMESPACE,
     ("dotted_name", "cyrus-dot", None): _DOT_SEPARATOR,
     ("eight_bit", "cyrus-slash", None): _MUNGE8BIT,
@@ -124,7 +118,14 @@ class World:
         want = {f: c for f, c in self.expected.items() if c}
         assert {f: c for f, c in server.items() if c} == want, ("server", server, want)
         assert {f: c for f, c in local.items() if c} == want, ("local", local, want)
-        assert set(server) == set(local), (server, local)
+        # An empty parent the server made by itself (Cyrus makes A when A/B is
+        # created) may reach the Maildir one sync late: a test of its own covers it.
+        late = {
+            f
+            for f in set(server) - set(local)
+            if not server[f] and any(o.startswith(f + "/") for o in server)
+        }
+        assert set(server) - late == set(local), (server, local)
         assert set(self.expected) <= set(server), (self.expected, server)
         for name in gone:
             assert name not in server and name not in local, (name, server, local)
@@ -397,3 +398,21 @@ def test_a_folder_the_server_refuses_fails_alone(account: Any, tmp_path: Path) -
     assert r.status == 1, r
     assert "Release 1.0" in r.err and "Projects" not in r.err, r
     assert sum(m.local()["Projects"].values()) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the matrix: creating A/B on Cyrus makes A a real folder too; "
+    "mirrorsync creates it locally only at the next sync (nothing lost, but not one sync)",
+)
+def test_a_parent_the_server_makes_by_itself_arrives_in_the_same_sync(
+    cyrus_slash: Any, account_on: Any, tmp_path: Path
+) -> None:
+    m = Mirror(account_on(cyrus_slash), tmp_path)
+    for sub in ("cur", "new", "tmp"):
+        (m.root / "Trips" / "2026" / sub).mkdir(parents=True)
+    m.sync()
+    server, local = m.server(), m.local()
+    m.close()
+    assert set(server) == {"INBOX", "Trips", "Trips/2026"}, server
+    assert set(local) == set(server), (server, local)
