@@ -1,4 +1,6 @@
-"""Shared fixtures: one real Dovecot per test session, a fresh user per test."""
+"""Shared fixtures: one real server of each kind per test session (Dovecot, and the
+compatibility matrix's Cyrus, Courier, pymap and reduced Dovecots), a fresh user per
+test."""
 
 from __future__ import annotations
 
@@ -6,11 +8,13 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
 from mirrorsync.devserver import Dovecot
+from tests import servers
 
 # CI gets the same examples every run (HYPOTHESIS_PROFILE=ci, set by .ci/run), so a
 # landing depends on the code, not on the draw; a run anywhere else explores anew.
@@ -65,9 +69,59 @@ def dovecot_quota() -> Iterator[Dovecot]:
     server.cleanup()
 
 
+def _serve(server: Any) -> Iterator[Any]:
+    """Start a matrix server for the session. One that is not installed skips its
+    tests, except under CI, where every server must run (a broken install must not
+    hide behind skips)."""
+    try:
+        server.start()
+    except servers.Unavailable as e:
+        server.cleanup()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{e} (CI=true: every server of the matrix must run)", pytrace=False)
+        pytest.skip(str(e))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def cyrus_slash() -> Iterator[servers.Cyrus]:
+    """Cyrus IMAP with '/' as separator (unixhierarchysep: yes)."""
+    yield from _serve(servers.Cyrus(separator="/"))
+
+
+@pytest.fixture(scope="session")
+def cyrus_dot() -> Iterator[servers.Cyrus]:
+    """Cyrus IMAP with its traditional '.' separator (unixhierarchysep: no)."""
+    yield from _serve(servers.Cyrus(separator="."))
+
+
+@pytest.fixture(scope="session")
+def courier() -> Iterator[servers.Courier]:
+    """Courier-IMAP: separator '.', every personal folder under `INBOX.`."""
+    yield from _serve(servers.Courier())
+
+
+@pytest.fixture(scope="session")
+def pymap_server() -> Iterator[servers.Pymap]:
+    yield from _serve(servers.Pymap())
+
+
+@pytest.fixture(scope="session")
+def dovecot_condstore() -> Iterator[Dovecot]:
+    """Dovecot like Gmail: CONDSTORE without QRESYNC."""
+    yield from _serve(servers.dovecot_variant("condstore-only"))
+
+
+@pytest.fixture(scope="session")
+def dovecot_uidplus() -> Iterator[Dovecot]:
+    """Dovecot like Courier or Outlook: UIDPLUS, no MOVE, CONDSTORE, QRESYNC, LIST-STATUS."""
+    yield from _serve(servers.dovecot_variant("uidplus-only"))
+
+
 @dataclass(frozen=True)
 class Account:
-    server: Dovecot
+    server: servers.Server
     user: str
     password: str
 
@@ -88,10 +142,16 @@ class Account:
         return c
 
 
-def _new_account(server: Dovecot) -> Account:
+def _new_account(server: servers.Server) -> Account:
     user = f"u{next(_user_ids)}"
     server.add_user(user, "pw-" + user)
     return Account(server, user, "pw-" + user)
+
+
+@pytest.fixture
+def account_on() -> Callable[[servers.Server], Account]:
+    """A fresh user on any server (the matrix's tests pick the server themselves)."""
+    return _new_account
 
 
 @pytest.fixture

@@ -1,5 +1,13 @@
-"""Helpers for end-to-end tests: a config for a fresh Dovecot user, the CLI run in
-process (or as a real subprocess, for kill tests), and snapshots of both sides."""
+"""Helpers for end-to-end tests: a config for a fresh server user, the CLI run in
+process (or as a real subprocess, for kill tests), and snapshots of both sides.
+
+Snapshots name folders the local way ("A/B", INBOX as INBOX) whatever the server
+calls them, so that both sides compare: the server's separator becomes "/" and its
+personal namespace prefix (Courier's "INBOX.") is dropped. Locally, a folder under
+"INBOX/" on such a server counts as the same folder as one without that prefix (two
+spellings of one server folder, added up, so a copy kept under both shows as a
+duplicate).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import yaml
 from mirrorsync import flags as flagmod
 from mirrorsync.cli import Environment, main
 from mirrorsync.content import content_hash, to_lf
+from tests.servers import prefix_of, separator_of
 
 Snapshot = dict[str, Counter[tuple[str, str]]]  # folder -> multiset of (hash, flag letters)
 
@@ -62,6 +71,8 @@ class Mirror:
         acct.update(overrides)
         self.config.write_text(yaml.safe_dump({"accounts": {"test": acct}}, allow_unicode=True))
         self._client: Any = None
+        self.prefix = prefix_of(account.server)
+        self.separator = separator_of(account.server)
 
     # -- running
 
@@ -102,6 +113,20 @@ class Mirror:
 
     # -- the server, as another client
 
+    def server_name(self, folder: str) -> str:
+        """The server's name of local folder `folder` ("A/B" -> "INBOX.A.B" on Courier)."""
+        if folder.upper() == "INBOX":
+            return "INBOX"
+        return self.prefix + folder.replace("/", self.separator)
+
+    def folder_of(self, server_name: str) -> str:
+        """The local way of naming server folder `server_name` (see the module's text)."""
+        if server_name.upper() == "INBOX":
+            return "INBOX"
+        if self.prefix and server_name.startswith(self.prefix):
+            server_name = server_name[len(self.prefix) :]
+        return server_name.replace(self.separator, "/")
+
     @property
     def client(self) -> Any:
         if self._client is None:
@@ -131,7 +156,7 @@ class Mirror:
                             flagmod.to_letters(flagmod.normalize(data[b"FLAGS"])),
                         )
                     ] += 1
-            snap["INBOX" if name.upper() == "INBOX" else name] = got
+            snap[self.folder_of(name)] = got
         return snap
 
     def server_uids(self, folder: str) -> dict[int, frozenset[str]]:
@@ -147,7 +172,12 @@ class Mirror:
     # -- the Maildir
 
     def folder_dir(self, name: str) -> Path:
-        return self.root / name
+        """Where local folder `name` is; on a server with a namespace prefix, under
+        INBOX/ if mirrorsync put it there."""
+        direct = self.root / name
+        if self.prefix and not direct.exists() and (self.root / "INBOX" / name).exists():
+            return self.root / "INBOX" / name
+        return direct
 
     def local(self) -> Snapshot:
         snap: Snapshot = {}
@@ -156,13 +186,14 @@ class Mirror:
         for cur in sorted(self.root.rglob("cur")):
             folder = cur.parent
             name = folder.relative_to(self.root).as_posix()
-            got: Counter[tuple[str, str]] = Counter()
+            if self.prefix and name.startswith("INBOX/"):
+                name = name[len("INBOX/") :]
+            got = snap.setdefault(name, Counter())
             for sub in ("cur", "new"):
                 for f in (folder / sub).iterdir():
                     letters = f.name.split(":2,", 1)[1] if ":2," in f.name else ""
                     flags = flagmod.to_letters(flagmod.from_letters(letters))
                     got[(content_hash(f.read_bytes()), flags)] += 1
-            snap[name] = got
         return snap
 
     def files(self, folder: str) -> list[Path]:
