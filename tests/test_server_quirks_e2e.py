@@ -45,7 +45,7 @@ def test_dovecot_stores_what_is_sent_so_no_file_is_replaced(
     messages as sent: the sizes agree, the one message with raw 8-bit header bytes is
     fetched back and found equal, and no file is rewritten or warned about."""
     replaced: list[Any] = []
-    monkeypatch.setattr(MaildirFolder, "replace", lambda self, *a: replaced.append(a))
+    monkeypatch.setattr(MaildirFolder, "replace_contents", lambda self, *a: replaced.append(a))
     fetched: list[int] = []
     real_fetch = ImapStore.fetch
 
