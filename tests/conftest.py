@@ -50,17 +50,6 @@ def dovecot_basic() -> Iterator[Dovecot]:
 
 
 @pytest.fixture(scope="session")
-def dovecot_uidplus() -> Iterator[Dovecot]:
-    """A Dovecot with UIDPLUS but no MOVE, CONDSTORE or QRESYNC, as Courier is: a
-    move is UID COPY (whose COPYUID comes in the tagged answer), then an expunge."""
-    server = Dovecot(
-        capabilities="IMAP4rev1 LITERAL+ ID ENABLE IDLE NAMESPACE CHILDREN UNSELECT UIDPLUS"
-    ).start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture(scope="session")
 def dovecot_quota() -> Iterator[Dovecot]:
     """A Dovecot with the quota plugin (QUOTA, a 1 GiB STORAGE limit per user), for
     `mirrorsync quota` and the archive tests."""
