@@ -308,6 +308,7 @@ class AccountSync:
         if self.options.dry_run:
             self.emit(f"[{self.account.name}] {action.describe()}")
             return
+        self._selected = None  # a DELETE leaves its folder first (see ImapStore)
         try:
             if isinstance(action, act.CreateLocalFolder):
                 self.maildir.create_folder(action.name)
@@ -380,6 +381,9 @@ class AccountSync:
         folder was gathered voids the plan."""
         if self._selected == name and self._selected_status is not None:
             return self._selected_status
+        # A SELECT that fails leaves no folder selected (RFC 3501 6.3.1): forget the
+        # old one first, or the next folder would count on a selection that is gone.
+        self._selected = None
         status = self.remote.select(name)
         self._selected, self._selected_status = name, status
         if expected is not None and status.uidvalidity != expected.uidvalidity:
@@ -808,6 +812,7 @@ class AccountSync:
     def _select_changes(
         self, name: str, prior: FolderState, known: list[int] | None
     ) -> FolderChanges:
+        self._selected = None  # as in `_select`: a failure leaves nothing selected
         changes = self.remote.select_changes(name, prior.uidvalidity, prior.highestmodseq, known)
         self._selected, self._selected_status = name, changes.status
         return changes
