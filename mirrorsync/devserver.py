@@ -178,10 +178,12 @@ class Dovecot:
                 time.sleep(0.05)
         raise RuntimeError(f"dovecot did not accept connections; see {self.base}/dovecot.log")
 
-    def add_user(self, name: str, password: str = "secret") -> None:
+    def add_user(self, name: str, password: str = "secret", mail: str = "") -> None:
+        """A user; `mail` is a mail_location of its own (a Maildir elsewhere)."""
         if "/" in name or name.startswith("."):
             raise ValueError(f"bad user name {name!r}")
-        (self.passwd / name).write_text(f"{name}:{{PLAIN}}{password}:::::\n")
+        extra = f":userdb_mail={mail}" if mail else ""
+        (self.passwd / name).write_text(f"{name}:{{PLAIN}}{password}:::::{extra}\n")
 
     def pid(self) -> int | None:
         try:
