@@ -195,8 +195,15 @@ class AccountSync:
                     after.append(action)
                 else:
                     before.append(action)
-        for action in before:
-            self._folder_action(action, report)
+        # A folder that could not be created fails alone, reported once: syncing it
+        # would only fail again for the same reason.
+        uncreated = {
+            a.name
+            for a in before
+            if not self._folder_action(a, report)
+            and isinstance(a, (act.CreateLocalFolder, act.CreateRemoteFolder))
+        }
+        names = [n for n in names if n not in uncreated]
         reports = {n: FolderReport(n) for n in names}
         # A folder that lost nothing and gained nothing cannot be either end of a move:
         # it is planned and done at once, so that only the folders a move could touch
@@ -248,12 +255,13 @@ class AccountSync:
             chosen &= set(self.options.folders)
         return chosen
 
-    def _folder_action(self, action: act.FolderAction, report: AccountReport) -> None:
+    def _folder_action(self, action: act.FolderAction, report: AccountReport) -> bool:
+        """Do `action`; False when it failed (and is reported)."""
         from mirrorsync import actions as act
 
         if self.options.dry_run:
             self.emit(f"[{self.account.name}] {action.describe()}")
-            return
+            return True
         try:
             if isinstance(action, act.CreateLocalFolder):
                 self.maildir.create_folder(action.name)
@@ -275,6 +283,8 @@ class AccountSync:
             raise
         except MirrorsyncError as e:
             report.folders.append(FolderReport(action.name, error=str(e)))
+            return False
+        return True
 
     # -- one folder
 

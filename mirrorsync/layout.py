@@ -11,10 +11,13 @@ Two layouts are supported:
 
 Directory names are the components' UTF-8 bytes, not modified UTF-7: the name on disk
 is what the user sees in a file manager, and `model` already keeps every store's
-quirks out of the planner. A name that cannot be stored is refused with a
-`FolderNameError` that says why and what to do, never silently rewritten: a rewritten
-name would not map back to the server's folder, and the next sync would create a
-second folder.
+quirks out of the planner. Every folder a server can have is stored: a component that
+would collide with a Maildir's own entries (cur, new, tmp; a leading "."; "." in
+maildir++) is written with a reversible "%XX" escape (see `escape_component`). Only a
+name no directory can hold (an empty component, NUL, a component too long for the file
+system) is refused, with a `FolderNameError` that says why and what to do, never
+silently rewritten: a rewritten name would not map back to the server's folder, and
+the next sync would create a second folder.
 
 `list_folders` only returns names that map back to the very directory they were found
 in (checked by `folder_dir`), so whatever it reports can be synced, and odd
@@ -87,7 +90,7 @@ def _folder_dir(root: str, layout: str, name: str) -> str:
         return os.path.join(root, *parts)
     if name == "INBOX":
         return root
-    return os.path.join(root, _maildirpp_entry(name, parts))
+    return os.path.join(root, _maildirpp_entry(parts))
 
 
 class _Refused(Exception):
@@ -108,8 +111,9 @@ def _refuse(name: str, layout: str, why: str, hint: str = _SKIP_HINT) -> _Refuse
 
 
 def _components(layout: str, name: str) -> list[str]:
-    """Split and validate; every rule here exists because the name would otherwise
-    land on a directory that means something else (or nothing) to Maildir readers."""
+    """Split, validate and escape. A name is refused only when no directory could
+    hold it; what would merely collide with a Maildir's own entries is escaped (see
+    `escape_component`)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -117,39 +121,20 @@ def _components(layout: str, name: str) -> list[str]:
     if "\0" in name:
         raise _refuse(name, layout, "it contains a NUL character")
     parts = name.split(SEP)
-    for part in parts:
-        if part == "":
-            raise _refuse(name, layout, "it has an empty component (leading, trailing or '//')")
-        if part in (".", ".."):
-            raise _refuse(name, layout, f"the component {part!r} is a special directory name")
-        if layout == NESTED:
-            # Case-insensitively: on macOS "Cur" *is* the cur/ directory.
-            if part.lower() in MAILDIR_SUBDIRS:
+    if "" in parts:
+        raise _refuse(name, layout, "it has an empty component (leading, trailing or '//')")
+    stored = [escape_component(layout, part) for part in parts]
+    if layout == NESTED:
+        for part, entry in zip(parts, stored, strict=True):
+            if len(entry.encode("utf-8")) > NAME_MAX:
                 raise _refuse(
                     name,
                     layout,
-                    f"the component {part!r} would be taken for a Maildir's {part.lower()}/",
-                    _SKIP_HINT + ", or use the maildir++ layout",
+                    f"the component {part[:40]!r}... is longer than {NAME_MAX} bytes in UTF-8 "
+                    "once escaped",
                 )
-            if part.startswith("."):
-                raise _refuse(
-                    name,
-                    layout,
-                    f"the component {part!r} starts with '.', which hides it and makes it "
-                    "look like a maildir++ folder",
-                    _SKIP_HINT + ", or use the maildir++ layout",
-                )
-            if len(part.encode("utf-8")) > NAME_MAX:
-                raise _refuse(name, layout, f"a component is longer than {NAME_MAX} bytes in UTF-8")
-        elif "." in part:
-            raise _refuse(
-                name,
-                layout,
-                f"the component {part!r} contains '.', the folder separator of maildir++",
-                _SKIP_HINT + ", or use the nested layout",
-            )
-    if layout == MAILDIRPP and name != "INBOX":
-        entry = _maildirpp_entry(name, parts)
+    elif name != "INBOX":
+        entry = _maildirpp_entry(stored)
         if len(entry.encode("utf-8")) > NAME_MAX:
             raise _refuse(
                 name,
@@ -157,13 +142,93 @@ def _components(layout: str, name: str) -> list[str]:
                 f"its directory name {entry[:40]!r}... is longer than {NAME_MAX} bytes in UTF-8",
                 _SKIP_HINT + ", or use the nested layout",
             )
-    return parts
+    return stored
 
 
-def _maildirpp_entry(name: str, parts: list[str]) -> str:
+def _maildirpp_entry(stored: list[str]) -> str:
     # "INBOX/Sub" stays ".INBOX.Sub" (as Dovecot stores it): mapping it to ".Sub" would
     # collide with the top-level folder "Sub".
-    return "." + ".".join(parts)
+    return "." + ".".join(stored)
+
+
+# --- escaping -----------------------------------------------------------------------
+#
+# A component that would collide with what a Maildir's directory already means is
+# stored with the offending characters written as "%XX" (the ASCII code in capital
+# hex): "new" is "%6Eew" (nested), ".hidden" is "%2Ehidden" (nested), "a.b" is
+# "a%2Eb" (maildir++). A "%" is itself escaped ("%25") only where it is followed by
+# two capital hex digits from 00 to 7F, so a name that could be stored before
+# escaping existed keeps its directory unless it holds such a sequence, and no
+# escaped name can be read as another: decoding turns every "%XX" back, nothing else.
+
+ESCAPE = "%"
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def _is_code(code: str) -> bool:
+    """Whether "%" + `code` reads as an escape: only ASCII characters are ever escaped,
+    so "%C3" and above are plain text."""
+    return len(code) == 2 and "0" <= code[0] <= "7" and code[1] in _HEX
+
+
+def _quote(c: str) -> str:
+    return f"%{ord(c):02X}"  # only ever ".", "%" and the letters of cur/new/tmp
+
+
+def escape_component(layout: str, part: str) -> str:
+    """The directory-name spelling of one name component (see above): escaped are a
+    component's first character when the component is cur, new or tmp in any case
+    (case-insensitively, because on a case-insensitive file system, macOS's by
+    default, "New" *is* new/, and the mapping must not depend on the file system a
+    Maildir happens to be on), a leading "." in the nested layout (it would hide the
+    folder and read as another tool's dot-directory, or be "." or ".."), every "." in
+    maildir++ (its separator), and a "%" that would read as an escape."""
+    out: list[str] = []
+    first = part.lower() in MAILDIR_SUBDIRS and layout == NESTED
+    for i, c in enumerate(part):
+        if (
+            (i == 0 and (first or (c == "." and layout == NESTED)))
+            or (c == "." and layout == MAILDIRPP)
+            or (c == ESCAPE and _is_code(part[i + 1 : i + 3]))
+        ):
+            out.append(_quote(c))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def unescape_component(entry: str) -> str:
+    """The name component a directory-name component spells (inverse of
+    `escape_component` on its image; anything else is caught by mapping back)."""
+    if ESCAPE not in entry:
+        return entry
+    chars: list[str] = []
+    i = 0
+    while i < len(entry):  # not `re`: importing it would cost the quick check 6 ms
+        code = entry[i + 1 : i + 3]
+        if entry[i] == ESCAPE and _is_code(code):
+            chars.append(chr(int(code, 16)))
+            i += 3
+        else:
+            chars.append(entry[i])
+            i += 1
+    return "".join(chars)
+
+
+def folder_name_of(layout: str, parts: tuple[str, ...] | list[str]) -> str | None:
+    """The folder name the directory ROOT/parts... would hold, unchecked (`folder_dir`
+    must map it back to the same place), or None when no folder of this layout can
+    live there: a dot-directory or a Maildir's own subdirectory in the nested layout,
+    anything but one dot-directory in maildir++."""
+    if layout == NESTED:
+        if not parts or any(p.startswith(".") or p in MAILDIR_SUBDIRS for p in parts):
+            return None
+        return SEP.join(unescape_component(p) for p in parts)
+    if not parts:
+        return "INBOX"
+    if len(parts) != 1 or not parts[0].startswith(".") or parts[0] in (".", ".."):
+        return None
+    return SEP.join(unescape_component(p) for p in parts[0][1:].split("."))
 
 
 # --- listing ------------------------------------------------------------------------
@@ -245,7 +310,9 @@ def _walk_nested(
         linked = via_symlink or _is_symlink(child)
         child_parts = [*parts, entry]
         if _is_maildir(child):
-            _consider(root, NESTED, SEP.join(child_parts), child, ident, linked, out, warn)
+            name = folder_name_of(NESTED, child_parts)
+            assert name is not None  # dot-directories and cur/new/tmp were skipped
+            _consider(root, NESTED, name, child, ident, linked, out, warn)
         # A folder may hold child folders (INBOX/Sub lives in ROOT/INBOX/Sub).
         _walk_nested(root, child, child_parts, ancestors | {ident}, linked, out, warn)
 
@@ -260,7 +327,8 @@ def _scan_maildirpp(root: str, root_st: os.stat_result, out: list[_Found], warn:
         st = _stat(child)
         if st is None or not stat.S_ISDIR(st.st_mode) or not _is_maildir(child):
             continue
-        name = SEP.join(entry[1:].split("."))
+        name = folder_name_of(MAILDIRPP, [entry])
+        assert name is not None
         _consider(root, MAILDIRPP, name, child, _identity(st), _is_symlink(child), out, warn)
 
 

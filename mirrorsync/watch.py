@@ -33,8 +33,8 @@ from typing import Any
 
 from mirrorsync import maildir as maildirmod
 from mirrorsync.errors import FolderNameError
-from mirrorsync.layout import MAILDIRPP, NESTED, folder_path
-from mirrorsync.model import SEP, canonical_folder
+from mirrorsync.layout import MAILDIRPP, NESTED, folder_name_of, folder_path
+from mirrorsync.model import canonical_folder
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,8 @@ def folder_of(root: Path, layout: str, directory: Path) -> str | None:
         rel = directory.relative_to(root)
     except ValueError:
         return None
-    parts = rel.parts
-    if layout == NESTED:
-        if not parts or any(p.startswith(".") for p in parts):
-            return None
-        raw = SEP.join(parts)
-    elif layout == MAILDIRPP:
-        if not parts:
-            raw = "INBOX"
-        elif len(parts) == 1 and parts[0].startswith(".") and parts[0] not in (".", ".."):
-            raw = SEP.join(parts[0][1:].split("."))
-        else:
-            return None
-    else:
+    raw = folder_name_of(layout, rel.parts) if layout in (NESTED, MAILDIRPP) else None
+    if raw is None:
         return None
     try:
         name = canonical_folder(raw)
