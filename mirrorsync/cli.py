@@ -326,6 +326,7 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
     from mirrorsync.errors import StateError
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
+    from mirrorsync.naming import settle_prefix
     from mirrorsync.state import AccountLock, State
 
     with AccountLock(account.state_dir, account.name):
@@ -333,6 +334,9 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
         try:
             state = State.open(account.state_dir)
             try:
+                # Every command of the session names folders as the syncs do; only a
+                # sync records the choice (`AccountSync.run` settles it again).
+                settle_prefix(account, remote, state, record=False)
                 yield Session(remote, state, Maildir(account.local.path, account.local.layout))
             except sqlite3.DatabaseError as e:
                 raise StateError(

@@ -45,6 +45,8 @@ from mirrorsync.maildir import (
     Stamp,
 )
 from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
+from mirrorsync.names import DELIMITER_META, stored_delimiter
+from mirrorsync.naming import kept_local, settle_prefix
 from mirrorsync.state import FolderState, Pair, PairRow, State
 
 # What only a changed folder needs is imported when one is met, so that a run that
@@ -166,10 +168,15 @@ class AccountSync:
             from mirrorsync.archive import recover_archive
 
             recover_archive(self.remote, self.maildir, self.state)
+        record = not self.options.dry_run
+        settle_prefix(self.account, self.remote, self.state, record)
         self.statuses = {n: s for n, s in self.remote.statuses().items() if n in self._wanted([n])}
         remote_names = set(self.statuses)
+        self._record_delimiter()
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
         local_names = self._wanted(self._local_names_all)
+        # A local folder the server cannot hold stays local, like a local-only one.
+        local_names -= kept_local(self.remote, self.state, local_names - remote_names, record)
         counts: dict[str, int] = {}
         for name in known:
             if name in remote_names and name not in local_names:
@@ -233,6 +240,16 @@ class AccountSync:
             with self.state.transaction():
                 self.state.set_meta("last_sync", str(time.time()))
         return report
+
+    def _record_delimiter(self) -> None:
+        """Remember the server's delimiter for the quick check, which must tell the
+        local folders kept local (`naming.kept_local`) as this run does."""
+        if self.options.dry_run:
+            return
+        value = stored_delimiter(self.remote.delimiter())
+        if self.state.get_meta(DELIMITER_META) != value:
+            with self.state.transaction():
+                self.state.set_meta(DELIMITER_META, value)
 
     def _gather_order(self, names: list[str]) -> list[str]:
         """Folders that received mail on the server (their UIDNEXT moved) last: move

@@ -5,17 +5,20 @@ separator is "." (Cyrus with unixhierarchysep: no), and Courier's personal names
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mirrorsync import flags as flagmod
 from mirrorsync.content import content_hash
 from mirrorsync.devserver import Dovecot
 from mirrorsync.layout import folder_path, list_folders
+from mirrorsync.names import PREFIX_META
 from tests.conftest import Account, SettleClock
 from tests.harness import Mirror, Snapshot, message
 
@@ -143,4 +146,115 @@ def test_a_folder_the_file_system_refuses_fails_alone_once(
     assert len(lines) == 1, r
     assert "longer than 255" in lines[0]
     assert sum(local_by_name(m, "nested")["Fine"].values()) == 1
+    m.close()
+
+
+def _configure(m: Mirror, **remote: Any) -> None:
+    doc = yaml.safe_load(m.config.read_text())
+    doc["accounts"]["test"]["remote"].update(remote)
+    m.config.write_text(yaml.safe_dump(doc, allow_unicode=True))
+
+
+def _write_local(m: Mirror, layout: str, name: str, n: str) -> None:
+    folder = folder_path(m.root, layout, name)
+    for sub in ("cur", "new", "tmp"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "cur" / f"{n}.host:2,S").write_bytes(message(n).replace(b"\r\n", b"\n"))
+
+
+def _server_names(m: Mirror) -> set[str]:
+    return {name for _attrs, _delim, name in m.client.list_folders()}
+
+
+@pytest.mark.parametrize("layout", ["nested", "maildir++"])
+def test_separator_in_a_local_name_stays_local_and_settles(
+    dovecot_dot: Dovecot, tmp_path: Path, settle_clock: SettleClock, layout: str
+) -> None:
+    """Bug: on a "." server a local "Release.1" became "Release" and "Release.1" there,
+    and every sync downloaded another copy into Release/1. Now it stays local, with one
+    warning naming the folder and the fix, and the next sync says nothing."""
+    m = Mirror(_account(dovecot_dot), tmp_path, layout=layout)
+    _fill(m, ["Lists.Debian"])  # a server folder with a child: "Lists/Debian" locally
+    _write_local(m, layout, "Release.1", "kept")
+    _write_local(m, layout, "Work", "up")
+    first = m.sync()
+    assert "'Release.1'" in first.err and "local_only" in first.err, first
+    assert len(first.err.strip().splitlines()) == 1, first
+    assert not {"Release", "Release.1"} & _server_names(m)
+    assert "Work" in _server_names(m)
+    settle_clock.advance()
+    for _ in range(2):
+        again = m.sync()
+        assert "no changes" in again.out and not again.err, again
+    local = local_by_name(m, layout)
+    assert set(local) == {"INBOX", "Lists/Debian", "Release.1", "Work"}
+    assert sum(local["Release.1"].values()) == 1
+    assert m.server()["Work"] == local["Work"]
+    m.close()
+
+
+def test_courier_namespace_is_left_out_of_names(
+    dovecot_courier: Dovecot, tmp_path: Path, settle_clock: SettleClock
+) -> None:
+    """Bug: with Courier's "INBOX." namespace the whole tree sat under INBOX/ locally
+    and a new local top-level folder could not be created ("Invalid mailbox name")."""
+    m = Mirror(_account(dovecot_courier), tmp_path)
+    _fill(m, ["INBOX.Work", "INBOX.Work.Sub"])
+    m.client.append("INBOX", message("inbox"))
+    m.sync()
+    local = local_by_name(m, "nested")
+    assert set(local) == {"INBOX", "Work", "Work/Sub"}
+    assert (m.root / "Work" / "Sub" / "cur").is_dir()
+    _write_local(m, "nested", "Projects", "up")
+    r = m.sync()
+    assert not r.err, r
+    server = m.server()
+    assert set(server) == {"INBOX", "INBOX.Work", "INBOX.Work.Sub", "INBOX.Projects"}
+    local = local_by_name(m, "nested")
+    assert server["INBOX.Projects"] == local["Projects"]
+    assert server["INBOX"] == local["INBOX"] and sum(local["INBOX"].values()) == 1
+    settle_clock.advance()
+    again = m.sync()
+    assert "no changes" in again.out and not again.err, again
+    m.close()
+
+
+def test_namespace_prefix_none_keeps_the_server_names(
+    dovecot_courier: Dovecot, tmp_path: Path
+) -> None:
+    m = Mirror(_account(dovecot_courier), tmp_path)
+    _configure(m, namespace_prefix="none")
+    _fill(m, ["INBOX.Work"])
+    m.sync()
+    assert set(local_by_name(m, "nested")) == {"INBOX", "INBOX/Work"}
+    m.close()
+
+
+def test_an_account_synced_before_keeps_its_names(
+    dovecot_courier: Dovecot, tmp_path: Path, settle_clock: SettleClock
+) -> None:
+    """A state from before namespaces were used (no prefix recorded) holds INBOX/Work:
+    switching it to "Work" would make every folder look deleted on one side and new on
+    the other, so auto keeps the old names and says so once; an explicit prefix that
+    contradicts the state is refused before anything is changed."""
+    m = Mirror(_account(dovecot_courier), tmp_path)
+    _configure(m, namespace_prefix="none")
+    _fill(m, ["INBOX.Work"])
+    m.sync()
+    db = sqlite3.connect(m.state_dir / "state.sqlite3")
+    with db:
+        db.execute("DELETE FROM meta WHERE key = ?", (PREFIX_META,))
+    db.close()
+    _configure(m, namespace_prefix="auto")
+    r = m.sync()
+    assert "namespace 'INBOX.'" in r.err and "'INBOX/Work'" in r.err, r
+    assert "no changes" in r.out, r
+    settle_clock.advance()
+    again = m.sync()
+    assert "no changes" in again.out and not again.err, again
+    _configure(m, namespace_prefix="INBOX.")
+    refused = m.run("sync")
+    assert refused.status == 2 and "namespace_prefix" in refused.err, refused
+    assert set(local_by_name(m, "nested")) == {"INBOX", "INBOX/Work"}
+    assert _server_names(m) == {"INBOX", "INBOX.Work"}
     m.close()

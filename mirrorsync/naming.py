@@ -1,0 +1,111 @@
+"""Which server names the canonical folder names stand for, decided once per run.
+
+Two things depend on the server and on the account's history rather than on the name
+alone (see `names.server_spelling`):
+
+* The personal namespace prefix (RFC 2342). Courier keeps every folder of the user
+  under "INBOX." and refuses to create a top-level one; with the prefix left out,
+  server "INBOX.Work" is local "Work" and a new local "Work" is created as
+  "INBOX.Work". `remote.namespace_prefix` says which prefix: `auto` (the default)
+  takes the server's NAMESPACE answer. The prefix an account was first synced with
+  is recorded in its state and kept: a state that already holds folders synced
+  before mirrorsync knew prefixes keeps "" (its Maildir has them under INBOX/),
+  since changing the mapping under synced folders would make every one of them look
+  deleted on one side and new on the other, and so copied twice.
+* Local folders the server cannot hold: a component containing the server's
+  separator ("Release.1" where "." separates levels would become the folder 1 inside
+  Release). Such a folder is kept only on disk, with a warning the first time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mirrorsync.errors import ConfigError
+from mirrorsync.names import KEPT_LOCAL_META, PREFIX_META, server_to_canonical
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
+if TYPE_CHECKING:  # config imports YAML: not for a run that has nothing to do
+    from mirrorsync.config import AccountConfig
+    from mirrorsync.remote import RemoteStore
+    from mirrorsync.state import State
+
+log = logging.getLogger(__name__)
+
+
+def settle_prefix(account: AccountConfig, remote: RemoteStore, state: State, record: bool) -> str:
+    """Decide the namespace prefix for this run, tell `remote`, and (with `record`)
+    remember it in the state; returns it."""
+    configured = account.remote.namespace_prefix
+    recorded = state.get_meta(PREFIX_META)
+    synced = bool(state.folders())
+    if configured is not None:
+        if recorded is not None and recorded != configured and synced:
+            raise ConfigError(
+                f"namespace_prefix {configured or 'none'!r} differs from "
+                f"{recorded or 'none'!r}, which this account's folders were synced with; "
+                "nothing was changed",
+                key=f"accounts.{account.name}.remote.namespace_prefix",
+                hint=f"set it back to {recorded or 'none'!r} (or auto), or move the state "
+                "directory and the Maildir aside to start afresh",
+            )
+        prefix = configured
+    elif recorded is not None:
+        prefix = recorded
+    else:
+        server = remote.personal_prefix()
+        prefix = "" if synced else server
+        if server and synced and record:
+            log.warning(
+                "the server keeps your folders under the namespace %r; this account was "
+                "synced before mirrorsync left it out of folder names, so they keep the "
+                "names they have (%r is the folder %r); to drop the prefix, start afresh "
+                "with a new state directory and Maildir",
+                server,
+                server + "Work",
+                server_to_canonical(server + "Work", remote.delimiter()),
+            )
+    remote.use_namespace_prefix(prefix)
+    if record and recorded != prefix:
+        with state.transaction():
+            state.set_meta(PREFIX_META, prefix)
+    return prefix
+
+
+def kept_local(remote: RemoteStore, state: State, candidates: set[str], record: bool) -> set[str]:
+    """Of `candidates` (local folders not on the server), those the server cannot
+    hold. Each is warned about once, the first run it is met (remembered in the
+    state), so that a daemon's every sync does not repeat it."""
+    why = {n: w for n in sorted(candidates) if (w := remote.unrepresentable(n)) is not None}
+    before = set(filter(None, (state.get_meta(KEPT_LOCAL_META) or "").split("\n")))
+    for name in sorted(set(why) - before):
+        log.warning("%s (said once: the folder stays only on disk)", why[name])
+    if record and set(why) != before:
+        with state.transaction():
+            state.set_meta(KEPT_LOCAL_META, "\n".join(sorted(why)))
+    return set(why)
+
+
+def recorded_prefix(account: AccountConfig) -> str:
+    """The namespace prefix for a connection that has no state of its own (the
+    daemon's push listeners): the configured one, else the one the account's syncs
+    recorded, else "" (not synced yet: the first sync decides, and the full checks
+    find whatever a listener misses until then)."""
+    if account.remote.namespace_prefix is not None:
+        return account.remote.namespace_prefix
+    import os
+
+    from mirrorsync.statefiles import DB_NAME, connect
+
+    path = os.path.join(account.state_dir, DB_NAME)
+    if not os.path.exists(path):
+        return ""
+    try:
+        db = connect(path)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (PREFIX_META,)).fetchone()
+        finally:
+            db.close()
+    except Exception:
+        return ""
+    return "" if row is None else str(row[0])
