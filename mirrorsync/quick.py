@@ -13,13 +13,16 @@ decides whether the run is provably a no-op by the very tests `AccountSync.run` 
   has its password in the file;
 * per account, under the account's lock (`statefiles.AccountLock`): the state opens
   (`statefiles.connect`) at this schema with nothing in the archive journal; the
-  Maildir root exists; the folders wanted (`names.included`, not local-only) are the
-  same in the state, on disk (`layout.list_folders`, which must have nothing to
-  warn about) and on the server; every one of them has a trusted state row (no
-  `needs_match`, a non-zero HIGHESTMODSEQ, a recorded local stamp) whose
-  UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ equal the server's LIST-STATUS numbers
-  (`quickimap`) and whose local stamp equals the folder's stamp now
-  (`dirstamp.read_stamp`, as `MaildirFolder.stamp`).
+  Maildir root exists; the state records the server's delimiter and namespace
+  prefix (`naming`), which the listing must confirm; the folders wanted
+  (`names.included`, not local-only, not kept local for a name the server cannot
+  hold, that set as recorded) are the same in the state, on disk
+  (`layout.list_folders`, which must have nothing to warn about) and on the server;
+  every one of them has a trusted state row (no `needs_match`, a non-zero
+  HIGHESTMODSEQ, a recorded local stamp) whose UIDVALIDITY, UIDNEXT and
+  HIGHESTMODSEQ equal the server's LIST-STATUS numbers (`quickimap`) and whose
+  local stamp equals the folder's stamp now (`dirstamp.read_stamp`, as
+  `MaildirFolder.stamp`).
 
 Only then does it do what the full path does for such a run: record `last_sync` in
 each account's state, in a transaction, and print the same summary line. Whenever it
