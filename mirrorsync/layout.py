@@ -85,12 +85,34 @@ def folder_dir(root: str, layout: str, name: str) -> str:
 def _folder_dir(root: str, layout: str, name: str) -> str:
     check_layout(layout)
     name = canonical_folder(name)
-    parts = _components(layout, name)
+    path = _joined(root, layout, name, _components(layout, name))
+    if ESCAPE in name:
+        # A name with "%XX" in it was stored as it is before escaping existed: such
+        # a directory keeps its folder (renaming it would look like a deletion).
+        legacy = _legacy_dir(root, layout, name)
+        if legacy not in (None, path) and not os.path.lexists(path) and _is_dir(legacy):
+            return legacy
+    return path
+
+
+def _joined(root: str, layout: str, name: str, stored: list[str]) -> str:
     if layout == NESTED:
-        return os.path.join(root, *parts)
+        return os.path.join(root, *stored)
     if name == "INBOX":
         return root
-    return os.path.join(root, _maildirpp_entry(parts))
+    return os.path.join(root, _maildirpp_entry(stored))
+
+
+def _legacy_dir(root: str, layout: str, name: str) -> str | None:
+    """Where mirrorsync stored `name` before it escaped anything, or None if it
+    refused the name then (what is escaped now was refused, so nothing collides)."""
+    parts = name.split(SEP)
+    if layout == NESTED:
+        if any(p.lower() in MAILDIR_SUBDIRS or p.startswith(".") for p in parts):
+            return None
+    elif any("." in p for p in parts):
+        return None
+    return _joined(root, layout, name, parts)
 
 
 class _Refused(Exception):
@@ -215,20 +237,24 @@ def unescape_component(entry: str) -> str:
     return "".join(chars)
 
 
-def folder_name_of(layout: str, parts: tuple[str, ...] | list[str]) -> str | None:
+def folder_name_of(
+    layout: str, parts: tuple[str, ...] | list[str], *, unescape: bool = True
+) -> str | None:
     """The folder name the directory ROOT/parts... would hold, unchecked (`folder_dir`
     must map it back to the same place), or None when no folder of this layout can
     live there: a dot-directory or a Maildir's own subdirectory in the nested layout,
-    anything but one dot-directory in maildir++."""
+    anything but one dot-directory in maildir++. Without `unescape`, "%XX" is read
+    as plain text, as before escaping existed."""
+    read = unescape_component if unescape else str
     if layout == NESTED:
         if not parts or any(p.startswith(".") or p in MAILDIR_SUBDIRS for p in parts):
             return None
-        return SEP.join(unescape_component(p) for p in parts)
+        return SEP.join(read(p) for p in parts)
     if not parts:
         return "INBOX"
     if len(parts) != 1 or not parts[0].startswith(".") or parts[0] in (".", ".."):
         return None
-    return SEP.join(unescape_component(p) for p in parts[0][1:].split("."))
+    return SEP.join(read(p) for p in parts[0][1:].split("."))
 
 
 # --- listing ------------------------------------------------------------------------
@@ -349,6 +375,13 @@ def _consider(
     except _Refused as e:
         warn("ignoring Maildir %s: %s", path, e)
         return
+    if expected != path and ESCAPE in path:
+        literal = _literal_name(root, layout, path)
+        if literal is not None and literal != name and _legacy_dir(root, layout, literal) == path:
+            # stored before escaping existed ("%41" for the folder "%41"): see _folder_dir
+            with _suppress_refused():
+                if _folder_dir(root, layout, literal) == path:
+                    name, expected = literal, path
     if expected != path:
         # On a case-insensitive filesystem ROOT/inbox *is* ROOT/INBOX: same directory.
         st = _stat(expected)
@@ -362,6 +395,24 @@ def _consider(
             )
             return
     out.append(_Found(name, path, ident, via_symlink))
+
+
+def _literal_name(root: str, layout: str, path: str) -> str | None:
+    """The folder name `path` spells with its escapes read as plain text."""
+    rel = os.path.relpath(path, root)
+    if layout == NESTED:
+        return canonical_folder(rel.replace(os.sep, SEP))
+    if rel == ".":
+        return "INBOX"
+    return canonical_folder(SEP.join(rel[1:].split(".")))
+
+
+class _suppress_refused:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, tb: object) -> bool:
+        return isinstance(value, _Refused)
 
 
 def _dedupe(found: list[_Found], warn: Warn) -> list[str]:

@@ -59,13 +59,16 @@ def folder_of(root: Path, layout: str, directory: Path) -> str | None:
     raw = folder_name_of(layout, rel.parts) if layout in (NESTED, MAILDIRPP) else None
     if raw is None:
         return None
-    try:
-        name = canonical_folder(raw)
-        if folder_path(root, layout, name) != directory:
-            return None
-    except (FolderNameError, ValueError):
-        return None
-    return name
+    # the escapes read, or (a directory stored before escaping existed) as they are
+    literal = folder_name_of(layout, rel.parts, unescape=False)
+    for candidate in dict.fromkeys([raw, literal]):
+        try:
+            name = canonical_folder(candidate or "")
+            if folder_path(root, layout, name) == directory:
+                return name
+        except (FolderNameError, ValueError):
+            pass
+    return None
 
 
 def message_folder(root: Path, layout: str, path: Path) -> str | None:

@@ -20,6 +20,7 @@ from mirrorsync.layout import (
     unescape_component,
 )
 from mirrorsync.names import canonical_folder
+from mirrorsync.watch import folder_of
 
 ROOT = Path("/mail")
 
@@ -194,28 +195,33 @@ def test_list_round_trips(tmp_path: Path, layout: str) -> None:
     assert list_folders(tmp_path, layout) == sorted(NAMES + ESCAPED_NAMES)
 
 
-@pytest.mark.parametrize(("layout", "entry"), [(NESTED, "%41"), (MAILDIRPP, ".a%2eb%41")])
-def test_list_skips_directories_escaped_otherwise(
-    tmp_path: Path, layout: str, entry: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("layout", "entry", "name"),
+    [
+        (NESTED, "%41", "%41"),
+        (NESTED, "Lists/100%7E", "Lists/100%7E"),
+        (MAILDIRPP, ".a%2eb%41", "a%2eb%41"),
+    ],
+)
+def test_directory_stored_before_escaping_keeps_its_folder(
+    tmp_path: Path, layout: str, entry: str, name: str
 ) -> None:
-    """A directory spelled with an escape mirrorsync would not write ("%41" is "A",
-    stored as "A") is not taken for that folder: two directories would be one."""
+    """Before escaping, the folder "%41" was stored as "%41" (now "%2541"): existing
+    Maildirs keep their directories, since a renamed one would look deleted."""
     make_maildir(tmp_path / entry)
-    assert list_folders(tmp_path, layout) == []
-    assert "ignoring Maildir" in caplog.text
+    assert list_folders(tmp_path, layout) == [name]
+    assert folder_path(tmp_path, layout, name) == tmp_path / entry
+    assert folder_of(tmp_path, layout, tmp_path / entry) == name
 
 
-def test_list_nested_skips_parents_noise_and_maildir_internals(tmp_path: Path) -> None:
-    make_maildir(tmp_path / "INBOX")
-    make_maildir(tmp_path / "A" / "B")  # A is only a parent
-    (tmp_path / "Empty").mkdir()  # no cur/new: not a folder
-    (tmp_path / "OnlyCur" / "cur").mkdir(parents=True)  # needs new/ as well
-    make_maildir(tmp_path / ".notmuch")  # other tools' dot-directories
-    make_maildir(tmp_path / ".Old")  # a maildir++ folder is not part of this layout
-    make_maildir(tmp_path / "INBOX" / "cur" / "X")  # never look inside cur/new/tmp
-    (tmp_path / "stray-file").write_text("x")
-    make_maildir(tmp_path)  # the root itself is not INBOX in this layout
-    assert list_folders(tmp_path, NESTED) == ["A/B", "INBOX"]
+def test_escaped_directory_wins_over_one_stored_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_maildir(tmp_path / "%2541")
+    make_maildir(tmp_path / "%41")  # now spells "A", which is stored as "A"
+    assert list_folders(tmp_path, NESTED) == ["%41"]
+    assert folder_path(tmp_path, NESTED, "%41") == tmp_path / "%2541"
+    assert "ignoring Maildir" in caplog.text and "'A'" in caplog.text
 
 
 def test_list_maildirpp(tmp_path: Path) -> None:
