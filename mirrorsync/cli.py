@@ -576,6 +576,9 @@ def quota_account(
 
     remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
     try:
+        from mirrorsync.naming import recorded_prefix
+
+        remote.use_namespace_prefix(recorded_prefix(account, remote))  # names as syncs have them
         quota = remote.quota()
         sizes = remote.folder_sizes()
         found = estimate(account, remote, rules) if rules else None

@@ -86,11 +86,12 @@ def kept_local(remote: RemoteStore, state: State, candidates: set[str], record: 
     return set(why)
 
 
-def recorded_prefix(account: AccountConfig) -> str:
-    """The namespace prefix for a connection that has no state of its own (the
-    daemon's push listeners): the configured one, else the one the account's syncs
-    recorded, else "" (not synced yet: the first sync decides, and the full checks
-    find whatever a listener misses until then)."""
+def recorded_prefix(account: AccountConfig, remote: RemoteStore | None = None) -> str:
+    """The namespace prefix for a connection that does without the account's lock
+    and state (`mirrorsync quota`, the daemon's push listeners), as `settle_prefix`
+    would decide it: the configured one, else the one the account's syncs recorded,
+    else, with `remote`, the server's for an account not synced yet; else "" (the
+    first sync decides, and the daemon's full checks find what a listener missed)."""
     if account.remote.namespace_prefix is not None:
         return account.remote.namespace_prefix
     import os
@@ -98,14 +99,19 @@ def recorded_prefix(account: AccountConfig) -> str:
     from mirrorsync.statefiles import DB_NAME, connect
 
     path = os.path.join(account.state_dir, DB_NAME)
-    if not os.path.exists(path):
-        return ""
-    try:
-        db = connect(path)
+    recorded: str | None = None
+    synced = False
+    if os.path.exists(path):
         try:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (PREFIX_META,)).fetchone()
-        finally:
-            db.close()
-    except Exception:
-        return ""
-    return "" if row is None else str(row[0])
+            db = connect(path)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (PREFIX_META,)).fetchone()
+                recorded = None if row is None else str(row[0])
+                synced = db.execute("SELECT 1 FROM folders LIMIT 1").fetchone() is not None
+            finally:
+                db.close()
+        except Exception:
+            return ""
+    if recorded is not None:
+        return recorded
+    return remote.personal_prefix() if remote is not None and not synced else ""

@@ -258,3 +258,25 @@ def test_an_account_synced_before_keeps_its_names(
     assert set(local_by_name(m, "nested")) == {"INBOX", "INBOX/Work"}
     assert _server_names(m) == {"INBOX", "INBOX.Work"}
     m.close()
+
+
+def test_quota_and_archive_name_folders_as_the_sync_does(tmp_path: Path) -> None:
+    """`mirrorsync quota` and `archive` connect on their own; they must use the
+    account's prefix too, or a rule for "Work" would find no folder."""
+    server = Dovecot(separator=".", prefix="INBOX.", quota=True).start()
+    try:
+        m = Mirror(_account(server), tmp_path, local={"path": str(tmp_path / "Mail"),
+                   "layout": "nested", "local_only": ["Archive", "Archive/*"]})  # fmt: skip
+        _fill(m, ["INBOX.Work"])
+        r = m.run("quota", "--json")
+        assert r.status == 0, r
+        names = {f["name"] for f in yaml.safe_load(r.out)["accounts"]["test"]["folders"]}
+        assert names == {"INBOX", "Work"}, r
+        m.sync()
+        r = m.run("archive", "--folder", "Work", "--larger-than", "1", "--to", "Archive/Work")
+        assert r.status == 0 and "archived 1 message" in r.out, r
+        assert _server_names(m) == {"INBOX", "INBOX.Work"}
+        assert sum(local_by_name(m, "nested")["Archive/Work"].values()) == 1
+        m.close()
+    finally:
+        server.cleanup()
