@@ -176,7 +176,12 @@ class AccountSync:
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
         local_names = self._wanted(self._local_names_all)
         # A local folder the server cannot hold stays local, like a local-only one.
-        local_names -= kept_local(self.remote, self.state, local_names - remote_names, record)
+        local_names -= kept_local(
+            self.remote,
+            self.state,
+            local_names - remote_names,
+            record and not self.options.folders,  # --folder sees only some of them
+        )
         counts: dict[str, int] = {}
         for name in known:
             if name in remote_names and name not in local_names:

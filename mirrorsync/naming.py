@@ -38,9 +38,8 @@ def settle_prefix(account: AccountConfig, remote: RemoteStore, state: State, rec
     remember it in the state; returns it."""
     configured = account.remote.namespace_prefix
     recorded = state.get_meta(PREFIX_META)
-    synced = bool(state.folders())
     if configured is not None:
-        if recorded is not None and recorded != configured and synced:
+        if recorded is not None and recorded != configured and state.folders():
             raise ConfigError(
                 f"namespace_prefix {configured or 'none'!r} differs from "
                 f"{recorded or 'none'!r}, which this account's folders were synced with; "
@@ -54,6 +53,7 @@ def settle_prefix(account: AccountConfig, remote: RemoteStore, state: State, rec
         prefix = recorded
     else:
         server = remote.personal_prefix()
+        synced = bool(state.folders())
         prefix = "" if synced else server
         if server and synced and record:
             log.warning(
