@@ -578,7 +578,8 @@ def quota_account(
     try:
         from mirrorsync.naming import recorded_prefix
 
-        remote.use_namespace_prefix(recorded_prefix(account, remote))  # names as syncs have them
+        # folders named as the syncs name them
+        remote.use_namespace_prefix(recorded_prefix(account, remote.personal_prefix))
         quota = remote.quota()
         sizes = remote.folder_sizes()
         found = estimate(account, remote, rules) if rules else None

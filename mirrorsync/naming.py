@@ -26,6 +26,8 @@ from mirrorsync.names import KEPT_LOCAL_META, PREFIX_META, server_to_canonical
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:  # config imports YAML: not for a run that has nothing to do
+    from collections.abc import Callable
+
     from mirrorsync.config import AccountConfig
     from mirrorsync.remote import RemoteStore
     from mirrorsync.state import State
@@ -86,12 +88,12 @@ def kept_local(remote: RemoteStore, state: State, candidates: set[str], record: 
     return set(why)
 
 
-def recorded_prefix(account: AccountConfig, remote: RemoteStore | None = None) -> str:
+def recorded_prefix(account: AccountConfig, server_prefix: Callable[[], str]) -> str:
     """The namespace prefix for a connection that does without the account's lock
     and state (`mirrorsync quota`, the daemon's push listeners), as `settle_prefix`
-    would decide it: the configured one, else the one the account's syncs recorded,
-    else, with `remote`, the server's for an account not synced yet; else "" (the
-    first sync decides, and the daemon's full checks find what a listener missed)."""
+    decides it: the configured one, else the one the account's syncs recorded, else
+    "" for an account synced before prefixes were recorded, else the server's
+    (`server_prefix`: its NAMESPACE answer)."""
     if account.remote.namespace_prefix is not None:
         return account.remote.namespace_prefix
     import os
@@ -114,4 +116,4 @@ def recorded_prefix(account: AccountConfig, remote: RemoteStore | None = None) -
             return ""
     if recorded is not None:
         return recorded
-    return remote.personal_prefix() if remote is not None and not synced else ""
+    return "" if synced else server_prefix()

@@ -386,6 +386,24 @@ class ImapConnection:
             raise ConnectionLost(f"{what} refused by {self.address}: {_clean(resp.text)}")
         return resp
 
+    def personal_prefix(self) -> str:
+        """The prefix of the first personal namespace (NAMESPACE, RFC 2342), as
+        `ImapStore.personal_prefix` reads it; "" without NAMESPACE."""
+        if "NAMESPACE" not in self.capabilities:
+            return ""
+        found: list[str] = []
+
+        def collect(resp: Response) -> None:
+            if resp.kind == "NAMESPACE":
+                personal = resp.values()[0] if resp.values() else None
+                if isinstance(personal, tuple) and personal and personal[0]:
+                    raw = personal[0][0]
+                    if isinstance(raw, bytes):
+                        found.append(imap_utf7.decode(raw))
+
+        self.check(self.command(b"NAMESPACE", on_untagged=collect), "NAMESPACE")
+        return found[0] if found else ""
+
     def delimiter(self) -> str | None:
         """The hierarchy delimiter (LIST "" ""); None for a flat server."""
         found: list[str | None] = []
@@ -557,7 +575,7 @@ class NotifySession:
         sink: Sink,
         wanted: Callable[[str], bool],
         refresh: float,
-        prefix: Callable[[], str] = lambda: "",
+        prefix: Callable[[ImapConnection], str] = lambda conn: "",
     ) -> None:
         self.sink = sink
         self.wanted = wanted
@@ -572,7 +590,7 @@ class NotifySession:
         if "NOTIFY" not in conn.capabilities:
             raise NotifyUnavailable(f"{conn.address} does not offer NOTIFY")
         self.delimiter = conn.delimiter()
-        self._prefix = self.prefix()
+        self._prefix = self.prefix(conn)
         if {"CONDSTORE", "ENABLE"} <= conn.capabilities:
             # With CONDSTORE enabled, a flag change in a folder that is not selected
             # is announced too (a STATUS with HIGHESTMODSEQ).
@@ -608,7 +626,11 @@ class IdleSession:
     """IDLE on one folder (EXAMINE, so that watching changes nothing)."""
 
     def __init__(
-        self, folder: str, sink: Sink, refresh: float, prefix: Callable[[], str] = lambda: ""
+        self,
+        folder: str,
+        sink: Sink,
+        refresh: float,
+        prefix: Callable[[ImapConnection], str] = lambda conn: "",
     ) -> None:
         self.folder = folder
         self.sink = sink
@@ -622,7 +644,7 @@ class IdleSession:
         if "IDLE" not in conn.capabilities:
             raise NotifyUnavailable(f"{conn.address} offers neither NOTIFY nor IDLE")
         try:
-            server = canonical_to_server(self.folder, conn.delimiter(), self.prefix())
+            server = canonical_to_server(self.folder, conn.delimiter(), self.prefix(conn))
         except FolderNameError as e:
             raise ConnectionLost(f"cannot watch {self.folder!r}: {e}") from e
         conn.check(conn.command(b"EXAMINE", quote(imap_utf7.encode(server))), "EXAMINE")
@@ -761,10 +783,10 @@ class Push:
     def _connect(self) -> ImapConnection:
         return self._open(self.account.remote, self._password)
 
-    def _prefix(self) -> str:
+    def _prefix(self, conn: ImapConnection) -> str:
         from mirrorsync.naming import recorded_prefix
 
-        return recorded_prefix(self.account)
+        return recorded_prefix(self.account, conn.personal_prefix)
 
     def _add(self, listener: Listener) -> None:
         with self._lock:

@@ -19,8 +19,10 @@ from mirrorsync.content import content_hash
 from mirrorsync.devserver import Dovecot
 from mirrorsync.layout import folder_path, list_folders
 from mirrorsync.names import PREFIX_META
+from mirrorsync.push import NotifySession
 from tests.conftest import Account, SettleClock
 from tests.harness import Mirror, Snapshot, message
+from tests.test_daemon import run_daemon as run_daemon  # a fixture
 
 
 def _server(**options: Any) -> Iterator[Dovecot]:
@@ -280,3 +282,32 @@ def test_quota_and_archive_name_folders_as_the_sync_does(tmp_path: Path) -> None
         m.close()
     finally:
         server.cleanup()
+
+
+def test_notify_names_folders_as_the_sync_does() -> None:
+    """Push hears "INBOX.Work" changed: that is the folder "Work" to sync."""
+    from tests.test_daemon import Recorder, parse_line
+
+    rec = Recorder()
+    session = NotifySession(rec, lambda name: True, refresh=60)
+    session.delimiter, session._prefix = ".", "INBOX."
+    for line in (b'* STATUS "INBOX.Work" (MESSAGES 1)', b"* STATUS INBOX (MESSAGES 2)"):
+        session.handle(parse_line((line,)))
+    assert rec.folders == ["Work", "INBOX"]
+
+
+def test_daemon_push_on_a_courier_namespace(
+    dovecot_courier: Dovecot, tmp_path: Path, run_daemon: Any
+) -> None:
+    from tests.test_daemon import FAST, _files
+
+    m = Mirror(_account(dovecot_courier), tmp_path, daemon=FAST)
+    _fill(m, ["INBOX.Work"])
+    d = run_daemon(m)
+    d.ready()
+    m.client.append("INBOX.Work", message("pushed"))
+    d.wait_for(lambda: len(_files(m.root / "Work")) == 2, 3, "server APPEND -> Maildir")
+    d.settle()
+    assert [t for t in d.triggers() if "Work" in t], d.triggers()
+    assert d.stop() == 0
+    assert not (m.root / "INBOX" / "Work").exists()
