@@ -98,22 +98,24 @@ def recorded_prefix(account: AccountConfig, server_prefix: Callable[[], str]) ->
         return account.remote.namespace_prefix
     import os
 
-    from mirrorsync.statefiles import DB_NAME, connect
+    from mirrorsync.statefiles import DB_NAME
 
     path = os.path.join(account.state_dir, DB_NAME)
     recorded: str | None = None
     synced = False
     if os.path.exists(path):
+        import _sqlite3
+
+        # read-only, waiting out a sync's transaction: this must not change the state
+        db = _sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
-            db = connect(path)
-            try:
-                row = db.execute("SELECT value FROM meta WHERE key = ?", (PREFIX_META,)).fetchone()
-                recorded = None if row is None else str(row[0])
-                synced = db.execute("SELECT 1 FROM folders LIMIT 1").fetchone() is not None
-            finally:
-                db.close()
-        except Exception:
-            return ""
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (PREFIX_META,)).fetchone()
+            recorded = None if row is None else str(row[0])
+            synced = db.execute("SELECT 1 FROM folders LIMIT 1").fetchone() is not None
+        except _sqlite3.OperationalError:
+            pass  # no tables yet: a state being created is one not synced
+        finally:
+            db.close()
     if recorded is not None:
         return recorded
     return "" if synced else server_prefix()
