@@ -336,8 +336,9 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
             try:
                 # Every command of the session names folders as the syncs do; only a
                 # sync records the choice (`AccountSync.run` settles it again).
-                settle_prefix(account, remote, state, record=False)
-                yield Session(remote, state, Maildir(account.local.path, account.local.layout))
+                maildir = Maildir(account.local.path, account.local.layout)
+                settle_prefix(account, remote, state, False, maildir.list_folders)
+                yield Session(remote, state, maildir)
             except sqlite3.DatabaseError as e:
                 raise StateError(
                     f"state database {state.path} is damaged ({e})",
@@ -579,7 +580,7 @@ def quota_account(
         from mirrorsync.naming import recorded_prefix
 
         # folders named as the syncs name them
-        remote.use_namespace_prefix(recorded_prefix(account, remote.personal_prefix))
+        remote.use_namespace_prefix(recorded_prefix(account, remote))
         quota = remote.quota()
         sizes = remote.folder_sizes()
         found = estimate(account, remote, rules) if rules else None

@@ -169,7 +169,7 @@ class AccountSync:
 
             recover_archive(self.remote, self.maildir, self.state)
         record = not self.options.dry_run
-        settle_prefix(self.account, self.remote, self.state, record)
+        settle_prefix(self.account, self.remote, self.state, record, self._local_listing)
         self.statuses = {n: s for n, s in self.remote.statuses().items() if n in self._wanted([n])}
         remote_names = set(self.statuses)
         self._record_delimiter()
@@ -245,6 +245,9 @@ class AccountSync:
             with self.state.transaction():
                 self.state.set_meta("last_sync", str(time.time()))
         return report
+
+    def _local_listing(self) -> list[str]:
+        return self.maildir.list_folders() if self.maildir.exists() else []
 
     def _record_delimiter(self) -> None:
         """Remember the server's delimiter for the quick check, which must tell the

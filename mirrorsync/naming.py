@@ -8,10 +8,11 @@ alone (see `names.server_spelling`):
   server "INBOX.Work" is local "Work" and a new local "Work" is created as
   "INBOX.Work". `remote.namespace_prefix` says which prefix: `auto` (the default)
   takes the server's NAMESPACE answer. The prefix an account was first synced with
-  is recorded in its state and kept: a state that already holds folders synced
-  before mirrorsync knew prefixes keeps "" (its Maildir has them under INBOX/),
-  since changing the mapping under synced folders would make every one of them look
-  deleted on one side and new on the other, and so copied twice.
+  is recorded in its state and kept; an account that already has folders named
+  with the prefix (a state from before prefixes were recorded, or a Maildir with
+  INBOX/Work for the server's INBOX.Work) keeps "", since changing the mapping
+  under existing folders would make every one of them look deleted on one side and
+  new on the other, and so copied twice.
 * Local folders the server cannot hold: a component containing the server's
   separator ("Release.1" where "." separates levels would become the folder 1 inside
   Release). Such a folder is kept only on disk, with a warning the first time.
@@ -20,13 +21,14 @@ alone (see `names.server_spelling`):
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from mirrorsync.errors import ConfigError
-from mirrorsync.names import KEPT_LOCAL_META, PREFIX_META, server_to_canonical
+from mirrorsync.names import KEPT_LOCAL_META, PREFIX_META, server_spelling
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:  # config imports YAML: not for a run that has nothing to do
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from mirrorsync.config import AccountConfig
     from mirrorsync.remote import RemoteStore
@@ -35,9 +37,16 @@ if TYPE_CHECKING:  # config imports YAML: not for a run that has nothing to do
 log = logging.getLogger(__name__)
 
 
-def settle_prefix(account: AccountConfig, remote: RemoteStore, state: State, record: bool) -> str:
+def settle_prefix(
+    account: AccountConfig,
+    remote: RemoteStore,
+    state: State,
+    record: bool,
+    local_folders: Callable[[], Iterable[str]],
+) -> str:
     """Decide the namespace prefix for this run, tell `remote`, and (with `record`)
-    remember it in the state; returns it."""
+    remember it in the state; returns it. `local_folders` lists the Maildir's folders
+    (asked only when nothing is recorded yet)."""
     configured = account.remote.namespace_prefix
     recorded = state.get_meta(PREFIX_META)
     if configured is not None:
@@ -54,24 +63,50 @@ def settle_prefix(account: AccountConfig, remote: RemoteStore, state: State, rec
     elif recorded is not None:
         prefix = recorded
     else:
-        server = remote.personal_prefix()
-        synced = bool(state.folders())
-        prefix = "" if synced else server
-        if server and synced and record:
-            log.warning(
-                "the server keeps your folders under the namespace %r; this account was "
-                "synced before mirrorsync left it out of folder names, so they keep the "
-                "names they have (%r is the folder %r); to drop the prefix, start afresh "
-                "with a new state directory and Maildir",
-                server,
-                server + "Work",
-                server_to_canonical(server + "Work", remote.delimiter()),
-            )
+        prefix = remote.personal_prefix()
+        if prefix:
+            synced = sorted(state.folders())
+            spelled = _spelled_with(prefix, remote.delimiter(), synced, local_folders)
+            if spelled is not None:
+                if record:
+                    log.warning(
+                        "the server keeps your folders under the namespace %r, but this "
+                        "account already names them with it (%r), as mirrorsync did before "
+                        "it left the prefix out: the names stay as they are; to drop the "
+                        "prefix, start afresh with a new state directory and Maildir",
+                        prefix,
+                        spelled,
+                    )
+                prefix = ""
     remote.use_namespace_prefix(prefix)
     if record and recorded != prefix:
         with state.transaction():
             state.set_meta(PREFIX_META, prefix)
     return prefix
+
+
+def _spelled_with(
+    prefix: str,
+    delimiter: str | None,
+    synced: list[str],
+    local_folders: Callable[[], Iterable[str]],
+) -> str | None:
+    """A folder the account already has (synced, or in the Maildir) under a name that
+    spells the prefix, "INBOX/Work" for the server's "INBOX.Work": evidence that it
+    was synced before the prefix was left out (a state moved aside and rebuilt
+    included). Leaving the prefix out then would make every such folder look new on
+    both sides and copy it twice; and a state that holds any folder but no recorded
+    prefix was written before prefixes were recorded, so by the old rule."""
+    for name in [*synced, *sorted(local_folders())]:
+        if name == "INBOX":
+            continue
+        try:
+            old = server_spelling(name, delimiter)
+        except ValueError:
+            old = ""
+        if old.startswith(prefix) or name in synced:
+            return name
+    return None
 
 
 def kept_local(remote: RemoteStore, state: State, candidates: set[str], record: bool) -> set[str]:
@@ -88,12 +123,19 @@ def kept_local(remote: RemoteStore, state: State, candidates: set[str], record: 
     return set(why)
 
 
-def recorded_prefix(account: AccountConfig, server_prefix: Callable[[], str]) -> str:
+class ServerNaming(Protocol):
+    """What `recorded_prefix` asks of a connection (`ImapStore`, push's connection)."""
+
+    def personal_prefix(self) -> str: ...
+
+    def delimiter(self) -> str | None: ...
+
+
+def recorded_prefix(account: AccountConfig, server: ServerNaming) -> str:
     """The namespace prefix for a connection that does without the account's lock
     and state (`mirrorsync quota`, the daemon's push listeners), as `settle_prefix`
     decides it: the configured one, else the one the account's syncs recorded, else
-    "" for an account synced before prefixes were recorded, else the server's
-    (`server_prefix`: its NAMESPACE answer)."""
+    the server's unless the account already spells it (`_spelled_with`)."""
     if account.remote.namespace_prefix is not None:
         return account.remote.namespace_prefix
     import os
@@ -102,7 +144,7 @@ def recorded_prefix(account: AccountConfig, server_prefix: Callable[[], str]) ->
 
     path = os.path.join(account.state_dir, DB_NAME)
     recorded: str | None = None
-    synced = False
+    synced: list[str] = []
     if os.path.exists(path):
         import _sqlite3
 
@@ -111,11 +153,20 @@ def recorded_prefix(account: AccountConfig, server_prefix: Callable[[], str]) ->
         try:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (PREFIX_META,)).fetchone()
             recorded = None if row is None else str(row[0])
-            synced = db.execute("SELECT 1 FROM folders LIMIT 1").fetchone() is not None
+            synced = sorted(str(r[0]) for r in db.execute("SELECT name FROM folders"))
         except _sqlite3.OperationalError:
             pass  # no tables yet: a state being created is one not synced
         finally:
             db.close()
     if recorded is not None:
         return recorded
-    return "" if synced else server_prefix()
+    prefix = server.personal_prefix()
+    if not prefix:
+        return ""
+
+    def local() -> list[str]:
+        from mirrorsync.layout import list_folders
+
+        return list_folders(account.local.path, account.local.layout, warn=lambda *a: None)
+
+    return "" if _spelled_with(prefix, server.delimiter(), synced, local) is not None else prefix

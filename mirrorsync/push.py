@@ -786,7 +786,7 @@ class Push:
     def _prefix(self, conn: ImapConnection) -> str:
         from mirrorsync.naming import recorded_prefix
 
-        return recorded_prefix(self.account, conn.personal_prefix)
+        return recorded_prefix(self.account, conn)
 
     def _add(self, listener: Listener) -> None:
         with self._lock:

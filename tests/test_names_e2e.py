@@ -5,6 +5,7 @@ separator is "." (Cyrus with unixhierarchysep: no), and Courier's personal names
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -317,3 +318,28 @@ def test_daemon_push_on_a_courier_namespace(
     assert [t for t in d.triggers() if "Work" in t], d.triggers()
     assert d.stop() == 0
     assert not (m.root / "INBOX" / "Work").exists()
+
+
+@pytest.mark.parametrize("first", ["none", "auto"])
+def test_a_state_moved_aside_keeps_the_names_the_maildir_has(
+    dovecot_courier: Dovecot, tmp_path: Path, first: str
+) -> None:
+    """The state is gone (moved aside after damage, as the errors advise): the Maildir
+    tells which names the account used, "INBOX/Work" or "Work", and that is kept, so
+    content matching finds every message where it was and nothing is copied twice."""
+    m = Mirror(_account(dovecot_courier), tmp_path)
+    _configure(m, namespace_prefix=first)
+    _fill(m, ["INBOX.Work"])
+    m.sync()
+    names = set(local_by_name(m, "nested"))
+    assert names == ({"INBOX", "INBOX/Work"} if first == "none" else {"INBOX", "Work"})
+    shutil.rmtree(m.state_dir)
+    _configure(m, namespace_prefix="auto")
+    r = m.sync()
+    assert "FAILED" not in r.out, r
+    local = local_by_name(m, "nested")
+    assert set(local) == names
+    assert all(sum(c.values()) == 1 for n, c in local.items() if n != "INBOX"), local
+    assert _server_names(m) == {"INBOX", "INBOX.Work"}
+    assert sum(m.server()["INBOX.Work"].values()) == 1
+    m.close()
