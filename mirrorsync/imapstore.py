@@ -171,7 +171,7 @@ def canonical_to_server(name: str, delimiter: str | None, prefix: str = "") -> s
     except ValueError as e:
         raise FolderNameError(
             f"folder {canonical_folder(name)!r} cannot be created on the server: {e}",
-            hint="rename it, or list it in local.local_only to keep it only on disk",
+            hint="rename it, or list it in local.local_only",
         ) from None
 
 

@@ -116,7 +116,7 @@ def kept_local(remote: RemoteStore, state: State, candidates: set[str], record: 
     why = {n: w for n in sorted(candidates) if (w := remote.unrepresentable(n)) is not None}
     before = set(filter(None, (state.get_meta(KEPT_LOCAL_META) or "").split("\n")))
     for name in sorted(set(why) - before):
-        log.warning("%s (said once: the folder stays only on disk)", why[name])
+        log.warning("%s (it stays only on disk; said once)", why[name])
     if record and set(why) != before:
         with state.transaction():
             state.set_meta(KEPT_LOCAL_META, "\n".join(sorted(why)))

@@ -5,6 +5,8 @@ separator is "." (Cyrus with unixhierarchysep: no), and Courier's personal names
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import sqlite3
 from collections import Counter
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from mirrorsync import flags as flagmod
+from mirrorsync import maildir as maildir_mod
 from mirrorsync import quick
 from mirrorsync.content import content_hash
 from mirrorsync.devserver import Dovecot
@@ -158,6 +161,31 @@ def test_a_folder_the_file_system_refuses_fails_alone_once(
     lines = [line for line in (r.out + r.err).splitlines() if long_name[:40] in line]
     assert len(lines) == 1, r
     assert "longer than 255" in lines[0]
+    assert sum(local_by_name(m, "nested")["Fine"].values()) == 1
+    m.close()
+
+
+def test_a_directory_the_file_system_refuses_fails_alone_once(
+    account: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mkdir refused (EINVAL, as vfat says to a ':'): that folder fails with one line
+    naming it, the others sync, and the next run tries again, once."""
+    m = Mirror(account, tmp_path)
+    _fill(m, ["Fine", "Odd:Name"])
+    real = os.mkdir
+
+    def mkdir(path: Any, mode: int = 0o777) -> None:
+        if "Odd:Name" in os.fspath(path):
+            raise OSError(errno.EINVAL, "Invalid argument", os.fspath(path))
+        real(path, mode)
+
+    monkeypatch.setattr(maildir_mod.os, "mkdir", mkdir)
+    for _ in range(2):
+        r = m.run("sync")
+        assert r.status == 1, r
+        lines = [line for line in (r.out + r.err).splitlines() if "Odd:Name" in line]
+        assert len(lines) == 1 and "Invalid argument" in lines[0], r
+        assert "1 folders FAILED" in r.out or "1 folder FAILED" in r.out, r
     assert sum(local_by_name(m, "nested")["Fine"].values()) == 1
     m.close()
 
