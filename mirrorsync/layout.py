@@ -7,17 +7,18 @@ Two layouts are supported:
   see the server's hierarchy as it is.
 * ``maildir++`` (Courier, Dovecot's default): INBOX is ROOT itself and every other
   folder is a hidden sibling, ROOT/.A.B for "A/B". The "." is the separator there, so
-  a component may not contain one.
+  a component's "." is escaped (below).
 
 Directory names are the components' UTF-8 bytes, not modified UTF-7: the name on disk
 is what the user sees in a file manager, and `model` already keeps every store's
 quirks out of the planner. Every folder a server can have is stored: a component that
 would collide with a Maildir's own entries (cur, new, tmp; a leading "."; "." in
-maildir++) is written with a reversible "%XX" escape (see `escape_component`). Only a
-name no directory can hold (an empty component, NUL, a component too long for the file
-system) is refused, with a `FolderNameError` that says why and what to do, never
-silently rewritten: a rewritten name would not map back to the server's folder, and
-the next sync would create a second folder.
+maildir++) is written with a reversible "%XX" escape (see `escape_component`), and a
+component too long for one directory entry goes on in a subdirectory (`_levels`,
+nested only). Only a name no directory can hold (an empty component, NUL, a maildir++
+name too long for one directory entry) is refused, with a `FolderNameError` that says
+why and what to do, never silently rewritten: a rewritten name would not map back to
+the server's folder, and the next sync would create a second folder.
 
 `list_folders` only returns names that map back to the very directory they were found
 in (checked by `folder_dir`), so whatever it reports can be synced, and odd
@@ -107,6 +108,8 @@ def _legacy_dir(root: str, layout: str, name: str) -> str | None:
     """Where mirrorsync stored `name` before it escaped anything, or None if it
     refused the name then (what is escaped now was refused, so nothing collides)."""
     parts = name.split(SEP)
+    if any(len(p.encode("utf-8")) > NAME_MAX for p in parts):
+        return None
     if layout == NESTED:
         if any(p.lower() in MAILDIR_SUBDIRS or p.startswith(".") for p in parts):
             return None
@@ -147,15 +150,9 @@ def _components(layout: str, name: str) -> list[str]:
         raise _refuse(name, layout, "it has an empty component (leading, trailing or '//')")
     stored = [escape_component(layout, part) for part in parts]
     if layout == NESTED:
-        for part, entry in zip(parts, stored, strict=True):
-            if len(entry.encode("utf-8")) > NAME_MAX:
-                raise _refuse(
-                    name,
-                    layout,
-                    f"the component {part[:40]!r}... is longer than {NAME_MAX} bytes in UTF-8 "
-                    "once escaped",
-                )
-    elif name != "INBOX":
+        # a component too long for one directory entry continues in a subdirectory
+        return [level for entry in stored for level in _levels(entry)]
+    if name != "INBOX":
         entry = _maildirpp_entry(stored)
         if len(entry.encode("utf-8")) > NAME_MAX:
             raise _refuse(
@@ -165,6 +162,29 @@ def _components(layout: str, name: str) -> list[str]:
                 _SKIP_HINT + ", or use the nested layout",
             )
     return stored
+
+
+CONTINUED = "%+"  # ends a directory whose name goes on in its subdirectory
+
+
+def _levels(entry: str) -> list[str]:
+    """The directory levels of one (escaped) component: itself, or, when it is longer
+    than a directory entry may be, pieces of at most NAME_MAX bytes that each but the
+    last end with CONTINUED ("LLL...%+/LLL"). A piece starting with "." or being cur,
+    new or tmp has that first character escaped, so that no level is hidden or read
+    as a Maildir's own; the pieces are joined before the escapes are read."""
+    levels: list[str] = []
+    while len(entry.encode("utf-8")) > NAME_MAX:
+        cut, size = 0, len(CONTINUED)
+        while size + len(entry[cut].encode("utf-8")) <= NAME_MAX:
+            size += len(entry[cut].encode("utf-8"))
+            cut += 1
+        levels.append(entry[:cut] + CONTINUED)
+        entry = entry[cut:]
+        if entry.startswith(".") or entry.lower() in MAILDIR_SUBDIRS:
+            entry = _quote(entry[0]) + entry[1:]
+    levels.append(entry)
+    return levels
 
 
 def _maildirpp_entry(stored: list[str]) -> str:
@@ -204,14 +224,15 @@ def escape_component(layout: str, part: str) -> str:
     default, "New" *is* new/, and the mapping must not depend on the file system a
     Maildir happens to be on), a leading "." in the nested layout (it would hide the
     folder and read as another tool's dot-directory, or be "." or ".."), every "." in
-    maildir++ (its separator), and a "%" that would read as an escape."""
+    maildir++ (its separator), and a "%" that would read as an escape (or, at the
+    end, as CONTINUED)."""
     out: list[str] = []
     first = part.lower() in MAILDIR_SUBDIRS and layout == NESTED
     for i, c in enumerate(part):
         if (
             (i == 0 and (first or (c == "." and layout == NESTED)))
             or (c == "." and layout == MAILDIRPP)
-            or (c == ESCAPE and _is_code(part[i + 1 : i + 3]))
+            or (c == ESCAPE and (_is_code(part[i + 1 : i + 3]) or part[i + 1 :] == "+"))
         ):
             out.append(_quote(c))
         else:
@@ -249,7 +270,15 @@ def folder_name_of(
     if layout == NESTED:
         if not parts or any(p.startswith(".") or p in MAILDIR_SUBDIRS for p in parts):
             return None
-        return SEP.join(read(p) for p in parts)
+        components: list[str] = []
+        pending = ""  # a long component's pieces so far (see `_levels`)
+        for p in parts:
+            if unescape and p.endswith(CONTINUED):
+                pending += p[: -len(CONTINUED)]
+            else:
+                components.append(read(pending + p))
+                pending = ""
+        return None if pending else SEP.join(components)
     if not parts:
         return "INBOX"
     if len(parts) != 1 or not parts[0].startswith(".") or parts[0] in (".", ".."):
@@ -337,8 +366,10 @@ def _walk_nested(
         child_parts = [*parts, entry]
         if _is_maildir(child):
             name = folder_name_of(NESTED, child_parts)
-            assert name is not None  # dot-directories and cur/new/tmp were skipped
-            _consider(root, NESTED, name, child, ident, linked, out, warn)
+            if name is None:  # a long name's piece: the name goes on below
+                warn("ignoring Maildir %s: its name continues in a subdirectory", child)
+            else:
+                _consider(root, NESTED, name, child, ident, linked, out, warn)
         # A folder may hold child folders (INBOX/Sub lives in ROOT/INBOX/Sub).
         _walk_nested(root, child, child_parts, ancestors | {ident}, linked, out, warn)
 

@@ -54,6 +54,12 @@ MAPPED = [
     (NESTED, ".hidden", "%2Ehidden"),
     (MAILDIRPP, "lists.debian.org", ".lists%2Edebian%2Eorg"),
     (MAILDIRPP, "A/.B", ".A.%2EB"),
+    # a component too long for one directory entry goes on in a subdirectory
+    (NESTED, "x" * 256, "x" * 253 + "%+/xxx"),
+    (NESTED, "A/" + "ü" * 128, "A/" + "ü" * 126 + "%+/üü"),  # 256 bytes in UTF-8
+    (NESTED, "." + "x" * 253, "%2E" + "x" * 250 + "%+/xxx"),  # 256 bytes once escaped
+    (NESTED, "x" * 253 + "new", "x" * 253 + "%+/%6Eew"),  # no level is new/
+    (NESTED, "x" * 253 + ".bb", "x" * 253 + "%+/%2Ebb"),  # nor hidden
 ]
 
 
@@ -71,9 +77,6 @@ REFUSED = [
     (NESTED, "A//B", "empty component"),
     (NESTED, "A\0B", "NUL"),
     (NESTED, "bad\udcff", "not valid Unicode"),
-    (NESTED, "x" * 256, "longer than 255"),
-    (NESTED, "ü" * 128, "longer than 255"),  # 256 bytes in UTF-8
-    (NESTED, "." + "x" * 253, "longer than 255"),  # 256 bytes once the "." is "%2E"
     (MAILDIRPP, "", "empty component"),
     (MAILDIRPP, "A//B", "empty component"),
     (MAILDIRPP, "A\0", "NUL"),
@@ -120,6 +123,8 @@ ESCAPED = [
     (MAILDIRPP, "%.", "%%2E"),
     (MAILDIRPP, "%A.", "%A%2E"),
     (MAILDIRPP, "Mr. Smith", "Mr%2E Smith"),
+    (NESTED, "a%+", "a%25+"),  # "%+" at the end would read as a continued name
+    (NESTED, "a%+b", "a%+b"),
 ]
 
 
@@ -163,6 +168,29 @@ def test_escape_round_trips(layout: str, name: str) -> None:
         assert len(rel) == 1 and rel[0].count(".") == name.count("/") + 1
 
 
+_LONG = (
+    st.lists(_TRICKY | st.text(min_size=1, max_size=40), min_size=30, max_size=120)
+    .map("".join)
+    .filter(lambda p: "/" not in p and "\0" not in p)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(_LONG | _COMPONENT, min_size=1, max_size=3))
+def test_long_names_round_trip(parts: list[str]) -> None:
+    """Nested: any length, in levels of at most 255 bytes, none hidden or cur/new/tmp."""
+    name = canonical_folder("/".join(parts))
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    rel = folder_path(ROOT, NESTED, name).relative_to(ROOT).parts
+    assert folder_name_of(NESTED, rel) == name
+    for entry in rel:
+        assert len(entry.encode("utf-8")) <= 255
+        assert not entry.startswith(".") and entry.lower() not in ("cur", "new", "tmp")
+
+
 @settings(max_examples=300, deadline=None)
 @given(layout=st.sampled_from([NESTED, MAILDIRPP]), a=_NAME, b=_NAME)
 def test_distinct_names_distinct_directories(layout: str, a: str, b: str) -> None:
@@ -193,6 +221,18 @@ def test_list_round_trips(tmp_path: Path, layout: str) -> None:
     for name in NAMES + ESCAPED_NAMES:
         make_maildir(folder_path(tmp_path, layout, name))
     assert list_folders(tmp_path, layout) == sorted(NAMES + ESCAPED_NAMES)
+
+
+def test_long_names_are_listed_and_watched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = ["L" * 300, "A/" + "." + "ü" * 200, "L" * 253 + "new"]
+    for name in names:
+        make_maildir(folder_path(tmp_path, NESTED, name))
+        assert folder_of(tmp_path, NESTED, folder_path(tmp_path, NESTED, name)) == name
+    make_maildir(tmp_path / ("x" + "%+"))  # a piece whose name goes on: no folder
+    assert list_folders(tmp_path, NESTED) == sorted(names)
+    assert "continues in a subdirectory" in caplog.text
 
 
 @pytest.mark.parametrize(
