@@ -91,7 +91,7 @@ def _folder_dir(root: str, layout: str, name: str) -> str:
         # A name with "%XX" in it was stored as it is before escaping existed: such
         # a directory keeps its folder (renaming it would look like a deletion).
         legacy = _legacy_dir(root, layout, name)
-        if legacy not in (None, path) and not os.path.lexists(path) and _is_dir(legacy):
+        if legacy not in (None, path) and not os.path.lexists(path) and _is_maildir(legacy):
             return legacy
     return path
 
@@ -365,11 +365,12 @@ def _walk_nested(
         linked = via_symlink or _is_symlink(child)
         child_parts = [*parts, entry]
         if _is_maildir(child):
+            # None: a long name's piece, whose name goes on below, unless it is a
+            # folder stored before escaping existed ("a%+"), which _consider tells
             name = folder_name_of(NESTED, child_parts)
-            if name is None:  # a long name's piece: the name goes on below
-                warn("ignoring Maildir %s: its name continues in a subdirectory", child)
-            else:
-                _consider(root, NESTED, name, child, ident, linked, out, warn)
+            literal = folder_name_of(NESTED, child_parts, unescape=False)
+            assert literal is not None  # dot-directories and cur/new/tmp were skipped
+            _consider(root, NESTED, name or literal, child, ident, linked, out, warn)
         # A folder may hold child folders (INBOX/Sub lives in ROOT/INBOX/Sub).
         _walk_nested(root, child, child_parts, ancestors | {ident}, linked, out, warn)
 

@@ -56,14 +56,16 @@ def folder_of(root: Path, layout: str, directory: Path) -> str | None:
         rel = directory.relative_to(root)
     except ValueError:
         return None
-    raw = folder_name_of(layout, rel.parts) if layout in (NESTED, MAILDIRPP) else None
-    if raw is None:
+    if layout not in (NESTED, MAILDIRPP):
         return None
     # the escapes read, or (a directory stored before escaping existed) as they are
+    raw = folder_name_of(layout, rel.parts)
     literal = folder_name_of(layout, rel.parts, unescape=False)
     for candidate in dict.fromkeys([raw, literal]):
+        if candidate is None:
+            continue
         try:
-            name = canonical_folder(candidate or "")
+            name = canonical_folder(candidate)
             if folder_path(root, layout, name) == directory:
                 return name
         except (FolderNameError, ValueError):
