@@ -259,6 +259,33 @@ def test_courier_namespace_is_left_out_of_names(
     m.close()
 
 
+def test_courier_capabilities_with_its_namespace(tmp_path: Path) -> None:
+    """Courier's capabilities (no LIST-STATUS, CONDSTORE, MOVE): the STATUS of each
+    folder is asked by its server name, INBOX.Work, and read back as Work."""
+    server = Dovecot(
+        separator=".",
+        prefix="INBOX.",
+        capabilities="IMAP4rev1 LITERAL+ UIDPLUS IDLE NAMESPACE ENABLE UTF8=ACCEPT",
+    ).start()
+    try:
+        m = Mirror(_account(server), tmp_path)
+        _fill(m, ["INBOX.Work", "INBOX.Work.Sub"])
+        m.sync()
+        _write_local(m, "nested", "Projects", "up")
+        r = m.sync()
+        assert not r.err, r
+        local = local_by_name(m, "nested")
+        assert set(local) == {"INBOX", "Work", "Work/Sub", "Projects"}
+        snap = m.server()
+        assert set(snap) == {"INBOX", "INBOX.Work", "INBOX.Work.Sub", "INBOX.Projects"}
+        assert snap["INBOX.Projects"] == local["Projects"]
+        again = m.sync()
+        assert "no changes" in again.out and not again.err, again
+        m.close()
+    finally:
+        server.cleanup()
+
+
 def test_namespace_prefix_none_keeps_the_server_names(
     dovecot_courier: Dovecot, tmp_path: Path
 ) -> None:
