@@ -151,6 +151,8 @@ def _components(layout: str, name: str) -> list[str]:
     stored = [escape_component(layout, part) for part in parts]
     if layout == NESTED:
         # a component too long for one directory entry continues in a subdirectory
+        if all(len(entry) <= NAME_MAX // 4 for entry in stored):
+            return stored
         return [level for entry in stored for level in _levels(entry)]
     if name != "INBOX":
         entry = _maildirpp_entry(stored)
@@ -173,6 +175,8 @@ def _levels(entry: str) -> list[str]:
     last end with CONTINUED ("LLL...%+/LLL"). A piece starting with "." or being cur,
     new or tmp has that first character escaped, so that no level is hidden or read
     as a Maildir's own; the pieces are joined before the escapes are read."""
+    if len(entry) <= NAME_MAX // 4:  # no character takes more than 4 bytes
+        return [entry]
     levels: list[str] = []
     while len(entry.encode("utf-8")) > NAME_MAX:
         cut, size = 0, len(CONTINUED)
@@ -226,6 +230,12 @@ def escape_component(layout: str, part: str) -> str:
     folder and read as another tool's dot-directory, or be "." or ".."), every "." in
     maildir++ (its separator), and a "%" that would read as an escape (or, at the
     end, as CONTINUED)."""
+    if ESCAPE not in part and (
+        "." not in part
+        if layout == MAILDIRPP
+        else part[:1] != "." and part.lower() not in MAILDIR_SUBDIRS
+    ):
+        return part  # the usual case, and on the path of every no-op run
     out: list[str] = []
     first = part.lower() in MAILDIR_SUBDIRS and layout == NESTED
     for i, c in enumerate(part):
