@@ -90,6 +90,10 @@ def server_to_canonical(name: str, delimiter: str | None, prefix: str = "") -> s
     parts = [name] if delimiter is None else name.split(delimiter)
     if any(not p or SEP in p for p in parts):
         return None
+    if parts[0].upper() != "INBOX":
+        # nothing to fold: the components spell the very name back (a fast path on
+        # every listed folder of every run)
+        return SEP.join(parts)
     canonical = canonical_folder(SEP.join(parts))
     try:
         back = server_spelling(canonical, delimiter, prefix)
