@@ -282,6 +282,17 @@ def test_fresh_account_lists_a_selectable_inbox(backend: Backend) -> None:
     assert folders["INBOX"].selectable
 
 
+def test_folder_naming(backend: Backend) -> None:
+    """What the engine asks before it creates anything (see `naming`): the delimiter,
+    the personal namespace prefix, and whether a canonical name can be held."""
+    store = backend.store
+    assert store.delimiter() == "/"
+    assert store.personal_prefix() == ""
+    store.use_namespace_prefix("")
+    for name in ("INBOX", "Work", "Work/Sub", "a.b", "Mr. Smith/2024"):
+        assert store.unrepresentable(name) is None
+
+
 def test_create_nested_and_delete(backend: Backend) -> None:
     store = backend.store
     store.create_folder("Work/Projects/2024")
