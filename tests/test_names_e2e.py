@@ -231,6 +231,8 @@ def test_separator_in_a_local_name_stays_local_and_settles(
     assert set(local) == {"INBOX", "Lists/Debian", "Release.1", "Work"}
     assert sum(local["Release.1"].values()) == 1
     assert m.server()["Work"] == local["Work"]
+    status = m.run("status")
+    assert "Release.1" not in status.out and "0 local changes pending" in status.out, status
     m.close()
 
 
