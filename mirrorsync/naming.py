@@ -59,6 +59,15 @@ def settle_prefix(
                 hint=f"set it back to {recorded or 'none'!r} (or auto), or move the state "
                 "directory and the Maildir aside to start afresh",
             )
+        delimiter = remote.delimiter() if configured else None
+        if delimiter and not configured.endswith(delimiter):
+            raise ConfigError(
+                f"namespace_prefix {configured!r} does not end with the server's "
+                f"separator {delimiter!r}",
+                key=f"accounts.{account.name}.remote.namespace_prefix",
+                hint=f"write it as the server's NAMESPACE names it, e.g. "
+                f"{configured + delimiter!r}, or use auto",
+            )
         prefix = configured
     elif recorded is not None:
         prefix = recorded

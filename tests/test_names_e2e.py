@@ -288,6 +288,17 @@ def test_courier_capabilities_with_its_namespace(tmp_path: Path) -> None:
         server.cleanup()
 
 
+def test_a_prefix_without_the_separator_is_refused(
+    dovecot_courier: Dovecot, tmp_path: Path
+) -> None:
+    m = Mirror(_account(dovecot_courier), tmp_path)
+    _configure(m, namespace_prefix="INBOX")
+    r = m.run("sync")
+    assert r.status == 2 and "'INBOX.'" in r.err, r
+    assert not m.root.exists() or not any(m.root.iterdir())
+    m.close()
+
+
 def test_namespace_prefix_none_keeps_the_server_names(
     dovecot_courier: Dovecot, tmp_path: Path
 ) -> None:
