@@ -364,6 +364,7 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
     from mirrorsync.config import resolve_password
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
+    from mirrorsync.naming import settle_prefix
     from mirrorsync.state import AccountLock, State, state_error
 
     with AccountLock(account.state_dir, account.name):
@@ -371,15 +372,15 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
         try:
             state = State.open(account.state_dir)
             try:
-                yield Session(
-                    remote,
-                    state,
-                    Maildir(
-                        account.local.path,
-                        account.local.layout,
-                        folder_names=account.local.folder_names,
-                    ),
+                # Every command of the session names folders as the syncs do; only a
+                # sync records the choice (`AccountSync.run` settles it again).
+                maildir = Maildir(
+                    account.local.path,
+                    account.local.layout,
+                    folder_names=account.local.folder_names,
                 )
+                settle_prefix(account, remote, state, False, maildir.list_folders)
+                yield Session(remote, state, maildir)
             except sqlite3.DatabaseError as e:
                 raise state_error(e, state.path) from e
             finally:
@@ -614,6 +615,10 @@ def quota_account(
 
     remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
     try:
+        from mirrorsync.naming import recorded_prefix
+
+        # folders named as the syncs name them
+        remote.use_namespace_prefix(recorded_prefix(account, remote))
         quota = remote.quota()
         sizes = remote.folder_sizes()
         found = estimate(account, remote, rules) if rules else None

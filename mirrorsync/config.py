@@ -41,6 +41,9 @@ class RemoteConfig:
     ca_file: Path | None = None
     timeout: float = 60.0  # seconds, for connect and for every read
     max_connections: int = 4
+    # The personal namespace prefix left out of folder names (Courier's "INBOX."):
+    # None is "auto" (the server's NAMESPACE answer), "" is "none".
+    namespace_prefix: str | None = None
     # Where this was configured, so password errors can name the file and key path.
     source_file: str = field(default="", compare=False, repr=False)
     source_key: str = field(default="", compare=False, repr=False)
@@ -189,6 +192,7 @@ _REMOTE_KEYS = (
     "ca_file",
     "timeout",
     "max_connections",
+    "namespace_prefix",
 )
 _LOCAL_KEYS = ("path", "layout", "local_only", "folder_names")
 _FOLDERS_KEYS = ("include", "exclude")
@@ -452,6 +456,12 @@ def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
             ctx, section["max_connections"], k("max_connections"), 1, _MAX_CONNECTIONS
         )
 
+    namespace_prefix: str | None = None
+    if "namespace_prefix" in section:
+        given_prefix = _string(ctx, section["namespace_prefix"], k("namespace_prefix"))
+        if given_prefix != "auto":
+            namespace_prefix = "" if given_prefix == "none" else given_prefix
+
     return RemoteConfig(
         host=host,
         username=username,
@@ -463,6 +473,7 @@ def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
         ca_file=ca_file,
         timeout=timeout,
         max_connections=max_connections,
+        namespace_prefix=namespace_prefix,
         source_file=ctx.file,
         source_key=key,
     )

@@ -105,6 +105,7 @@ def _account_facts(account: AccountConfig) -> Facts:
         "password": remote.password if literal else None,
         "ca_file": None if remote.ca_file is None else str(remote.ca_file),
         "timeout": float(remote.timeout),
+        "namespace_prefix": remote.namespace_prefix,
         "state_dir": str(account.state_dir),
         "path": str(account.local.path),
         "layout": account.local.layout,

@@ -38,12 +38,20 @@ class Dovecot:
 
     `capabilities`, when given, replaces the advertised IMAP capability list, so the
     fallbacks for servers without CONDSTORE, QRESYNC, UIDPLUS or MOVE can be tested
-    against the real server.
+    against the real server. `separator` and `prefix` shape the folder names as
+    other servers have them.
     """
 
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mirrorsync-dovecot-")))
     capabilities: str | None = None
     quota: bool = False
+    # The inbox namespace: "." with prefix "INBOX." is how Courier names folders
+    # (every one under INBOX.), and "." alone how Cyrus does with unixhierarchysep: no.
+    separator: str = "/"
+    prefix: str = ""
+    # Dovecot's own Maildir layout: maildir++ (the default) refuses "." in names with
+    # the "/" separator; LAYOUT=fs allows it, for folders such as "lists.debian.org".
+    layout_fs: bool = False
     port: int = 0
     imaps_port: int = 0
     _proc_started: bool = False
@@ -82,7 +90,8 @@ class Dovecot:
             "ssl = yes",
             f"ssl_cert = <{self.cert}",
             f"ssl_key = <{self.base}/key.pem",
-            f"mail_location = maildir:{self.base}/mail/%u/Maildir",
+            f"mail_location = maildir:{self.base}/mail/%u/Maildir"
+            + (":LAYOUT=fs" if self.layout_fs else ""),
             "mail_fsync = never",
             # One passwd-file per user: Dovecot re-reads a shared file only when its
             # mtime changes, which misses users added within the same second.
@@ -97,7 +106,8 @@ class Dovecot:
             "auth_failure_delay = 0",
             "namespace inbox {",
             "  inbox = yes",
-            "  separator = /",
+            f"  separator = {self.separator}",
+            *([f"  prefix = {self.prefix}"] if self.prefix else []),
             "}",
             "service imap-login {",
             "  chroot =",

@@ -47,6 +47,8 @@ from mirrorsync.maildir import (
     Stamp,
 )
 from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
+from mirrorsync.names import DELIMITER_META, stored_delimiter
+from mirrorsync.naming import kept_local, settle_prefix
 from mirrorsync.state import FolderState, Pair, PairRow, State
 from mirrorsync.xdg import private_makedirs
 
@@ -181,14 +183,24 @@ class AccountSync:
             from mirrorsync.archive import recover_archive
 
             recover_archive(self.remote, self.maildir, self.state)
+        record = not self.options.dry_run
+        settle_prefix(self.account, self.remote, self.state, record, self._local_listing)
         every = self.remote.statuses()
         self._server_names = set(every)  # excluded ones too: their directories stay theirs
         self.statuses = {n: s for n, s in every.items() if n in self._wanted([n])}
         remote_names = set(self.statuses)
+        self._record_delimiter()
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
         local_names = self._wanted(self._local_names_all)
         if remote_names - local_names - set(known):
             local_names = self._adopt(remote_names, local_names, known)
+        # A local folder the server cannot hold stays local, like a local-only one.
+        local_names -= kept_local(
+            self.remote,
+            self.state,
+            local_names - remote_names,
+            record and not self.options.folders,  # --folder sees only some of them
+        )
         counts: dict[str, int] = {}
         for name in known:
             if name in remote_names and name not in local_names:
@@ -214,8 +226,15 @@ class AccountSync:
                     after.append(action)
                 else:
                     before.append(action)
-        for action in before:
-            self._folder_action(action, report)
+        # A folder that could not be created fails alone, reported once: syncing it
+        # would only fail again for the same reason.
+        uncreated = {
+            a.name
+            for a in before
+            if not self._folder_action(a, report)
+            and isinstance(a, (act.CreateLocalFolder, act.CreateRemoteFolder))
+        }
+        names = [n for n in names if n not in uncreated]
         reports = {n: FolderReport(n) for n in names}
         # A folder that lost nothing and gained nothing cannot be either end of a move:
         # it is planned and done at once, so that only the folders a move could touch
@@ -281,6 +300,19 @@ class AccountSync:
         ]
         return self._wanted(self._local_names_all)
 
+    def _local_listing(self) -> list[str]:
+        return self.maildir.list_folders() if self.maildir.exists() else []
+
+    def _record_delimiter(self) -> None:
+        """Remember the server's delimiter for the quick check, which must tell the
+        local folders kept local (`naming.kept_local`) as this run does."""
+        if self.options.dry_run:
+            return
+        value = stored_delimiter(self.remote.delimiter())
+        if self.state.get_meta(DELIMITER_META) != value:
+            with self.state.transaction():
+                self.state.set_meta(DELIMITER_META, value)
+
     def _gather_order(self, names: list[str]) -> list[str]:
         """Folders that received mail on the server (their UIDNEXT moved) last: move
         detection and the downloads then find the last of them still selected. On
@@ -302,12 +334,13 @@ class AccountSync:
             chosen &= set(self.options.folders)
         return chosen
 
-    def _folder_action(self, action: act.FolderAction, report: AccountReport) -> None:
+    def _folder_action(self, action: act.FolderAction, report: AccountReport) -> bool:
+        """Do `action`; False when it failed (and is reported)."""
         from mirrorsync import actions as act
 
         if self.options.dry_run:
             self.emit(f"[{self.account.name}] {action.describe()}")
-            return
+            return True
         self._selected = None  # a DELETE leaves its folder first (see ImapStore)
         try:
             if isinstance(action, act.CreateLocalFolder):
@@ -330,6 +363,8 @@ class AccountSync:
             raise
         except MirrorsyncError as e:
             report.folders.append(FolderReport(action.name, error=str(e)))
+            return False
+        return True
 
     # -- one folder
 

@@ -70,6 +70,7 @@ from mirrorsync.model import (
 )
 
 # In the import-light `names`, shared with `mirrorsync.quick`'s LIST-STATUS reader.
+from mirrorsync.names import server_spelling
 from mirrorsync.names import server_to_canonical as server_to_canonical
 from mirrorsync.remote import FETCH_CHUNK, ByteSink, append_each, append_refused, batches
 
@@ -165,30 +166,16 @@ def _ranges(sorted_uids: list[int]) -> Iterator[str]:
     yield str(start) if start == prev else f"{start}:{prev}"
 
 
-def canonical_to_server(name: str, delimiter: str | None) -> str:
-    """The server's spelling (still Unicode; imapclient does modified UTF-7) of a
-    canonical name, or FolderNameError when the server's hierarchy cannot hold it."""
-    name = canonical_folder(name)
-    parts = name.split(SEP)
-    if any(not p for p in parts):
+def canonical_to_server(name: str, delimiter: str | None, prefix: str = "") -> str:
+    """The server's spelling of a canonical name (see `names.server_spelling`), or
+    FolderNameError when the server cannot hold it."""
+    try:
+        return server_spelling(name, delimiter, prefix)
+    except ValueError as e:
         raise FolderNameError(
-            f"folder name {name!r} has an empty component", hint="rename the folder"
-        )
-    if len(parts) == 1:
-        return name
-    if delimiter is None:
-        raise FolderNameError(
-            f"folder {name!r} is nested, but the server has no folder hierarchy",
-            hint="rename the folder or exclude it in the configuration",
-        )
-    bad = [p for p in parts if delimiter in p]
-    if bad:
-        raise FolderNameError(
-            f"folder {name!r}: component {bad[0]!r} contains the server's hierarchy "
-            f"delimiter {delimiter!r}",
-            hint="rename the folder or exclude it in the configuration",
-        )
-    return delimiter.join(parts)
+            f"folder {canonical_folder(name)!r} cannot be created on the server: {e}",
+            hint="rename it, or list it in local.local_only",
+        ) from None
 
 
 def _text(value: object) -> str:
@@ -672,6 +659,10 @@ class ImapStore:
         self._timeout = timeout
         self._delimiter: str | None = None
         self._delimiter_known = False
+        # The personal namespace's prefix that canonical names leave out (Courier's
+        # "INBOX."); "" until the sync sets it (`use_namespace_prefix`).
+        self._prefix = ""
+        self._personal: str | None = None  # the NAMESPACE answer, asked once
         self._selected: str | None = None
         # UIDNEXT as of the last SELECT: where `search` ends its UID windows.
         self._selected_uidnext = 1
@@ -805,6 +796,40 @@ class ImapStore:
             return folders
         return self._list_folders()
 
+    def personal_prefix(self) -> str:
+        """The prefix of the server's (first) personal namespace (RFC 2342), "" when
+        it has none or no NAMESPACE: Courier answers "INBOX.", where every folder of
+        the user is "INBOX.Name" and a top-level "Name" cannot be created."""
+        if self._personal is None:
+            self._personal = ""
+            if "NAMESPACE" in self._capabilities:
+                with self._translate("read the namespaces"):
+                    personal = self._client.namespace().personal or ()
+                if personal and personal[0] and personal[0][0]:
+                    raw = personal[0][0]
+                    self._personal = _text(utf7_decode(raw) if isinstance(raw, bytes) else raw)
+        return self._personal
+
+    def use_namespace_prefix(self, prefix: str) -> None:
+        """Leave `prefix` out of canonical names from now on: server "INBOX.Work" is
+        then "Work", and a new "Work" is created as "INBOX.Work". INBOX stays INBOX."""
+        if prefix != self._prefix:
+            self._prefix = prefix
+            self._listing = None
+
+    def unrepresentable(self, name: str) -> str | None:
+        """Why the server cannot hold a folder of canonical `name`, None if it can."""
+        try:
+            self._server_name(name)
+        except FolderNameError as e:
+            return str(e)
+        return None
+
+    def delimiter(self) -> str | None:
+        """The server's hierarchy delimiter; None for a flat server."""
+        self._learn_delimiter()
+        return self._delimiter
+
     def _list_folders(self) -> list[RemoteFolder]:
         with self._translate("list folders"):
             rows = self._client.list_folders()
@@ -821,15 +846,13 @@ class ImapStore:
         or None, with a warning, for a name that has none."""
         if not self._delimiter_known and delimiter:
             self._delimiter, self._delimiter_known = delimiter, True
-        canonical = server_to_canonical(server_name, delimiter)
+        canonical = server_to_canonical(server_name, delimiter, self._prefix)
         if canonical is None:
-            log.warning(
-                "skipping server folder %r on %s: its name has no canonical form "
-                "(a component contains %r or is empty)",
-                server_name,
-                self._address,
-                SEP,
-            )
+            if self._prefix and not server_name.startswith(self._prefix):
+                why = f"it is outside the personal namespace {self._prefix!r}"
+            else:
+                why = f"a component contains {SEP!r} or is empty, or it would not map back"
+            log.warning("skipping server folder %r on %s: %s", server_name, self._address, why)
         return canonical
 
     def statuses(self) -> dict[str, FolderStatus]:
@@ -1834,13 +1857,19 @@ class ImapStore:
         return False
 
     def _server_name(self, name: str) -> str:
-        if SEP in name and not self._delimiter_known:
+        # Nested names are joined with the delimiter, and no component may hold it:
+        # learn it unless the name is one plain word, which no delimiter is part of.
+        if not all(c.isalnum() or c in " -_" for c in name):
+            self._learn_delimiter()
+        return canonical_to_server(name, self._delimiter, self._prefix)
+
+    def _learn_delimiter(self) -> None:
+        if not self._delimiter_known:
             with self._translate("list folders"):
                 rows = self._client.list_folders("", "")  # LIST "" "": the delimiter
             for _attrs, delim, _name in rows:
                 self._delimiter = _text(delim) if delim is not None else None
             self._delimiter_known = True
-        return canonical_to_server(name, self._delimiter)
 
     def _require_selected(self, operation: str) -> str:
         if self._selected is None:

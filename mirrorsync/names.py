@@ -75,11 +75,81 @@ def included(include: Iterable[str], exclude: Iterable[str], name: str) -> bool:
     return matches_any(include, name) and not matches_any(exclude, name)
 
 
-def server_to_canonical(name: str, delimiter: str | None) -> str | None:
-    """The canonical name of a server folder, or None when it has no canonical form
-    (a component holding "/" while the delimiter is something else, or an empty
-    component), since such a name could not be mapped back."""
+def server_to_canonical(name: str, delimiter: str | None, prefix: str = "") -> str | None:
+    """The canonical name of a server folder, or None when it has none: a component
+    holding "/" while the delimiter is something else, an empty component, a name
+    outside the personal namespace `prefix` (Courier's "INBOX.": "INBOX.Work" is
+    "Work"), or any name that would not map back to itself (`server_spelling`),
+    since the next sync would then create a second folder."""
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if prefix:
+        if not name.startswith(prefix):
+            return None
+        name = name[len(prefix) :]
     parts = [name] if delimiter is None else name.split(delimiter)
     if any(not p or SEP in p for p in parts):
         return None
-    return canonical_folder(SEP.join(parts))
+    if parts[0].upper() != "INBOX":
+        # nothing to fold: the components spell the very name back (a fast path on
+        # every listed folder of every run)
+        return SEP.join(parts)
+    canonical = canonical_folder(SEP.join(parts))
+    try:
+        back = server_spelling(canonical, delimiter, prefix)
+    except ValueError:
+        return None
+    return (
+        canonical
+        if _inbox_folded(back, delimiter) == _inbox_folded(prefix + name, delimiter)
+        else None
+    )
+
+
+def _inbox_folded(server_name: str, delimiter: str | None) -> str:
+    """A server name with a leading INBOX level in capitals: "inbox.Sub" is listed by
+    some servers for what is created as "INBOX.Sub" (RFC 3501 5.1)."""
+    head = "INBOX" + (delimiter or "")
+    if delimiter and server_name[: len(head)].upper() == head.upper():
+        return head + server_name[len(head) :]
+    return server_name
+
+
+def server_spelling(name: str, delimiter: str | None, prefix: str = "") -> str:
+    """The server's name (still Unicode; modified UTF-7 is the wire's business) of
+    canonical `name`: its components joined with `delimiter`, after the personal
+    namespace `prefix`; INBOX is INBOX. ValueError, saying why, when the server
+    cannot hold the name: no component may contain the delimiter, whether nested or
+    not ("Release.1" on a "." server would be the folder 1 inside Release)."""
+    name = canonical_folder(name)
+    if name == "INBOX":
+        return name
+    parts = name.split(SEP)
+    if any(not p for p in parts):
+        raise ValueError("it has an empty component")
+    if delimiter is None:
+        if len(parts) > 1:
+            raise ValueError("it is nested, but the server has no folder hierarchy")
+        return prefix + name
+    bad = [p for p in parts if delimiter in p]
+    if bad:
+        raise ValueError(
+            f"the server separates folder levels with {delimiter!r}, which "
+            + (f"the component {bad[0]!r} contains" if len(parts) > 1 else "the name contains")
+        )
+    return prefix + delimiter.join(parts)
+
+
+# Keys in the state's meta table: how the last full sync spelled folder names on the
+# server, which `mirrorsync.quick` needs to read the server's listing as it did.
+PREFIX_META = "namespace_prefix"  # the personal namespace prefix left out of names
+DELIMITER_META = "delimiter"  # the server's hierarchy delimiter; "" for none
+KEPT_LOCAL_META = "kept_local"  # local folders the server cannot hold, one a line
+
+
+def stored_delimiter(delimiter: str | None) -> str:
+    return delimiter or ""
+
+
+def loaded_delimiter(value: str) -> str | None:
+    return value or None

@@ -247,7 +247,7 @@ def quote(value: str | bytes) -> bytes:
     return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-def mailbox_name(value: object, delimiter: str | None) -> str | None:
+def mailbox_name(value: object, delimiter: str | None, prefix: str = "") -> str | None:
     """The canonical name of a mailbox named in a response (an atom, a string or a
     literal), or None if it has none (see `server_to_canonical`).
 
@@ -264,7 +264,7 @@ def mailbox_name(value: object, delimiter: str | None) -> str | None:
         name = raw.decode("utf-8") if not raw.isascii() else imap_utf7.decode(raw)
     except (UnicodeError, ValueError):
         return None
-    return server_to_canonical(name, delimiter)
+    return server_to_canonical(name, delimiter, prefix)
 
 
 # -- the connection ------------------------------------------------------------------
@@ -385,6 +385,24 @@ class ImapConnection:
         if resp.kind != "OK":
             raise ConnectionLost(f"{what} refused by {self.address}: {_clean(resp.text)}")
         return resp
+
+    def personal_prefix(self) -> str:
+        """The prefix of the first personal namespace (NAMESPACE, RFC 2342), as
+        `ImapStore.personal_prefix` reads it; "" without NAMESPACE."""
+        if "NAMESPACE" not in self.capabilities:
+            return ""
+        found: list[str] = []
+
+        def collect(resp: Response) -> None:
+            if resp.kind == "NAMESPACE":
+                personal = resp.values()[0] if resp.values() else None
+                if isinstance(personal, tuple) and personal and personal[0]:
+                    raw = personal[0][0]
+                    if isinstance(raw, bytes):
+                        found.append(imap_utf7.decode(raw))
+
+        self.check(self.command(b"NAMESPACE", on_untagged=collect), "NAMESPACE")
+        return found[0] if found else ""
 
     def delimiter(self) -> str | None:
         """The hierarchy delimiter (LIST "" ""); None for a flat server."""
@@ -552,11 +570,19 @@ class NotifySession:
 
     label = "push (NOTIFY)"
 
-    def __init__(self, sink: Sink, wanted: Callable[[str], bool], refresh: float) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        wanted: Callable[[str], bool],
+        refresh: float,
+        prefix: Callable[[ImapConnection], str] = lambda conn: "",
+    ) -> None:
         self.sink = sink
         self.wanted = wanted
         self.refresh = refresh
         self.delimiter: str | None = None
+        self.prefix = prefix  # asked at each connection: the first sync may set it
+        self._prefix = ""
 
     def run(
         self, conn: ImapConnection, stop: threading.Event, connected: Callable[[], None]
@@ -564,6 +590,7 @@ class NotifySession:
         if "NOTIFY" not in conn.capabilities:
             raise NotifyUnavailable(f"{conn.address} does not offer NOTIFY")
         self.delimiter = conn.delimiter()
+        self._prefix = self.prefix(conn)
         if {"CONDSTORE", "ENABLE"} <= conn.capabilities:
             # With CONDSTORE enabled, a flag change in a folder that is not selected
             # is announced too (a STATUS with HIGHESTMODSEQ).
@@ -584,7 +611,7 @@ class NotifySession:
     def handle(self, resp: Response) -> None:
         if resp.kind == "STATUS":
             values = resp.values()
-            name = mailbox_name(values[0], self.delimiter) if values else None
+            name = mailbox_name(values[0], self.delimiter, self._prefix) if values else None
             if name is None:
                 self.sink(None, "server change in an unknown folder")
             elif self.wanted(name):
@@ -598,10 +625,17 @@ class NotifySession:
 class IdleSession:
     """IDLE on one folder (EXAMINE, so that watching changes nothing)."""
 
-    def __init__(self, folder: str, sink: Sink, refresh: float) -> None:
+    def __init__(
+        self,
+        folder: str,
+        sink: Sink,
+        refresh: float,
+        prefix: Callable[[ImapConnection], str] = lambda conn: "",
+    ) -> None:
         self.folder = folder
         self.sink = sink
         self.refresh = refresh
+        self.prefix = prefix  # asked at each connection: the first sync may set it
         self.label = f"push (IDLE {folder})"
 
     def run(
@@ -610,7 +644,7 @@ class IdleSession:
         if "IDLE" not in conn.capabilities:
             raise NotifyUnavailable(f"{conn.address} offers neither NOTIFY nor IDLE")
         try:
-            server = canonical_to_server(self.folder, conn.delimiter())
+            server = canonical_to_server(self.folder, conn.delimiter(), self.prefix(conn))
         except FolderNameError as e:
             raise ConnectionLost(f"cannot watch {self.folder!r}: {e}") from e
         conn.check(conn.command(b"EXAMINE", quote(imap_utf7.encode(server))), "EXAMINE")
@@ -721,7 +755,7 @@ class Push:
 
     def start(self) -> None:
         session = NotifySession(
-            self._sink, self.account.folders.matches, self.account.daemon.idle_refresh
+            self._sink, self.account.folders.matches, self.account.daemon.idle_refresh, self._prefix
         )
         self._add(
             Listener(self.account.name, self._connect, session, self._fallback, self._outages)
@@ -749,6 +783,11 @@ class Push:
     def _connect(self) -> ImapConnection:
         return self._open(self.account.remote, self._password)
 
+    def _prefix(self, conn: ImapConnection) -> str:
+        from mirrorsync.naming import recorded_prefix
+
+        return recorded_prefix(self.account, conn)
+
     def _add(self, listener: Listener) -> None:
         with self._lock:
             if self._stopped:
@@ -765,7 +804,9 @@ class Push:
                 self.account.daemon.full_check_interval,
             )
         for folder in folders:
-            session = IdleSession(folder, self._sink, self.account.daemon.idle_refresh)
+            session = IdleSession(
+                folder, self._sink, self.account.daemon.idle_refresh, self._prefix
+            )
             self._add(Listener(self.account.name, self._connect, session, None, self._outages))
 
     def _idle_wanted(self, folder: str) -> bool:

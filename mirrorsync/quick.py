@@ -13,13 +13,16 @@ decides whether the run is provably a no-op by the very tests `AccountSync.run` 
   has its password in the file;
 * per account, under the account's lock (`statefiles.AccountLock`): the state opens
   (`statefiles.connect`) at this schema with nothing in the archive journal; the
-  Maildir root exists; the folders wanted (`names.included`, not local-only) are the
-  same in the state, on disk (`layout.list_folders`, which must have nothing to
-  warn about) and on the server; every one of them has a trusted state row (no
-  `needs_match`, a non-zero HIGHESTMODSEQ, a recorded local stamp) whose
-  UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ equal the server's LIST-STATUS numbers
-  (`quickimap`) and whose local stamp equals the folder's stamp now
-  (`dirstamp.read_stamp`, as `MaildirFolder.stamp`).
+  Maildir root exists; the state records the server's delimiter and namespace
+  prefix (`naming`), which the listing must confirm; the folders wanted
+  (`names.included`, not local-only, not kept local for a name the server cannot
+  hold, that set as recorded) are the same in the state, on disk
+  (`layout.list_folders`, which must have nothing to warn about) and on the server;
+  every one of them has a trusted state row (no `needs_match`, a non-zero
+  HIGHESTMODSEQ, a recorded local stamp) whose UIDVALIDITY, UIDNEXT and
+  HIGHESTMODSEQ equal the server's LIST-STATUS numbers (`quickimap`) and whose
+  local stamp equals the folder's stamp now (`dirstamp.read_stamp`, as
+  `MaildirFolder.stamp`).
 
 Only then does it do what the full path does for such a run: record `last_sync` in
 each account's state, in a transaction, and print the same summary line. Whenever it
@@ -39,7 +42,15 @@ import time
 from mirrorsync import configcache, xdg
 from mirrorsync.dirstamp import read_stamp
 from mirrorsync.layout import folder_dir, list_folders
-from mirrorsync.names import included, matches_any
+from mirrorsync.names import (
+    DELIMITER_META,
+    KEPT_LOCAL_META,
+    PREFIX_META,
+    included,
+    loaded_delimiter,
+    matches_any,
+    server_spelling,
+)
 from mirrorsync.statefiles import DB_NAME, KILL_ENV, SCHEMA_VERSION, AccountLock, connect
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
@@ -260,13 +271,17 @@ def _check_unchanged(account: Facts, db: sqlite3.Connection, session: quickimap.
 
     prior = _read_state(db)
     known = wanted(prior)
+    naming = _naming(account, db)
     root, layout = str(account["path"]), str(account["layout"])
     if not os.path.isdir(root):
         raise NotQuick("no local root")  # the full path stops, or creates it
     session.begin_login()
     warnings: list[tuple[object, ...]] = []
     local = wanted(list_folders(root, layout, warn=lambda *a: warnings.append(a)))
-    if warnings or local != known:
+    # the local folders the server cannot hold stay local (`naming.kept_local`), each
+    # warned about once, by the run that met it first
+    kept = {n for n in local - known if not representable(n, *naming)}
+    if warnings or local - kept != known or kept != _kept_local(db):
         raise NotQuick("local folders")
     for n in known:
         uidvalidity, uidnext, highestmodseq, needs_match, local_stamp = prior[n]
@@ -275,7 +290,7 @@ def _check_unchanged(account: Facts, db: sqlite3.Connection, session: quickimap.
         found = read_stamp(folder_dir(root, layout, n))
         if found is None or found[0] != local_stamp:
             raise NotQuick(f"{n}: changed locally")
-    numbers = session.list_status()
+    numbers = session.list_status(naming)
     if wanted(numbers) != known:
         raise NotQuick("server folders")
     for n in known:
@@ -284,6 +299,32 @@ def _check_unchanged(account: Facts, db: sqlite3.Connection, session: quickimap.
         if (now_validity, now_next, now_modseq) != (uidvalidity, uidnext, highestmodseq):
             raise NotQuick(f"{n}: changed on the server")
     return len(known)
+
+
+def _meta(db: sqlite3.Connection, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _naming(account: Facts, db: sqlite3.Connection) -> tuple[str | None, str]:
+    """(delimiter, namespace prefix) as the last full sync used them (`naming`)."""
+    delimiter, prefix = _meta(db, DELIMITER_META), _meta(db, PREFIX_META)
+    configured = account.get("namespace_prefix")
+    if delimiter is None or prefix is None or configured not in (None, prefix):
+        raise NotQuick("folder naming not recorded, or configured otherwise")
+    return loaded_delimiter(delimiter), prefix
+
+
+def _kept_local(db: sqlite3.Connection) -> set[str]:
+    return set(filter(None, (_meta(db, KEPT_LOCAL_META) or "").split("\n")))
+
+
+def representable(name: str, delimiter: str | None, prefix: str) -> bool:
+    try:
+        server_spelling(name, delimiter, prefix)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_state(db: sqlite3.Connection) -> dict[str, tuple[int, int, int, bool, str]]:

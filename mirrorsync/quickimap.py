@@ -203,12 +203,17 @@ def parse_status(data: bytes) -> tuple[bytes, dict[bytes, int]]:
 
 
 def folder_numbers(
-    list_lines: list[bytes], status_lines: list[bytes], items: list[str]
+    list_lines: list[bytes],
+    status_lines: list[bytes],
+    items: list[str],
+    naming: tuple[str | None, str] | None = None,
 ) -> dict[str, Numbers]:
     """Canonical name -> numbers of every selectable folder, read as
     `ImapStore.statuses` reads the same answer. Unsure where that would warn (a name
     without canonical form) or ask again (a folder without all its STATUS items), and
-    for names it cannot read with certainty."""
+    for names it cannot read with certainty. `naming` is the (delimiter, namespace
+    prefix) the last full sync recorded: Unsure when a listed delimiter is another."""
+    prefix = naming[1] if naming else ""
     statuses: dict[bytes, dict[bytes, int]] = {}
     for line in status_lines:
         raw, numbers = parse_status(line)
@@ -222,7 +227,9 @@ def folder_numbers(
         text = decode_mutf7(raw)
         if text is None:
             raise Unsure(f"folder name {raw!r} is not plain modified UTF-7")
-        canonical = server_to_canonical(text, delimiter)
+        if naming is not None and delimiter != naming[0]:
+            raise Unsure(f"the delimiter of {raw!r} is not the one recorded")
+        canonical = server_to_canonical(text, delimiter, prefix)
         if canonical is None or canonical in seen:
             raise Unsure(f"folder name {raw!r} has no canonical form of its own")
         seen.add(canonical)
@@ -392,7 +399,8 @@ class Session:
         if self._login is None:
             self._login = _greet_and_login(self._conn, self._username, self._quoted)
 
-    def list_status(self) -> dict[str, Numbers]:
+    def list_status(self, naming: tuple[str | None, str] | None = None) -> dict[str, Numbers]:
+        """See `folder_numbers` for `naming`."""
         self.begin_login()
         assert self._login is not None
         tag, self._login = self._login, None
@@ -401,7 +409,7 @@ class Session:
         except LoginRefused:
             refused_logins.add((self._host, self._port, self._username))
             raise
-        return _list_status(self._conn, after)
+        return _list_status(self._conn, after, naming)
 
     def close(self) -> None:
         """Close; a LOGIN still unanswered is read first, so that the full path
@@ -485,7 +493,9 @@ def _logged_in(conn: _Connection, tag: bytes) -> frozenset[str]:
     return after
 
 
-def _list_status(conn: _Connection, after: frozenset[str]) -> dict[str, Numbers]:
+def _list_status(
+    conn: _Connection, after: frozenset[str], naming: tuple[str | None, str] | None
+) -> dict[str, Numbers]:
     # HIGHESTMODSEQ is asked for only with CONDSTORE, and the state records a folder
     # as unchanged only with a non-zero one: without it nothing can be skipped
     if "LIST-STATUS" not in after or "CONDSTORE" not in after:
@@ -505,7 +515,7 @@ def _list_status(conn: _Connection, after: frozenset[str]) -> dict[str, Numbers]
     statuses = [u[7:] for u in untagged if u.startswith(b"STATUS ")]
     if len(lists) + len(statuses) != len(untagged):
         raise Unsure("unexpected response to LIST")
-    found_numbers = folder_numbers(lists, statuses, items)
+    found_numbers = folder_numbers(lists, statuses, items, naming)
     try:  # noqa: SIM105 (contextlib.suppress would cost an import)
         conn.command(b"LOGOUT")
     except (Unsure, OSError):

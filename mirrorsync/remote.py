@@ -107,6 +107,26 @@ class RemoteStore(Protocol):
 
     def close(self) -> None: ...
 
+    # -- folder naming: canonical names <-> the server's ------------------------------
+
+    def personal_prefix(self) -> str:
+        """The prefix of the server's personal namespace (NAMESPACE), "" for none:
+        Courier's "INBOX."."""
+        ...
+
+    def use_namespace_prefix(self, prefix: str) -> None:
+        """Leave `prefix` out of canonical names from now on ("INBOX.Work" is "Work")."""
+        ...
+
+    def delimiter(self) -> str | None:
+        """The server's hierarchy delimiter; None for a flat server."""
+        ...
+
+    def unrepresentable(self, name: str) -> str | None:
+        """Why the server cannot hold a folder of canonical `name` (a component holds
+        its separator), or None when it can."""
+        ...
+
     # -- fast paths: a sync should cost what changed, not what exists ----------------
 
     def statuses(self) -> dict[str, FolderStatus]:

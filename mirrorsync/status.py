@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from mirrorsync.config import AccountConfig
 from mirrorsync.maildir import Maildir
+from mirrorsync.names import KEPT_LOCAL_META
 from mirrorsync.state import State
 
 
@@ -39,6 +40,8 @@ def folder_lines(account: AccountConfig) -> tuple[list[FolderLine], float]:
         account_sync = float(state.get_meta("last_sync") or 0)
         known = state.folders()
         names = set(known) | (set(maildir.list_folders()) if maildir.exists() else set())
+        # folders the server cannot hold stay local (`naming.kept_local`): nothing pending
+        names -= set((state.get_meta(KEPT_LOCAL_META) or "").split("\n")) - set(known)
         lines = []
         for name in sorted(n for n in names if account.folders.matches(n)):
             folder = maildir.folder(name)

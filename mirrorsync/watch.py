@@ -34,8 +34,8 @@ from typing import Any
 
 from mirrorsync import maildir as maildirmod
 from mirrorsync.errors import FolderNameError
-from mirrorsync.layout import MAILDIRPP, NESTED, folder_path
-from mirrorsync.model import SEP, canonical_folder
+from mirrorsync.layout import MAILDIRPP, NESTED, folder_name_of, folder_path
+from mirrorsync.model import canonical_folder
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +58,21 @@ def folder_of(root: Path, layout: str, directory: Path) -> str | None:
         rel = directory.relative_to(root)
     except ValueError:
         return None
-    parts = rel.parts
-    if layout == NESTED:
-        if not parts or any(p.startswith(".") for p in parts):
-            return None
-        raw = SEP.join(parts)
-    elif layout == MAILDIRPP:
-        if not parts:
-            raw = "INBOX"
-        elif len(parts) == 1 and parts[0].startswith(".") and parts[0] not in (".", ".."):
-            raw = SEP.join(parts[0][1:].split("."))
-        else:
-            return None
-    else:
+    if layout not in (NESTED, MAILDIRPP):
         return None
-    try:
-        name = canonical_folder(raw)
-        if folder_path(root, layout, name) != directory:
-            return None
-    except (FolderNameError, ValueError):
-        return None
-    return name
+    # the escapes read, or (a directory stored before escaping existed) as they are
+    raw = folder_name_of(layout, rel.parts)
+    literal = folder_name_of(layout, rel.parts, unescape=False)
+    for candidate in dict.fromkeys([raw, literal]):
+        if candidate is None:
+            continue
+        try:
+            name = canonical_folder(candidate)
+            if folder_path(root, layout, name) == directory:
+                return name
+        except (FolderNameError, ValueError):
+            pass
+    return None
 
 
 def message_folder(root: Path, layout: str, path: Path) -> str | None:

@@ -222,6 +222,19 @@ class FakeRemoteStore:
             out.append(RemoteFolder(name, frozenset(attrs)))
         return out
 
+    def personal_prefix(self) -> str:
+        return ""  # the fake has one namespace, without a prefix
+
+    def use_namespace_prefix(self, prefix: str) -> None:
+        if prefix:
+            raise NotImplementedError("the fake has no namespace prefix")
+
+    def delimiter(self) -> str | None:
+        return SEP
+
+    def unrepresentable(self, name: str) -> str | None:
+        return None  # the fake's separator is "/", which no canonical component holds
+
     def create_folder(self, name: str) -> None:
         self._enter("create_folder")
         name = _checked(name)

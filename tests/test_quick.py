@@ -147,6 +147,7 @@ def test_cache_holds_what_the_quick_check_needs(setup: Any, trusted: None, tmp_p
             "password": "pw",
             "ca_file": None,
             "timeout": 60.0,
+            "namespace_prefix": None,
             "state_dir": str(tmp_path / "state"),
             "path": str(tmp_path / "Mail"),
             "layout": "nested",

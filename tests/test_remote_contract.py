@@ -48,6 +48,7 @@ from mirrorsync.errors import (
 )
 from mirrorsync.imapstore import (
     ImapStore,
+    canonical_folder,
     canonical_to_server,
     server_to_canonical,
     uid_set,
@@ -294,6 +295,17 @@ def test_fresh_account_lists_a_selectable_inbox(backend: Backend) -> None:
     folders = names(backend.store)
     assert "INBOX" in folders
     assert folders["INBOX"].selectable
+
+
+def test_folder_naming(backend: Backend) -> None:
+    """What the engine asks before it creates anything (see `naming`): the delimiter,
+    the personal namespace prefix, and whether a canonical name can be held."""
+    store = backend.store
+    assert store.delimiter() == "/"
+    assert store.personal_prefix() == ""
+    store.use_namespace_prefix("")
+    for name in ("INBOX", "Work", "Work/Sub", "a.b", "Mr. Smith/2024"):
+        assert store.unrepresentable(name) is None
 
 
 def test_create_nested_and_delete(backend: Backend) -> None:
@@ -1263,19 +1275,65 @@ def test_folder_name_mapping(canonical: str, delimiter: str | None, server: str)
 
 
 @pytest.mark.parametrize(
-    ("canonical", "delimiter"),
-    [("a.b/c", "."), ("A/B", None), ("a//b", "/"), ("/a", "."), ("a/", "/")],
+    ("canonical", "delimiter", "prefix", "server"),
+    [
+        ("Work", ".", "INBOX.", "INBOX.Work"),  # Courier's personal namespace
+        ("Work/Sub", ".", "INBOX.", "INBOX.Work.Sub"),
+        ("INBOX", ".", "INBOX.", "INBOX"),  # INBOX stays INBOX
+        ("inbox", ".", "INBOX.", "INBOX"),
+        ("INBOX/Sub", ".", "INBOX.", "INBOX.INBOX.Sub"),
+        ("a.b", "/", "", "a.b"),
+        ("Work", "/", "Mail/", "Mail/Work"),
+    ],
 )
-def test_unrepresentable_canonical_names(canonical: str, delimiter: str | None) -> None:
-    with pytest.raises(FolderNameError):
-        canonical_to_server(canonical, delimiter)
+def test_folder_name_mapping_with_prefix(
+    canonical: str, delimiter: str, prefix: str, server: str
+) -> None:
+    assert canonical_to_server(canonical, delimiter, prefix) == server
+    assert server_to_canonical(server, delimiter, prefix) == canonical_folder(canonical)
 
 
 @pytest.mark.parametrize(
-    ("server", "delimiter"), [("a/b.c", "."), ("a..b", "."), ("x/y", None), ("a.", ".")]
+    ("canonical", "delimiter", "prefix"),
+    [
+        ("a.b/c", ".", ""),
+        ("Release.1", ".", ""),  # a top-level name holding the separator, too
+        ("Release.1", ".", "INBOX."),
+        ("A/B", None, ""),
+        ("a//b", "/", ""),
+        ("/a", ".", ""),
+        ("a/", "/", ""),
+    ],
 )
-def test_server_names_without_canonical_form(server: str, delimiter: str | None) -> None:
-    assert server_to_canonical(server, delimiter) is None
+def test_unrepresentable_canonical_names(
+    canonical: str, delimiter: str | None, prefix: str
+) -> None:
+    with pytest.raises(FolderNameError, match="local_only"):
+        canonical_to_server(canonical, delimiter, prefix)
+
+
+@pytest.mark.parametrize(
+    ("server", "delimiter", "prefix"),
+    [
+        ("a/b.c", ".", ""),
+        ("a..b", ".", ""),
+        ("x/y", None, ""),
+        ("a.", ".", ""),
+        ("Shared.x", ".", "INBOX."),  # outside the personal namespace
+        ("INBOX.", ".", "INBOX."),  # the namespace itself
+        ("INBOX.INBOX", ".", "INBOX."),  # would be INBOX, which is INBOX
+        ("INBOX.inbox.x", ".", "INBOX."),  # would be INBOX/x, spelled INBOX.INBOX.x
+    ],
+)
+def test_server_names_without_canonical_form(
+    server: str, delimiter: str | None, prefix: str
+) -> None:
+    assert server_to_canonical(server, delimiter, prefix) is None
+
+
+def test_inbox_children_in_any_case() -> None:
+    """RFC 3501 5.1: a server may list "inbox.Sub" for what is "INBOX.Sub"."""
+    assert server_to_canonical("inbox.Sub", ".") == "INBOX/Sub"
 
 
 def test_list_folders_skips_unrepresentable_names(caplog: pytest.LogCaptureFixture) -> None:
