@@ -13,6 +13,7 @@ import pytest
 from mirrorsync import maildir as maildir_mod
 from mirrorsync.errors import ConnectionFailed
 from mirrorsync.state import AccountLock
+from tests.conftest import SettleClock
 from tests.harness import Mirror, message
 
 
@@ -132,7 +133,9 @@ def test_a_settled_unchanged_folder_is_skipped_and_a_later_change_seen(
     assert len(mirror.server_uids("INBOX")) == 29
 
 
-def test_directories_made_under_umask_000_are_private(account: Any, tmp_path: Path) -> None:
+def test_directories_made_under_umask_000_are_private(
+    account: Any, tmp_path: Path, settle_clock: SettleClock
+) -> None:
     """The Maildir root, the state directory and the cache, with every parent
     mirrorsync had to make for them, are 0700 even under `umask 000`."""
     base = tmp_path / "home"
@@ -143,6 +146,7 @@ def test_directories_made_under_umask_000_are_private(account: Any, tmp_path: Pa
         state_dir=str(base / "state" / "deep" / "acct"),
     )
     m.client.append("INBOX", message(1))
+    settle_clock.advance()  # the config file counts as settled: the run caches it
     cache = base / "cache" / "deep"
     old_umask = os.umask(0)
     old_cache = os.environ.get("XDG_CACHE_HOME")
