@@ -41,22 +41,9 @@ SERVERS: dict[str, str] = {
 }
 STARTS = ("fresh", "settled")
 
-# Known bugs, each owned by a helper fixing it in parallel (or found by this matrix).
-_COURIER_NAMESPACE = (
-    "names: Courier's personal namespace is INBOX.; a local top-level folder is "
-    "created as such and refused (NO Invalid mailbox name)"
-)
-_DOT_SEPARATOR = (
-    "names: a local folder name holding '.', the server's separator, is created as a "
-    "hierarchy (Release 1 / 0) and comes back as another folder"
-)
-# (scenario, server id, start) -> the known bug it fails on; a None start means both.
-KNOWN: dict[tuple[str, str, str | None], str] = {
-    ("folders", "courier", None): _COURIER_NAMESPACE,
-    ("nested_folders", "courier", None): _COURIER_NAMESPACE,
-    ("dotted_name", "courier", None): _COURIER_NAMESPACE,
-    ("dotted_name", "cyrus-dot", None): _DOT_SEPARATOR,
-}
+# (scenario, server id, start) -> a known bug the scenario fails on there; a None
+# start means both. Each is marked xfail(strict=True), so its fix shows.
+KNOWN: dict[tuple[str, str, str | None], str] = {}
 
 
 def matrix(scenario: str, servers: tuple[str, ...] = tuple(SERVERS)) -> list[Any]:
@@ -330,22 +317,27 @@ def test_nested_folders_made_and_removed_on_each_side(world: World) -> None:
 # then reports the folder and keeps its mail, which other tests cover.
 @_world("dotted_name", tuple(s for s in SERVERS if not s.startswith("dovecot")))
 def test_a_local_folder_with_a_dot_in_its_name(world: World) -> None:
-    """A dot is an ordinary character in a local folder name, whatever the server's
-    separator: the folder's mail must be on the server once, and stay here once
-    (how the server spells the name is the server's business)."""
+    """A dot is an ordinary character in a local folder name. Where the server's
+    separator is '/', the folder's mail is on the server once and here once. Where
+    it is '.', the server cannot hold that name: the folder stays on disk only, said
+    once, and nothing is duplicated or lost (it never settled before)."""
     world.make_local_folder("Release 1.0")
     world.drop("Release 1.0", 13, "S")
-    world.sync()
+    first = world.m.sync()
     world.sync()
     world.clock.advance()
     world.sync()
     out = world.sync()
     assert "no changes" in out, out
-    for side in (world.m.server(), world.m.local()):
-        everything: Counter[tuple[str, str]] = Counter()
-        for got in side.values():
-            everything.update(got)
-        assert everything == sum(world.expected.values(), Counter()), side
+    kept_local = world.m.separator == "."
+    assert ("stays only on disk" in first.err) == kept_local, first
+    everything = sum(world.expected.values(), Counter())
+    on_server = everything - world.expected["Release 1.0"] if kept_local else everything
+    for side, want in ((world.m.server(), on_server), (world.m.local(), everything)):
+        got: Counter[tuple[str, str]] = Counter()
+        for folder in side.values():
+            got.update(folder)
+        assert got == want, side
     local = world.m.local()
     assert local["Release 1.0"] == world.expected["Release 1.0"], local
 
