@@ -20,6 +20,7 @@ from the next one.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from mirrorsync import actions as act
     from mirrorsync.config import AccountConfig
     from mirrorsync.content import LfWriter
+    from mirrorsync.oracle import Oracle
     from mirrorsync.planner import Match
     from mirrorsync.remote import RemoteStore
 
@@ -141,10 +143,25 @@ class AccountSync:
         self._selected_status: FolderStatus | None = None
         self._local_names_all: list[str] = []
         self._pair_counts: dict[str, int] | None = None
+        # Tests only: every fast path checked against the full path before its plan is
+        # carried out (mirrorsync/oracle.py). Off, this lookup is all it costs.
+        self._oracle: Oracle | None = None
+        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":
+            from mirrorsync.oracle import Oracle
+
+            self._oracle = Oracle(self)
 
     # -- the whole account
 
     def run(self) -> AccountReport:
+        if self._oracle is None:
+            return self._run()
+        try:
+            return self._run()
+        finally:
+            self._oracle.close()
+
+    def _run(self) -> AccountReport:
         report = AccountReport(self.account.name)
         self.prior = self.state.folders()
         known = self._wanted(self.prior)
@@ -195,6 +212,8 @@ class AccountSync:
                     after.append(action)
                 else:
                     before.append(action)
+        if self._oracle:
+            self._oracle.check_folders(before, names, after)
         for action in before:
             self._folder_action(action, report)
         reports = {n: FolderReport(n) for n in names}
@@ -208,6 +227,8 @@ class AccountSync:
             if rep.error is not None:
                 continue
             if inputs is None:
+                if self._oracle:
+                    self._oracle.check_unchanged(n)
                 continue  # unchanged on both sides: not even selected
             if inputs.status is not None and _may_move(inputs):
                 held[n] = inputs
@@ -215,6 +236,8 @@ class AccountSync:
                 _guarded(rep, self._plan_and_execute, inputs, rep)
         if held:
             self._moves(held, reports)
+        elif self._oracle:
+            self._oracle.check_moves(reports, [])
         for n in reversed(list(held)):  # the folder selected last goes first
             inputs = held.pop(n)
             if reports[n].error is None:
@@ -283,6 +306,8 @@ class AccountSync:
 
         mode = self.account.sync.mode_for(inputs.name)
         plan = plan_messages(inputs.pairs, inputs.remote, inputs.local, inputs.matches, mode)
+        if self._oracle:
+            self._oracle.check_folder(inputs, plan)
         if not self.options.force:
             why = guard_violation(
                 plan,
@@ -368,6 +393,8 @@ class AccountSync:
                     remote_hashes[n][uid] = content_hash(to_lf(data))
         archives = self._archived_candidates(changed) if lost_local else {}
         if not any(local_hashes.values()) and not any(remote_hashes.values()) and not archives:
+            if self._oracle:
+                self._oracle.check_moves(reports, [])
             return
         views = {}
         for n, i in changed.items():
@@ -380,7 +407,10 @@ class AccountSync:
                 local_hashes[n],
                 remote_hashes[n],
             )
-        for move in plan_moves(views, archives):
+        moves = plan_moves(views, archives)
+        if self._oracle:
+            self._oracle.check_moves(reports, moves)
+        for move in moves:
             # Moves between folders are two-way business; freeing a message whose
             # content is safe in a local-only folder is right in every mode.
             if not isinstance(move, FreeOnServer) and not {move.src, move.dst} <= set(mirror):
@@ -720,6 +750,8 @@ class AccountSync:
             if msg is None:
                 return mfolder.scan()
             found[key] = msg
+        if self._oracle:
+            self._oracle.check_located(mfolder, found)
         return found
 
     def _apply_flags(

@@ -29,6 +29,16 @@ def _private_cache(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def _plan_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sync a test makes, in process or in a subprocess, also plans the full way
+    and fails if a fast path planned anything else (see mirrorsync.oracle). A test
+    that measures what a run costs or imports turns it off for itself."""
+    from mirrorsync.oracle import ENV
+
+    monkeypatch.setenv(ENV, "1")
+
+
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
     server = Dovecot().start()
