@@ -40,14 +40,23 @@ from typing import TYPE_CHECKING, Any, cast
 
 from mirrorsync import flags as flagmod
 from mirrorsync.errors import LocalStoreError, MirrorsyncError, ServerError
+from mirrorsync.maildir import MaildirFolder
+from mirrorsync.matching import match_by_content
 from mirrorsync.model import NO_FLAGS, Flags, FolderStatus, LocalMessage, RemoteIdentity
+from mirrorsync.planner import guard_violation, plan_folders, plan_messages, plan_moves
+from mirrorsync.state import State
+
+# The full path's own code, bound when the oracle is imported (tests/conftest.py does
+# so before any test runs): tests replace these names to count or to break what the
+# engine does, and the full path must stay the real one.
+_listing = MaildirFolder.listing
+_pairs = State.pairs
 
 if TYPE_CHECKING:
     from mirrorsync import actions as act
     from mirrorsync.config import Config
     from mirrorsync.engine import AccountSync, FolderInputs, FolderReport
     from mirrorsync.imapstore import ImapStore
-    from mirrorsync.maildir import MaildirFolder
     from mirrorsync.model import RemoteMessage
     from mirrorsync.remote import RemoteStore
 
@@ -207,18 +216,17 @@ class Oracle:
         """One folder in full, now: every message on both sides, every pair, and the
         unpaired ones matched by content, as `AccountSync.gather` without a shortcut."""
         from mirrorsync.engine import FolderInputs
-        from mirrorsync.matching import match_by_content
 
         sync = self.sync
         prior = sync.prior.get(name)
         mfolder = sync.maildir.folder(name)
-        local = mfolder.scan() if mfolder.exists() else {}
+        local = _scan(mfolder) if mfolder.exists() else {}
         reader = self.reader
         status = reader.examine(name)
         listing = reader.listing() if status is not None else {}
         remote = {u: flagmod.normalize(m.flags) for u, m in listing.items()}
         changed = bool(prior and status and prior.uidvalidity != status.uidvalidity)
-        pairs = sync.state.pairs(name) if prior and not changed else []
+        pairs = _pairs(sync.state, name) if prior and not changed else []
         paired_u, paired_k = {p.uid for p in pairs}, {p.key for p in pairs}
         new_remote = [u for u in remote if u not in paired_u]
         new_local = [m for k, m in local.items() if k not in paired_k]
@@ -240,14 +248,10 @@ class Oracle:
         )
 
     def plan(self, i: FolderInputs) -> list[act.MessageAction]:
-        from mirrorsync.planner import plan_messages
-
         mode = self.sync.account.sync.mode_for(i.name)
         return plan_messages(i.pairs, i.remote, i.local, i.matches, mode)
 
     def folder_plan(self) -> list[act.FolderAction]:
-        from mirrorsync.planner import plan_folders
-
         sync = self.sync
         known = sync._wanted(sync.prior)
         local = sync._wanted(sync.maildir.list_folders()) if sync.maildir.exists() else set()
@@ -258,7 +262,7 @@ class Oracle:
                 status = self.reader.examine(name)
                 counts[name] = status.messages if status is not None else 0
             elif name in local and name not in remote:
-                counts[name] = len(sync.maildir.folder(name).scan())
+                counts[name] = len(_scan(sync.maildir.folder(name)))
         self._release()
         return plan_folders(known, local, remote, counts)
 
@@ -268,7 +272,7 @@ class Oracle:
         server message was lost, without the Message-ID and size preselection), and
         only those the engine would carry out."""
         from mirrorsync.content import content_hash, to_lf
-        from mirrorsync.planner import MIRROR, FolderView, plan_moves
+        from mirrorsync.planner import MIRROR, FolderView
 
         sync = self.sync
         full = {}
@@ -375,7 +379,6 @@ class Oracle:
 
     def check_folder(self, inputs: FolderInputs, plan: Sequence[act.MessageAction]) -> None:
         from mirrorsync import actions as act
-        from mirrorsync.planner import guard_violation
 
         self._no_move_touches(inputs.name)
         full = self.gather(inputs.name)
@@ -419,7 +422,7 @@ class Oracle:
     def check_located(self, mfolder: MaildirFolder, found: Mapping[str, LocalMessage]) -> None:
         """`MaildirFolder.locate` found these files by the names they most likely have:
         a listing must show each there, with those flags."""
-        listed = mfolder.scan()
+        listed = _scan(mfolder)
         for key, msg in found.items():
             real = listed.get(key)
             if (
@@ -447,6 +450,11 @@ class Oracle:
         for name, plan in plans.items():
             _compare(self.sync, f"{name} (quick check: no-op)", [], plan)
         _compare(self.sync, "the moves (quick check: no-op)", [], moves)
+
+
+def _scan(mfolder: MaildirFolder) -> dict[str, LocalMessage]:
+    """`MaildirFolder.scan`, by the real listing."""
+    return {key: MaildirFolder.message(key, entry) for key, entry in _listing(mfolder).items()}
 
 
 def _compare(sync: AccountSync, what: str, fast: Sequence[Any], full: Sequence[Any]) -> None:

@@ -12,6 +12,9 @@ from hypothesis import settings
 
 from mirrorsync.devserver import Dovecot
 
+# Imported before any test replaces what it reads with a spy (see its `_listing`).
+from mirrorsync.oracle import ENV as PLAN_ORACLE_ENV
+
 # CI gets the same examples every run (HYPOTHESIS_PROFILE=ci, set by .ci/run), so a
 # landing depends on the code, not on the draw; a run anywhere else explores anew.
 settings.register_profile("ci", derandomize=True)
@@ -34,9 +37,7 @@ def _plan_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every sync a test makes, in process or in a subprocess, also plans the full way
     and fails if a fast path planned anything else (see mirrorsync.oracle). A test
     that measures what a run costs or imports turns it off for itself."""
-    from mirrorsync.oracle import ENV
-
-    monkeypatch.setenv(ENV, "1")
+    monkeypatch.setenv(PLAN_ORACLE_ENV, "1")
 
 
 @pytest.fixture(scope="session")
