@@ -369,3 +369,32 @@ def test_every_change_in_steady_state_plans_as_the_full_path(
         steady.sync()
     assert quick.finished > before  # the oracle verified a quick no-op too
     steady.assert_mirrored()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=PlanMismatch,
+    reason="engine bug, for the `moves` branch: in steady state the source folder is "
+    "gathered from the QRESYNC delta, its local side from the state, which puts every "
+    "file in cur/; an unflagged file still in new/ is then not found when it is read "
+    "for the move's Message-ID and size, so another client's move is not seen as one "
+    "(the file is deleted here and downloaded again there)",
+)
+def test_another_clients_move_of_an_unflagged_file_in_new_is_a_move(
+    steady: Mirror, settle_clock: SettleClock
+) -> None:
+    (steady.folder_dir("A") / "new" / "1700.unread.host").write_bytes(
+        message("unread").replace(b"\r\n", b"\n")
+    )
+    steady.sync()  # uploaded; the file stays in new/
+    for _ in range(2):
+        settle_clock.advance()
+        steady.sync()
+    c = steady.client
+    c.select_folder("A")
+    (uid,) = c.search(["HEADER", "Message-ID", "<unread@example.org>"])
+    c.move([uid], "B")
+    r = steady.run("-v", "sync")  # -v: a PlanMismatch is raised, not turned into words
+    assert r.status == 0 and "moved in" in r.out, r
+    assert [p.name for p in steady.files("B") if "unread" in p.name] == ["1700.unread.host"]
+    steady.assert_mirrored()
