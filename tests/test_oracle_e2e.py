@@ -27,7 +27,13 @@ SEEN = b"\\Seen"
 def steady(account: Any, tmp_path: Path, settle_clock: SettleClock) -> Iterator[Mirror]:
     """Folders A (5 messages) and B (2), mirrored, their stamps recorded and settled:
     the next sync takes every fast path (skip, QRESYNC delta, quick check)."""
-    m = Mirror(account, tmp_path)
+    m = make_steady(account, tmp_path, settle_clock)
+    yield m
+    m.close()
+
+
+def make_steady(account: Any, tmp_path: Path, settle_clock: SettleClock, **config: Any) -> Mirror:
+    m = Mirror(account, tmp_path, **config)
     c = m.client
     for folder, n in (("A", 5), ("B", 2)):
         c.create_folder(folder)
@@ -37,8 +43,7 @@ def steady(account: Any, tmp_path: Path, settle_clock: SettleClock) -> Iterator[
     settle_clock.advance()
     m.sync()  # records the settled stamps
     settle_clock.advance()
-    yield m
-    m.close()
+    return m
 
 
 def caught(r: Result) -> str:
@@ -398,3 +403,21 @@ def test_another_clients_move_of_an_unflagged_file_in_new_is_a_move(
     assert r.status == 0 and "moved in" in r.out, r
     assert [p.name for p in steady.files("B") if "unread" in p.name] == ["1700.unread.host"]
     steady.assert_mirrored()
+
+
+@pytest.mark.parametrize("mode", ["pull", "backup"])
+@pytest.mark.parametrize(
+    "change", [c for c in STEADY_CHANGES if c not in ("server_folder", "local_folder")]
+)
+def test_every_change_in_steady_state_plans_as_the_full_path_one_way(
+    account: Any, tmp_path: Path, settle_clock: SettleClock, mode: str, change: str
+) -> None:
+    m = make_steady(account, tmp_path, settle_clock, sync={"mode": mode})
+    try:
+        STEADY_CHANGES[change](m)
+        for _ in range(3):
+            r = m.run("-v", "sync")  # -v: a PlanMismatch is raised, not turned into words
+            assert r.status == 0, r
+            settle_clock.advance()
+    finally:
+        m.close()
