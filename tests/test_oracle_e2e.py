@@ -358,15 +358,37 @@ STEADY_CHANGES = {
 }
 
 
+@pytest.mark.parametrize("delta", ["qresync", "condstore"])
 @pytest.mark.parametrize("change", list(STEADY_CHANGES))
 def test_every_change_in_steady_state_plans_as_the_full_path(
-    steady: Mirror, settle_clock: SettleClock, change: str
+    steady: Mirror,
+    settle_clock: SettleClock,
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+    delta: str,
 ) -> None:
     """Each kind of change, made when every fast path is taken: the oracle checks the
-    sync that picks it up, and the quick no-op that follows once it settled."""
+    sync that picks it up, and the quick no-op that follows once it settled. The
+    server's changes come as a QRESYNC delta, or as a CONDSTORE one (CHANGEDSINCE and
+    a UID SEARCH for expunges)."""
+    capabilities: list[frozenset[str]] = []
+    if delta == "condstore":
+        from mirrorsync.imapstore import ImapStore
+
+        real = ImapStore.connect.__func__  # type: ignore[attr-defined]
+
+        def connect(cls: Any, remote: Any, password: str, *, disable: Any = ()) -> Any:
+            store = real(cls, remote, password, disable=(*disable, "QRESYNC"))
+            capabilities.append(store.capabilities)
+            return store
+
+        monkeypatch.setattr(ImapStore, "connect", classmethod(connect))
     STEADY_CHANGES[change](steady)
     r = steady.run("-v", "sync")  # -v: a PlanMismatch is raised, not turned into words
     assert r.status == 0, r
+    if delta == "condstore":
+        engine_caps = capabilities[0]  # the oracle's own connection, opened after, has neither
+        assert "CONDSTORE" in engine_caps and "QRESYNC" not in engine_caps
     steady.assert_mirrored()
     before = quick.finished
     for _ in range(3):
