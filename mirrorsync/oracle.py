@@ -38,6 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from mirrorsync import config as configmod
 from mirrorsync import flags as flagmod
 from mirrorsync.errors import LocalStoreError, MirrorsyncError, ServerError
 from mirrorsync.maildir import MaildirFolder
@@ -51,6 +52,7 @@ from mirrorsync.state import State
 # engine does, and the full path must stay the real one.
 _listing = MaildirFolder.listing
 _pairs = State.pairs
+_parse = configmod.load
 
 if TYPE_CHECKING:
     from mirrorsync import actions as act
@@ -406,8 +408,8 @@ class Oracle:
 
     def check_moves(self, reports: Mapping[str, FolderReport], moves: Sequence[Any]) -> None:
         """The moves the engine found among the folders it held, against the full
-        path's among all folders (learned before any folder was carried out: those
-        carried out since took part in none), both without the folders that failed."""
+        path's among all folders (learned before any folder's messages were carried
+        out: those carried out since took part in none), without the folders that failed."""
         from mirrorsync.actions import FreeOnServer
 
         ok = {n for n, r in reports.items() if r.error is None}
@@ -485,9 +487,7 @@ def _describe(action: Any) -> str:
 
 def check_config(cached: Config, path: Path, env: Mapping[str, str]) -> None:
     """The configuration taken from the cache is the one the file gives now."""
-    from mirrorsync import config
-
-    fresh = config.load(path, env)
+    fresh = _parse(path, env)
     if fresh != cached:
         raise PlanMismatch(
             f"plan oracle: the cached configuration of {path} differs from a fresh parse\n"
@@ -499,13 +499,13 @@ def verify_quick(key: str, chosen: Sequence[Mapping[str, object]], env: Mapping[
     """The quick check found the accounts `chosen` (their cached facts) unchanged:
     the cached facts must be the configuration file's, and each account's full plan
     must do nothing. Runs under the quick check's account locks."""
-    from mirrorsync import config, configcache
+    from mirrorsync import configcache
     from mirrorsync.engine import AccountSync, SyncOptions
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.state import State
 
-    cfg = config.load(Path(key), env)
+    cfg = _parse(Path(key), env)
     for facts in chosen:
         account = cfg.accounts.get(str(facts["name"]))
         fresh = configcache._account_facts(account) if account is not None else None
@@ -516,7 +516,7 @@ def verify_quick(key: str, chosen: Sequence[Mapping[str, object]], env: Mapping[
             )
         remote = account.remote
         store = ImapStore.connect(
-            remote, config.resolve_password(remote, env), disable=("CONDSTORE",)
+            remote, configmod.resolve_password(remote, env), disable=("CONDSTORE",)
         )
         try:
             state = State.open(account.state_dir)
