@@ -192,13 +192,10 @@ class Oracle:
 
             remote: Any = self.sync.remote
             if isinstance(remote, ImapStore):
-                from mirrorsync.config import resolve_password
-
                 account = self.sync.account.remote
+                password = configmod.resolve_password(account, os.environ)
                 # no CONDSTORE: plain EXAMINE, and no unsolicited MODSEQs to read
-                store = ImapStore.connect(
-                    account, resolve_password(account, os.environ), disable=("CONDSTORE",)
-                )
+                store = ImapStore.connect(account, password, disable=("CONDSTORE",))
                 self._reader = _ImapReader(store, own=True)
             elif hasattr(remote, "oracle_reader"):  # the tests' fake: a twin on its data
                 self._reader = _Reader(remote.oracle_reader(), own=True)
