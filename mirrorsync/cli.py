@@ -288,6 +288,10 @@ def _load_config(args: argparse.Namespace, env: Environment) -> Config:
         key = configcache.key_for(given)
         cached = configcache.load_config(key, env.environ)
         if cached is not None:
+            if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/oracle.py
+                from mirrorsync.oracle import check_config
+
+                check_config(cached, Path(given), env.environ)
             return cached
         before = settle_now()
         # before reading: an edit made after this must not match the cache

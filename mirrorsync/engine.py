@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from mirrorsync import actions as act
     from mirrorsync.config import AccountConfig
     from mirrorsync.content import LfWriter
+    from mirrorsync.oracle import Oracle
     from mirrorsync.planner import Match
     from mirrorsync.remote import RemoteStore
 
@@ -155,10 +156,25 @@ class AccountSync:
         self._pair_counts: dict[str, int] | None = None
         self._first_run = False
         self._server_names: set[str] = set()
+        # Tests only: every fast path checked against the full path before its plan is
+        # carried out (mirrorsync/oracle.py). Off, this lookup is all it costs.
+        self._oracle: Oracle | None = None
+        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":
+            from mirrorsync.oracle import Oracle
+
+            self._oracle = Oracle(self)
 
     # -- the whole account
 
     def run(self) -> AccountReport:
+        if self._oracle is None:
+            return self._run()
+        try:
+            return self._run()
+        finally:
+            self._oracle.close()
+
+    def _run(self) -> AccountReport:
         report = AccountReport(self.account.name)
         self.prior = self.state.folders()
         # Until a sync of the whole account has completed, a folder without pairs is
@@ -226,6 +242,8 @@ class AccountSync:
                     after.append(action)
                 else:
                     before.append(action)
+        if self._oracle:
+            self._oracle.check_folders(before, names, after)
         # A folder that could not be created fails alone, reported once: syncing it
         # would only fail again for the same reason.
         uncreated = {
@@ -246,6 +264,8 @@ class AccountSync:
             if rep.error is not None:
                 continue
             if inputs is None:
+                if self._oracle:
+                    self._oracle.check_unchanged(n)
                 continue  # unchanged on both sides: not even selected
             if inputs.status is not None and _may_move(inputs):
                 held[n] = inputs
@@ -253,6 +273,8 @@ class AccountSync:
                 _guarded(rep, self._plan_and_execute, inputs, rep)
         if held:
             self._moves(held, reports)
+        elif self._oracle:
+            self._oracle.check_moves(reports, [])
         for n in reversed(list(held)):  # the folder selected last goes first
             inputs = held.pop(n)
             if reports[n].error is None:
@@ -375,6 +397,8 @@ class AccountSync:
             rep.counts[what] += n
         mode = self.account.sync.mode_for(inputs.name)
         plan = plan_messages(inputs.pairs, inputs.remote, inputs.local, inputs.matches, mode)
+        if self._oracle:
+            self._oracle.check_folder(inputs, plan)
         known = len(inputs.pairs) if inputs.known is None else inputs.known
         if self._first_run and not known and (inputs.remote or inputs.local):
             self._first_sync_check(inputs.name, plan)
@@ -488,6 +512,8 @@ class AccountSync:
                     remote_hashes[n][uid] = content_hash(to_lf(data))
         archives, archives_loose = self._archived_candidates(changed) if lost_local else ({}, {})
         if not any(local_hashes.values()) and not any(remote_hashes.values()) and not archives:
+            if self._oracle:
+                self._oracle.check_moves(reports, [])
             return
         views = {}
         for n, i in changed.items():
@@ -501,7 +527,10 @@ class AccountSync:
                 remote_hashes[n],
                 local_loose[n],
             )
-        for move in plan_moves(views, archives, archives_loose):
+        moves = plan_moves(views, archives, archives_loose)
+        if self._oracle:
+            self._oracle.check_moves(reports, moves)
+        for move in moves:
             # Moves between folders are two-way business; freeing a message whose
             # content is safe in a local-only folder is right in every mode.
             if not isinstance(move, FreeOnServer) and not {move.src, move.dst} <= set(mirror):
@@ -1003,6 +1032,8 @@ class AccountSync:
                 listed = mfolder.scan()
                 return {k: listed[k] for k in keys if k in listed}
             found[key] = msg
+        if self._oracle:
+            self._oracle.check_located(mfolder, found)
         return found
 
     def _apply_flags(

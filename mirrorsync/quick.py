@@ -177,6 +177,11 @@ def try_quick(argv: Sequence[str], env: Environment) -> int | None:
             return None
         for account in chosen:
             checked.append(check_account(account))
+        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":
+            # tests only: a no-op must be one by the full path's plan too (oracle.py)
+            from mirrorsync.oracle import verify_quick
+
+            verify_quick(key, chosen, env.environ)
         # All unchanged: record the sync as `AccountSync.run` does at its end. Every
         # transaction is opened before any is committed, so a failure leaves no
         # account half done.
@@ -190,13 +195,18 @@ def try_quick(argv: Sequence[str], env: Environment) -> int | None:
         for c in checked:
             c.db.execute("COMMIT")
         commit_took = time.monotonic() - started
-    except Exception:
+    except Exception as e:
         for c in checked:
             try:
                 if c.db.in_transaction:
                     c.db.execute("ROLLBACK")
             except Exception:
                 pass
+        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":
+            from mirrorsync.oracle import PlanMismatch
+
+            if isinstance(e, PlanMismatch):
+                raise  # a wrong no-op must fail the test, not fall back to the full path
         return None
     finally:
         for c in checked:

@@ -14,6 +14,9 @@ import pytest
 from hypothesis import settings
 
 from mirrorsync.devserver import Dovecot
+
+# Imported before any test replaces what it reads with a spy (see its `_listing`).
+from mirrorsync.oracle import ENV as PLAN_ORACLE_ENV
 from tests import servers
 
 # CI gets the same examples every run (HYPOTHESIS_PROFILE=ci, set by .ci/run), so a
@@ -31,6 +34,14 @@ def _private_cache(
     """The parsed-config cache (see mirrorsync.configcache) of every run a test makes
     goes to a directory of the test's own, never to the user's ~/.cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
+def _plan_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sync a test makes, in process or in a subprocess, also plans the full way
+    and fails if a fast path planned anything else (see mirrorsync.oracle). A test
+    that measures what a run costs or imports turns it off for itself."""
+    monkeypatch.setenv(PLAN_ORACLE_ENV, "1")
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ a test act as another client, or as a failing network, between the engine's call
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import re
@@ -202,6 +203,16 @@ class FakeRemoteStore:
         by default) before doing anything."""
         err = error or ConnectionFailed("fake connection dropped (injected)")
         self._failures.setdefault(method, []).extend([err] * times)
+
+    def oracle_reader(self) -> FakeRemoteStore:
+        """A second connection to the same data, for the plan oracle (mirrorsync.oracle):
+        its reads leave this store's selection, call log and injected failures alone."""
+        twin = copy.copy(self)
+        twin.selected = None
+        twin.closed = False
+        twin.calls = []
+        twin._failures = {}
+        return twin
 
     # -- the protocol ---------------------------------------------------------------
 

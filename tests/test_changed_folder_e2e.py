@@ -89,7 +89,13 @@ def test_a_file_renamed_by_a_reader_during_the_scan_is_not_expunged(
 ) -> None:
     """The listing missed a file that a reader was renaming (new flags) at that very
     moment. The rename moved the directory's mtime, so the folder is listed again
-    before anything is expunged, and the message survives on both sides."""
+    before anything is expunged, and the message survives on both sides.
+
+    The plan made from that listing is wrong on purpose (the executor's second look
+    corrects it), and the plan oracle, which lists the folder again afterwards, sees
+    another folder than the sync did: it cannot judge a change made during the
+    sync, so it is off here."""
+    monkeypatch.delenv("MIRRORSYNC_PLAN_ORACLE")
     victim = mirror.files("A")[3]
     real = MaildirFolder.listing
     missed: list[str] = []
