@@ -27,6 +27,7 @@ sync and the pairs of the last completed one:
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import shutil
@@ -105,7 +106,10 @@ EXAMPLES = int(os.environ.get("MIRRORSYNC_MACHINE_EXAMPLES", "2000"))
 STEPS = int(os.environ.get("MIRRORSYNC_MACHINE_STEPS", "12"))
 
 folders = st.sampled_from(FOLDERS)
-flag_sets = st.frozensets(st.sampled_from(FLAGS)).map(frozenset)
+# one draw per flag set (a bit mask), not one per flag: draws are much of the cost
+flag_sets = st.integers(0, 2 ** len(FLAGS) - 1).map(
+    lambda mask: frozenset(f for i, f in enumerate(FLAGS) if mask >> i & 1)
+)
 picks = st.integers(0, 15)  # index into the folder's messages, modulo their number
 Where = tuple[str, str]  # (folder, Message-ID)
 
@@ -142,6 +146,7 @@ def _quiet(line: str) -> None:
     """Where a dry run would print its plan: the machine never asks for one."""
 
 
+@functools.lru_cache(maxsize=4096)
 def _mid(data: bytes) -> str:
     return message_id(data) or ""
 
@@ -157,6 +162,8 @@ class FakeSyncMachine(RuleBasedStateMachine):
         for f in FOLDERS[1:]:
             self.remote.create_folder(f)
         self.maildir = Maildir(self.dir / "Mail")
+        self.dirs = {f: self.maildir.folder(f).path for f in FOLDERS}
+        self.mids: dict[str, str] = {}  # Maildir key -> Message-ID
         self.account = AccountConfig(
             name="machine",
             remote=RemoteConfig(host="fake.invalid", username="u", port=143),
@@ -184,23 +191,28 @@ class FakeSyncMachine(RuleBasedStateMachine):
         return {u: (_mid(m.data), flagmod.normalize(m.flags)) for u, m in f.messages.items()}
 
     def folder_dir(self, folder: str) -> Path:
-        return self.maildir.folder(folder).path
+        return self.dirs[folder]
 
     def files(self, folder: str) -> dict[str, Path]:
         """key -> path of every message file in the folder, sorted by key."""
         out = {}
         for sub in ("new", "cur"):
-            d = self.folder_dir(folder) / sub
-            if d.is_dir():
-                for name in os.listdir(d):
-                    out[name.split(":2,")[0]] = d / name
+            d = self.dirs[folder] / sub
+            for name in os.listdir(d):
+                out[name.split(":2,")[0]] = d / name
         return dict(sorted(out.items()))
 
     def local(self, folder: str) -> dict[str, tuple[str, Flags]]:
         out = {}
-        for key, path in self.files(folder).items():
-            letters = path.name.split(":2,")[1] if ":2," in path.name else ""
-            out[key] = (_mid(path.read_bytes()), flagmod.from_letters(letters))
+        for sub in ("new", "cur"):
+            d = os.path.join(self.dirs[folder], sub)
+            for name in os.listdir(d):
+                key, _, letters = name.partition(":2,")
+                mid = self.mids.get(key)
+                if mid is None:  # a key always names the same content
+                    with open(os.path.join(d, name), "rb") as f:
+                        mid = self.mids[key] = _mid(f.read())
+                out[key] = (mid, flagmod.from_letters(letters))
         return out
 
     def _touched(self, *names: str) -> None:
@@ -562,3 +574,36 @@ def test_a_move_into_a_folder_whose_uidvalidity_changed_stays_paired(
     m.server_move(src="Work", dst="INBOX", pick=0)
     m.server_uidvalidity(folder="INBOX")
     m.sync()
+
+
+@pytest.mark.xfail(reason=UIDVALIDITY_KILL, strict=False)
+@pytest.mark.parametrize("die_at", [2, 3])  # the move's two commits
+def test_killed_after_a_move_into_a_folder_whose_uidvalidity_changed(
+    machine: Callable[[frozenset[str]], FakeSyncMachine], die_at: int
+) -> None:
+    """The move writes the folder's new UIDVALIDITY before its old pairs are dropped:
+    killed in between, the next run takes old UIDs for new ones (here UID 1 was b and
+    is c after the renumbering), and duplicates c or pairs it with the wrong flags."""
+    m = machine(FULL_CAPABILITIES)
+    m.start(seed=[("INBOX", False, SEEN), ("Work", True, NONE), ("Work", True, NONE)])
+    m.server_expunge(folder="Work", pick=0)
+    m.server_uidvalidity(folder="Work")
+    m.local_move(src="INBOX", dst="Work", pick=0, copy=False)
+    m.sync_killed(die_at=die_at)
+
+
+@pytest.mark.xfail(
+    reason="a server move's pair takes both sides' current flags as its base (_execute_move),"
+    " so a flag the reader set meanwhile is undone by the merge",
+    strict=False,
+)
+def test_a_flag_set_while_another_client_moved_the_message_is_kept(
+    machine: Callable[[frozenset[str]], FakeSyncMachine],
+) -> None:
+    m = machine(FULL_CAPABILITIES)
+    m.start(seed=[("INBOX", False, SEEN)])
+    m.local_flags(folder="INBOX", pick=0, flags=SEEN | FLAGGED)
+    m.server_move(src="INBOX", dst="Work", pick=0)
+    m.sync()
+    assert [flags for _mid, flags in m.local("Work").values()] == [SEEN | FLAGGED]
+    assert [flags for _mid, flags in m.server("Work").values()] == [SEEN | FLAGGED]
