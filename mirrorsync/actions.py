@@ -63,6 +63,8 @@ class UpdateFlags:
             )
         if self.change.local is not None:
             parts.append(f"local [{_letters(self.change.local)}]")
+        if not parts:
+            parts.append(f"both sides already [{_letters(self.change.result)}], recorded")
         return f"flags UID {self.uid} / {self.key}: " + ", ".join(parts)
 
 

@@ -903,7 +903,10 @@ class AccountSync:
         if plan or prior is None or inputs.uidvalidity_changed:
             with self.state.transaction():
                 if inputs.uidvalidity_changed:
+                    # The old UIDs mean nothing now; the pairs of messages moved in by
+                    # this run (`inputs.pairs`, already under the new UIDVALIDITY) stay.
                     self.state.clear_pairs(name)
+                    self.state.put_pairs(name, inputs.pairs)
                 self.state.put_folder(started)
 
         touched_local = False
@@ -1394,6 +1397,13 @@ def _differing(
     keep: list[PairRow] = []
     for row in rows:
         uid, key, remote_letters, local_letters = row
+        if remote_letters != local_letters and (
+            from_letters(remote_letters) != from_letters(local_letters)
+        ):
+            # Recorded with the two sides apart (a move made the pair from each side's
+            # flags, and the run ended before the flags were merged): not steady.
+            keep.append(row)
+            continue
         if listing is not None:
             entry = listing.get(key)
             if entry is None or (

@@ -146,7 +146,12 @@ def plan_messages(
         if r is not None and lm is not None:
             # On both sides: merge the flags (or, one way, take the server's).
             change = flag_change(pair, r, lm.flags) if two_way else _change_to(r, r, lm.flags)
-            if not change.is_noop:
+            # Both sides may already agree on flags the pair does not remember (the same
+            # change made on each side, or a run killed after changing both and before
+            # recording it): the pair is then brought up to date, or a later merge
+            # would take the old base for the last-synced flags and undo a change.
+            stale = pair.remote_flags != change.result or pair.local_flags != change.result
+            if not change.is_noop or stale:
                 actions.append(UpdateFlags(pair.uid, pair.key, change))
         elif lm is not None:
             # Expunged on the server: delete the local file (backup keeps it).

@@ -47,7 +47,7 @@ def pair(uid: int, key: str, *flags: str) -> Pair:
         # both sides changed different flags: combined
         ((S,), (S, F), (), (F,), (F,), (), (F,)),
         ((), (R,), (S,), (R, S), (R,), (), (R, S)),
-        # both made the same change: nothing to do
+        # both made the same change: nothing to change on either side
         ((), (F,), (F,), (F,), (), (), None),
         # one side adds T (deleted flag) - carried like any flag
         ((S,), (S, T), (S,), (S, T), (T,), (), None),
@@ -96,6 +96,22 @@ def test_flag_change_is_the_three_way_merge(base, local, remote) -> None:  # typ
             {1: fl(S, F)},
             [lm("a")],
             [act.UpdateFlags(1, "a", act.FlagChange(fl(F), fl(), fl(S), fl(F)))],
+        ),
+        # the same flag set on both sides since the last sync (or a run killed after
+        # changing both, before recording it): nothing to change, but the pair learns
+        # the new flags, or a later removal of F on one side would be undone
+        (
+            [pair(1, "a")],
+            {1: fl(F)},
+            [lm("a", F)],
+            [act.UpdateFlags(1, "a", act.FlagChange(fl(F)))],
+        ),
+        # a pair whose two bases differ (a moved one): brought to what both sides hold
+        (
+            [Pair(1, "a", "h", fl(S), fl())],
+            {1: fl(S)},
+            [lm("a", S)],
+            [act.UpdateFlags(1, "a", act.FlagChange(fl(S)))],
         ),
     ],
 )
