@@ -604,6 +604,12 @@ class AccountSync:
             # message links it there instead of copying it back.
             with self.state.transaction():
                 self.state.put_folder(_started_row(dst, needs_match=True))
+                if dst.uidvalidity_changed:
+                    # The started row has the new UIDVALIDITY: the old UIDs must go with
+                    # it, or a kill now would leave them to be read as new ones. What
+                    # this run moved in already has UIDs of the new validity.
+                    self.state.clear_pairs(move.dst)
+                    self.state.put_pairs(move.dst, dst.pairs)
         if isinstance(move, MoveOnServer):
             if dry:
                 # The UID the move will most likely get (the target's next): a dry run
@@ -644,7 +650,16 @@ class AccountSync:
             else:
                 mfolder = self.maildir.folder(move.src)
                 moved = mfolder.move_to(msg, self.maildir.folder(move.dst))
-            pair = Pair(move.new_uid, move.key, move.hash, dst.remote[move.new_uid], moved.flags)
+            # The pair keeps the flags as last synced, so the folder's plan then merges
+            # what either side changed meanwhile (a reader's flag while another client
+            # moved the message) instead of taking both sides as they are.
+            old = next((p for p in src.pairs if p.uid == move.uid), None)
+            base = (
+                (old.remote_flags, old.local_flags)
+                if old
+                else (dst.remote[move.new_uid], moved.flags)
+            )
+            pair = Pair(move.new_uid, move.key, move.hash, *base)
             if not dry:
                 with self.state.transaction():
                     self.state.delete_pairs(move.src, [move.uid])

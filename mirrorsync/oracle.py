@@ -196,6 +196,11 @@ class Oracle:
                 password = configmod.resolve_password(account, os.environ)
                 # no CONDSTORE: plain EXAMINE, and no unsolicited MODSEQs to read
                 store = ImapStore.connect(account, password, disable=("CONDSTORE",))
+                # folder names as the engine's store gives them (a namespace left out)
+                from mirrorsync.naming import settle_prefix
+
+                sync = self.sync
+                settle_prefix(sync.account, store, sync.state, False, sync._local_listing)
                 self._reader = _ImapReader(store, own=True)
             elif hasattr(remote, "oracle_reader"):  # the tests' fake: a twin on its data
                 self._reader = _Reader(remote.oracle_reader(), own=True)
@@ -217,7 +222,9 @@ class Oracle:
         from mirrorsync.engine import FolderInputs
 
         sync = self.sync
-        prior = sync.prior.get(name)
+        # The state as recorded now: a move into this folder may have recorded its new
+        # UIDVALIDITY and the moved message's pair since the run began.
+        prior = sync.state.folder(name)
         mfolder = sync.maildir.folder(name)
         local = _scan(mfolder) if mfolder.exists() else {}
         reader = self.reader
@@ -255,6 +262,10 @@ class Oracle:
         known = sync._wanted(sync.prior)
         local = sync._wanted(sync.maildir.list_folders()) if sync.maildir.exists() else set()
         remote = sync._wanted(self.reader.folders())
+        # a local folder the server cannot hold stays local (naming.kept_local)
+        from mirrorsync.naming import kept_local
+
+        local -= kept_local(sync.remote, sync.state, local - remote, False)
         counts: dict[str, int] = {}
         for name in known:
             if name in remote and name not in local:

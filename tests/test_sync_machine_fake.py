@@ -90,18 +90,7 @@ MUTATING = {
 # Known bugs that still trip the machine, by capability set (see the report of each):
 # such a set is expected to fail (xfail, not strict) and is not shrunk, to keep CI
 # short. Remove an entry when its fix lands.
-MOVE_UPLOADS_SOURCE = (
-    "another client's move out of a folder steady on disk uploads the folder's other "
-    "messages again (fixed on the moves branch)"
-)
-UIDVALIDITY_KILL = (
-    "a kill right after a move into a folder whose UIDVALIDITY changed leaves the "
-    "folder's old pairs trusted under the new UIDVALIDITY (_execute_move writes the "
-    "new UIDVALIDITY before the old pairs are cleared)"
-)
-KNOWN_BUGS: dict[str, list[str]] = {
-    name: [MOVE_UPLOADS_SOURCE, UIDVALIDITY_KILL] for name in CAPABILITY_SETS
-}
+KNOWN_BUGS: dict[str, list[str]] = {}
 # Examples per capability set; CI derandomizes them (HYPOTHESIS_PROFILE=ci).
 EXAMPLES = int(os.environ.get("MIRRORSYNC_MACHINE_EXAMPLES", "2000"))
 STEPS = int(os.environ.get("MIRRORSYNC_MACHINE_STEPS", "12"))
@@ -583,7 +572,6 @@ def test_a_move_into_a_folder_whose_uidvalidity_changed_stays_paired(
     m.sync()
 
 
-@pytest.mark.xfail(reason=UIDVALIDITY_KILL, strict=False)
 @pytest.mark.parametrize("die_at", [2, 3])  # the move's two commits
 def test_killed_after_a_move_into_a_folder_whose_uidvalidity_changed(
     machine: Callable[[frozenset[str]], FakeSyncMachine], die_at: int
@@ -599,11 +587,6 @@ def test_killed_after_a_move_into_a_folder_whose_uidvalidity_changed(
     m.sync_killed(die_at=die_at)
 
 
-@pytest.mark.xfail(
-    reason="a server move's pair takes both sides' current flags as its base (_execute_move),"
-    " so a flag the reader set meanwhile is undone by the merge",
-    strict=False,
-)
 def test_a_flag_set_while_another_client_moved_the_message_is_kept(
     machine: Callable[[frozenset[str]], FakeSyncMachine],
 ) -> None:
