@@ -206,6 +206,10 @@ class AccountSync:
                     before.append(action)
         for action in before:
             self._folder_action(action, report)
+        # a folder that could not be created (its name too long for the disk, say)
+        # has failed already, with its own line: it is not synced this run
+        unmade = {f.name for f in report.folders if f.error}
+        names = [n for n in names if n not in unmade]
         reports = {n: FolderReport(n) for n in names}
         # A folder that lost nothing and gained nothing cannot be either end of a move:
         # it is planned and done at once, so that only the folders a move could touch
@@ -1300,4 +1304,10 @@ def _guarded(rep: FolderReport, fn: Callable[..., R], *args: object) -> R | None
         raise  # the connection and the state are the whole account's
     except MirrorsyncError as e:
         rep.error = str(e)
+        return None
+    except OSError as e:
+        # The local stores word their OS errors; one they did not foresee (the file
+        # system refusing a path, say) is still this folder's, not a crash of the run.
+        where = f": {e.filename}" if e.filename else ""
+        rep.error = f"{e.strerror or e}{where}"
         return None

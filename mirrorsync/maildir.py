@@ -267,6 +267,10 @@ _REASONS: dict[int, tuple[str, str]] = {
     errno.EACCES: ("permission denied", "check the directory's permissions and re-run"),
     errno.EPERM: ("operation not permitted", "check the directory's permissions and re-run"),
     errno.EROFS: ("read-only file system", "remount it read-write and re-run"),
+    errno.ENAMETOOLONG: (
+        "name too long for the file system",
+        "rename the folder on the server (or exclude it in the config)",
+    ),
 }
 
 
@@ -454,7 +458,12 @@ class MaildirFolder:
         return f"MaildirFolder({str(self.path)!r}, {self.name!r})"
 
     def exists(self) -> bool:
-        return (self.path / "cur").is_dir() and (self.path / "new").is_dir()
+        """Raises LocalStoreError when the file system cannot even look (a path too
+        long for it, no permission): that is the folder's failure, not a missing one."""
+        try:
+            return (self.path / "cur").is_dir() and (self.path / "new").is_dir()
+        except OSError as e:
+            raise _os_error("looking for folder", self.path, e) from e
 
     # -- reading --
 

@@ -1,0 +1,159 @@
+"""The fault-injection suite: a sync with work in both directions, cut by
+tests/faultproxy.py before or after each command, after so many bytes either way,
+or stalled; each faulted run must end in exit 3 and one line, and a plain rerun
+must reach the state a fault-free run reaches (nothing lost, nothing duplicated,
+the same flags on both sides).
+
+CI runs a deterministic sample of the faults. The whole sweep (every command
+before and after, byte cuts at many offsets, several stalls) runs with
+``MIRRORSYNC_FAULT_SWEEP=full`` (see README.md, "Testing"); it prints its figures."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.faultproxy import Fault, FaultProxy, proxied_mirror
+from tests.harness import Mirror, Snapshot, message
+
+FULL = os.environ.get("MIRRORSYNC_FAULT_SWEEP", "") == "full"
+
+
+def _file_of(m: Mirror, folder: str, mid: str) -> Path:
+    (found,) = [f for f in m.files(folder) if f"<{mid}@example.org>".encode() in f.read_bytes()]
+    return found
+
+
+def work_in_both_directions(m: Mirror) -> None:
+    """A first sync, then on each side: new mail, a flag change, a deletion and a
+    move, so the next sync downloads, uploads, stores flags, expunges, deletes
+    files and moves on both sides."""
+    c = m.client
+    c.create_folder("Archive")
+    for n in range(6):
+        c.append("INBOX", message(f"i{n}"), flags=[b"\\Seen"] if n % 2 else [])
+    for n in range(2):
+        c.append("Archive", message(f"a{n}"), flags=[b"\\Seen"])
+    m.sync()
+    # the server, as another client
+    c.select_folder("INBOX")
+    uids = {
+        d[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"].split(b"<")[1].split(b"@")[0].decode(): u
+        for u, d in c.fetch(c.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]).items()
+    }
+    c.append("INBOX", message("s-new"))
+    c.append("Archive", message("s-new-archive"), flags=[b"\\Flagged"])
+    c.add_flags(uids["i0"], [b"\\Flagged"])
+    c.delete_messages(uids["i1"])
+    c.expunge()
+    c.move(uids["i2"], "Archive")
+    c.unselect_folder()
+    # the reader, on the Maildir
+    inbox = m.folder_dir("INBOX")
+    (inbox / "new" / "1800000000.M1P1.reader").write_bytes(message("l-new").replace(b"\r\n", b"\n"))
+    f3 = _file_of(m, "INBOX", "i3")
+    f3.rename(f3.with_name(f3.name.split(":2,")[0] + ":2,FS"))
+    _file_of(m, "INBOX", "i4").unlink()
+    f5 = _file_of(m, "INBOX", "i5")
+    f5.rename(m.folder_dir("Archive") / "cur" / f5.name)
+
+
+@dataclass
+class Sweep:
+    runs: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+
+def _differences(want: Snapshot, got: Snapshot, side: str) -> list[str]:
+    out = []
+    for folder in sorted(set(want) | set(got)):
+        w, g = want.get(folder, Counter()), got.get(folder, Counter())
+        for item in sorted(set(w) | set(g)):
+            if w[item] != g[item]:
+                what = "duplicated" if g[item] > w[item] else "lost"
+                out.append(f"{side} {folder}: {what} {item[0][:8]} flags {item[1]!r}")
+    return out
+
+
+def _one_run(account: Any, proxy: FaultProxy, tmp: Path, fault: Fault, want: Snapshot) -> str:
+    """One faulted sync and its rerun; returns the outcome, raises on a problem."""
+    m = proxied_mirror(account, proxy, tmp)
+    try:
+        proxy.arm(None)
+        work_in_both_directions(m)
+        proxy.arm(fault)
+        r = m.run("sync")
+        commands = list(proxy.commands)
+        fired = proxy.fired
+        proxy.arm(None)
+        lines = r.err.strip().splitlines()
+        by_command = fault.kind not in ("up", "down") and fault.at <= len(commands)
+        where = f"{fault} ({commands[fault.at - 1] if by_command else '-'})"
+        if not fired:
+            outcome = "not reached"
+            assert r.status == 0, (where, r)
+        elif r.status == 0:
+            # only a fault after the work is done (the answer to LOGOUT) may pass
+            assert commands[-1] == "LOGOUT" or not commands, (where, r)
+            outcome = "exit 0 (after the work)"
+        else:
+            assert r.status == 3, (where, r)
+            assert len(lines) == 1, (where, r.err)
+            assert "Traceback" not in r.err and "internal error" not in r.err, (where, r.err)
+            outcome = "exit 3, one line"
+        again = m.run("sync")
+        assert again.status == 0, (where, again)
+        problems = _differences(want, m.server(), "server") + _differences(want, m.local(), "local")
+        assert not problems, (where, problems)
+        return outcome
+    finally:
+        m.close()
+
+
+def _faults(commands: int, up: int, down: int) -> list[Fault]:
+    """Every fault of the full sweep; CI draws a deterministic sample of them."""
+    every = [Fault(kind, k) for k in range(1, commands + 1) for kind in ("before", "after")]
+    every += [Fault("up", n) for n in range(0, up, max(1, up // 40))]
+    every += [Fault("down", n) for n in range(0, down, max(1, down // 60))]
+    stalls = [Fault("stall", k) for k in range(1, commands + 1, max(1, commands // 6))]
+    if FULL:
+        return every + stalls
+    sample = random.Random(11).sample(every, 18)
+    return sorted(sample, key=lambda f: (f.kind, f.at)) + stalls[len(stalls) // 2 :][:1]
+
+
+def test_a_sync_cut_anywhere_ends_in_one_line_and_a_rerun_converges(
+    make_account: Any, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    proxy = fault_proxy
+    base = proxied_mirror(make_account(), proxy, tmp_path / "base")
+    proxy.arm(None)
+    work_in_both_directions(base)
+    proxy.arm(None)
+    base.sync()
+    commands, up, down = list(proxy.commands), proxy.up, proxy.down
+    want = base.assert_mirrored()
+    base.close()
+    # the scenario does what it says: each kind of work happened in this sync
+    assert {"APPEND", "UID MOVE", "UID STORE", "UID EXPUNGE", "UID FETCH"} <= set(commands)
+
+    sweep = Sweep()
+    for i, fault in enumerate(_faults(len(commands), up, down)):
+        sweep.runs += 1
+        try:
+            sweep.outcomes[_one_run(make_account(), proxy, tmp_path / f"r{i}", fault, want)] += 1
+        except AssertionError as e:
+            sweep.problems.append(f"{fault}: {e}")
+    print(
+        f"\nfault sweep ({'full' if FULL else 'sample'}): {len(commands)} commands, "
+        f"{up} bytes up, {down} bytes down in a fault-free sync; {sweep.runs} faulted "
+        f"runs: {dict(sweep.outcomes)}; {len(sweep.problems)} problems"
+    )
+    for p in sweep.problems:
+        print("  " + p)
+    assert not sweep.problems, sweep.problems
