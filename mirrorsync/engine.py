@@ -176,9 +176,16 @@ class AccountSync:
 
             recover_archive(self.remote, self.maildir, self.state)
         self.statuses = {n: s for n, s in self.remote.statuses().items() if n in self._wanted([n])}
+        # A folder the server lists but will not give the numbers of is there, in an
+        # unknown state: it must not look deleted (that would delete it here), nor
+        # new; it is left out of this run entirely and reported as failed.
+        unknown = {
+            n: why for n, why in self.remote.status_failures().items() if n in self._wanted([n])
+        }
+        known -= set(unknown)
         remote_names = set(self.statuses)
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
-        local_names = self._wanted(self._local_names_all)
+        local_names = self._wanted(self._local_names_all) - set(unknown)
         counts: dict[str, int] = {}
         for name in known:
             if name in remote_names and name not in local_names:
@@ -233,6 +240,7 @@ class AccountSync:
             if reports[n].error is None:
                 _guarded(reports[n], self._plan_and_execute, inputs, reports[n])
         report.folders += [reports[n] for n in names]
+        report.folders += [FolderReport(n, error=why) for n, why in sorted(unknown.items())]
         for action in after:
             self._folder_action(action, report)
         if not self.options.dry_run and not report.failed and not self.options.folders:

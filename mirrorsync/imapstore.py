@@ -682,6 +682,8 @@ class ImapStore:
         # The folder listing `statuses()` got along with the numbers, kept for the one
         # `list_folders()` that usually follows, to save it a round trip.
         self._listing: list[RemoteFolder] | None = None
+        # The folders the last `statuses()` listed but got no numbers for: name -> why.
+        self._status_failures: dict[str, str] = {}
 
     # -- connecting ---------------------------------------------------------------
 
@@ -836,8 +838,10 @@ class ImapStore:
         """With LIST-STATUS (RFC 5819) one ``LIST "" "*" RETURN (STATUS (...))`` for
         the whole account, about 110 bytes per folder; without it LIST and a STATUS
         per selectable folder, pipelined. The listing is kept for the next
-        `list_folders()`."""
+        `list_folders()`. A folder whose STATUS the server refused is left out and
+        named in `status_failures()`."""
         items = self._status_items()
+        self._status_failures = {}
         if "LIST-STATUS" not in self._capabilities:
             folders = self._list_folders()
             found = self._status_many([f.name for f in folders if f.selectable])
@@ -875,7 +879,10 @@ class ImapStore:
         missing = [name for name, st in numbers.items() if st is None]
         found = self._status_many(missing) if missing else {}
         self._listing = folders
-        return {name: st or found[name] for name, st in numbers.items()}
+        return {name: st or found[name] for name, st in numbers.items() if st or name in found}
+
+    def status_failures(self) -> dict[str, str]:
+        return dict(self._status_failures)
 
     def _status_items(self) -> list[str]:
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
@@ -888,10 +895,14 @@ class ImapStore:
         items = self._status_items()
         out: dict[str, FolderStatus] = {}
         for name, numbers in self._status_numbers(names, items).items():
-            with self._translate("status", name):
-                status = _folder_status(numbers, items)
-                if status is None:
-                    raise ValueError("the STATUS response is missing or incomplete")
+            try:
+                with self._translate("status", name):
+                    status = _folder_status(numbers, items)
+                    if status is None:
+                        raise ValueError("the STATUS response is missing or incomplete")
+            except ServerError as e:
+                self._status_failures[name] = str(e)
+                continue
             out[name] = status
         return out
 
@@ -899,7 +910,8 @@ class ImapStore:
         """``STATUS name (items)`` of each folder, pipelined: a server without
         LIST-STATUS (Outlook) then costs a round trip per `_PIPELINE_DEPTH` folders,
         not one per folder. The answers are matched by the name each STATUS response
-        repeats; a folder whose STATUS failed raises, naming it."""
+        repeats; a folder whose STATUS failed is left out and named, with the
+        server's words, in `status_failures()`."""
         imap = self._client._imap
         servers = [self._server_name(name) for name in names]
         with self._translate("status"):
@@ -916,9 +928,13 @@ class ImapStore:
         }
         out: dict[str, dict[bytes, int]] = {}
         for name, server, (typ, data) in zip(names, servers, results, strict=True):
-            with self._translate("status", name):
-                if typ != "OK":
-                    raise imaplib.IMAP4.error(_text(data[0]) if data and data[0] else typ)
+            try:
+                with self._translate("status", name):
+                    if typ != "OK":
+                        raise imaplib.IMAP4.error(_text(data[0]) if data and data[0] else typ)
+            except ServerError as e:
+                self._status_failures[name] = str(e)
+                continue
             out[name] = by_name.get(canonical_folder(server), {})
         return out
 

@@ -53,3 +53,51 @@ def test_a_folder_path_too_long_for_the_file_system_fails_alone(
     m.sync()
     m.assert_mirrored()
     m.close()
+
+
+def _status_refused(proxy: FaultProxy, folder: bytes) -> Any:
+    """A rewrite under which the server cannot give `folder`'s STATUS: it is left out
+    of LIST-STATUS answers (as RFC 5819 allows) and a STATUS of it is answered NO."""
+    untagged = re.compile(rb'\* STATUS "?' + re.escape(folder) + rb'"? ')
+
+    def rewrite(response: bytes) -> bytes:
+        if untagged.match(response):
+            return b""
+        tag = response.split(b" ", 1)[0]
+        line = proxy.tagged.get(tag, b"")
+        if re.match(rb'\S+ STATUS "?' + re.escape(folder) + rb'"? ', line):
+            return tag + b" NO [SERVERBUG] Internal error occurred. Refer to server log\r\n"
+        return response
+
+    return rewrite
+
+
+def test_one_folders_status_refused_fails_that_folder_alone(
+    account: Any, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Like a refused SELECT, a refused STATUS is one folder's failure: the others
+    sync, and the folder (whose state on the server is unknown) is neither deleted
+    locally nor changed, until a later run can see it again."""
+    m = proxied_mirror(account, fault_proxy, tmp_path)
+    c = m.client
+    c.create_folder("Archive")
+    c.append("Archive", message("a"), flags=[b"\\Seen"])
+    c.append("INBOX", message("i"), flags=[b"\\Seen"])
+    m.sync()
+    c.append("INBOX", message("i2"))
+    c.append("Archive", message("a2"))
+    local_new = m.folder_dir("Archive") / "new" / "1800000000.M1P1.reader"
+    local_new.write_bytes(b"Subject: mine\n\nlocal\n")
+    fault_proxy.arm(None, _status_refused(fault_proxy, b"Archive"))
+    r = m.run("sync")
+    assert r.status == 1, r
+    (line,) = r.err.strip().splitlines()
+    assert "Archive" in line and "SERVERBUG" in line and "internal error" not in line, line
+    assert sum(m.local()["INBOX"].values()) == 2  # INBOX synced
+    assert sum(m.local()["Archive"].values()) == 2  # kept, not deleted, not downloaded
+    assert len(m.server_uids("Archive")) == 2  # nothing uploaded or deleted there
+    fault_proxy.arm(None)
+    m.sync()
+    snap = m.assert_mirrored()
+    assert sum(snap["Archive"].values()) == 3 and set(snap["Archive"].values()) == {1}
+    m.close()
