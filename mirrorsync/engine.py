@@ -1027,12 +1027,19 @@ class AccountSync:
             pending = delivery, pairs
 
         try:
-            for uid, data, flags, date in self.remote.fetch(small):
-                lf = to_lf(data)
-                batch.append((uid, mfolder.new_key(), lf, flagmod.normalize(flags), _ts(date)))
-                size += len(lf)
-                if len(batch) >= DOWNLOAD_BATCH or size >= DOWNLOAD_BATCH_BYTES:
-                    flush()
+            try:
+                for uid, data, flags, date in self.remote.fetch(small):
+                    lf = to_lf(data)
+                    batch.append((uid, mfolder.new_key(), lf, flagmod.normalize(flags), _ts(date)))
+                    size += len(lf)
+                    if len(batch) >= DOWNLOAD_BATCH or size >= DOWNLOAD_BATCH_BYTES:
+                        flush()
+            except ServerError:
+                # the server misanswered some message (see RemoteStore.fetch): what it
+                # answered right is stored before the folder fails
+                flush()
+                finish_pending()
+                raise
             flush()
             finish_pending()
         except BaseException:

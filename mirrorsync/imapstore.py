@@ -205,8 +205,11 @@ _FLAG_SETS_MAX = 4096
 
 
 def _flags_of(value: object) -> Flags:
+    """The flags of a FETCH's FLAGS item. A value that is not a list (NIL, an atom)
+    raises ValueError: read as "no flags" it would take every flag away from the
+    message on the other side. Callers check that the item is there first."""
     if not isinstance(value, tuple):
-        return frozenset()
+        raise ValueError(f"FLAGS {_text(value)!r:.40} is not a list")
     flags = _FLAG_SETS.get(value)
     if flags is None:
         if len(_FLAG_SETS) >= _FLAG_SETS_MAX:
@@ -325,7 +328,9 @@ _FETCH_HEAD_RE = re.compile(
 )
 _FETCH_TAIL_RE = re.compile(rb"((?: " + _FETCH_ITEM + rb")*)\)\Z")
 # list_messages' answer in the order asked (Dovecot's, and most servers')
-_LISTING_RE = re.compile(rb'\d+ \(UID (\d+) FLAGS \(([^()"{}\x00-\x1f]*)\) RFC822\.SIZE (\d+)\)\Z')
+_LISTING_RE = re.compile(
+    rb'(\d+) \(UID (\d+) FLAGS \(([^()"{}\x00-\x1f]*)\) RFC822\.SIZE (\d+)\)\Z'
+)
 _FETCH_START_RE = re.compile(rb"\* (\d+) FETCH ")
 _LITERAL_END_RE = re.compile(rb"\{(\d+)\}\Z")
 _FETCH_ITEM_RE = re.compile(
@@ -490,7 +495,17 @@ def parse_listing(data: Iterable[Any]) -> dict[int, RemoteMessage]:
     change while the command ran) merge in order, as in `parse_fetch`."""
     flags: dict[int, Flags] = {}
     sizes: dict[int, int] = {}
+    # message sequence number of each UID's size: a UID listed (with its size) at two
+    # sequence numbers is two messages claiming one UID, and which one the UID means
+    # cannot be told; ValueError then, so the folder fails rather than sync either
+    seqs: dict[int, int] = {}
     match = _LISTING_RE.match
+
+    def sized(uid: int, seq: int, size: int) -> None:
+        if seqs.setdefault(uid, seq) != seq:
+            raise ValueError(f"UID {uid} is listed for two messages ({seqs[uid]} and {seq})")
+        sizes[uid] = size
+
     pending: list[Part] = []
     for item in data:
         if item is None:
@@ -498,19 +513,21 @@ def parse_listing(data: Iterable[Any]) -> dict[int, RemoteMessage]:
         if not pending and isinstance(item, bytes):
             m = match(item)
             if m is not None:
-                uid = int(m.group(1))
-                flags[uid] = _flags_in(m.group(2))
-                sizes[uid] = int(m.group(3))
+                uid = int(m.group(2))
+                flags[uid] = _flags_in(m.group(3))
+                sized(uid, int(m.group(1)), int(m.group(4)))
                 continue
         pending.append(item)
         if isinstance(item, tuple):
             continue
+        first = pending[0][0] if isinstance(pending[0], tuple) else pending[0]
+        seq = int(first.split(b" ", 1)[0])
         for row in iter_fetch(pending):
             uid = row[b"UID"]
             if b"FLAGS" in row:
                 flags[uid] = _flags_of(row[b"FLAGS"])
             if b"RFC822.SIZE" in row:
-                sizes[uid] = int(row[b"RFC822.SIZE"])
+                sized(uid, seq, int(row[b"RFC822.SIZE"]))
         pending = []
     return {
         uid: RemoteMessage(uid, flags.get(uid, NO_FLAGS), size)
@@ -811,12 +828,32 @@ class ImapStore:
         with self._translate("list folders"):
             rows = self._client.list_folders()
         folders: list[RemoteFolder] = []
+        names: list[tuple[str, str]] = []
         for attrs, delim, name in rows:
             delimiter = _text(delim) if delim is not None else None
             canonical = self._canonical(_text(name), delimiter)
             if canonical is not None:
                 folders.append(RemoteFolder(canonical, frozenset(_text(a) for a in attrs)))
+                if folders[-1].selectable:
+                    names.append((_text(name), canonical))
+        self._note_collisions(names)
         return folders
+
+    def _note_collisions(self, names: list[tuple[str, str]]) -> None:
+        """Two selectable server folders whose names map to one canonical name
+        (``a.b`` under delimiter '.' and ``a/b`` under '/', in two namespaces) cannot
+        both be that folder, and syncing either would mix them up: the name is named
+        in `status_failures()`, for the caller to skip."""
+        by_name: dict[str, list[str]] = {}
+        for server, canonical in names:
+            by_name.setdefault(canonical, []).append(server)
+        for canonical, servers in by_name.items():
+            if len(servers) > 1:
+                self._status_failures[canonical] = (
+                    f"folder {canonical!r} on {self._address}: the server lists "
+                    f"{' and '.join(repr(n) for n in servers)}, which all map to this name; "
+                    "none of them is synced; rename all but one on the server"
+                )
 
     def _canonical(self, server_name: str, delimiter: str | None) -> str | None:
         """The canonical name of a listed folder (learning the delimiter on the way),
@@ -844,7 +881,9 @@ class ImapStore:
         self._status_failures = {}
         if "LIST-STATUS" not in self._capabilities:
             folders = self._list_folders()
-            found = self._status_many([f.name for f in folders if f.selectable])
+            found = self._status_many(
+                [f.name for f in folders if f.selectable and f.name not in self._status_failures]
+            )
             self._listing = folders
             return found
         options = f"STATUS ({' '.join(items)})"
@@ -864,6 +903,7 @@ class ImapStore:
                 raise imaplib.IMAP4.error(_text(data[0]) if data and data[0] else typ)
         folders = []
         numbers: dict[str, FolderStatus | None] = {}
+        names: list[tuple[str, str]] = []
         for entry in listed:
             server_name = utf7_decode(entry.name) if self._client.folder_encode else entry.name
             canonical = self._canonical(_text(server_name), entry.delimiter)
@@ -873,7 +913,11 @@ class ImapStore:
             folders.append(folder)
             if not folder.selectable:
                 continue
+            names.append((_text(server_name), canonical))
             numbers[canonical] = _folder_status(entry.status or {}, items)
+        self._note_collisions(names)
+        for name in self._status_failures:
+            numbers.pop(name, None)
         # RFC 5819 lets a server leave out the STATUS of a folder it could not open;
         # asking for it alone either answers or says why not
         missing = [name for name, st in numbers.items() if st is None]
@@ -1073,7 +1117,7 @@ class ImapStore:
                     if uid in rows:
                         rows[uid].update(row)
         changed = {
-            uid: RemoteMessage(uid, _flags_of(row.get(b"FLAGS")))
+            uid: RemoteMessage(uid, _flags_of(row[b"FLAGS"]))
             for uid, row in sorted(rows.items())
             if uid not in vanished and b"FLAGS" in row
         }
@@ -1088,7 +1132,7 @@ class ImapStore:
             known = set(known_uids)
             vanished = known - self._existing(min(known), max(known))
         changed = {
-            uid: RemoteMessage(uid, _flags_of(row.get(b"FLAGS")))
+            uid: RemoteMessage(uid, _flags_of(row[b"FLAGS"]))
             for uid, row in sorted(rows.items())
             if uid not in vanished and b"FLAGS" in row
         }
@@ -1158,10 +1202,15 @@ class ImapStore:
         """Sizes first (cheap), then bodies in batches bounded by `fetch_batch_count`
         and `fetch_batch_bytes`, so that one huge message travels alone and many small
         ones share a round trip. Bodies are BODY.PEEK[], which leaves \\Seen alone.
-        Raises ServerError if the selection changes while the iterator is consumed."""
+        Raises ServerError if the selection changes while the iterator is consumed,
+        and, after yielding every message answered right, if the server answered
+        some wrongly (without a body, twice, FLAGS not a list, UIDs not asked for):
+        those are not yielded, since what they hold cannot be trusted."""
         folder = self._require_selected("fetch")
         generation = self._generation
         sizes = self.sizes(uids)
+        wrong: list[str] = []  # what the server answered wrongly, for the error
+        bad: set[int] = set()
         for batch in batches(sorted(sizes), sizes, self.fetch_batch_count, self.fetch_batch_bytes):
             if self._generation != generation:
                 raise ServerError(
@@ -1169,14 +1218,40 @@ class ImapStore:
                     "selecting another folder",
                     hint="this is a bug in mirrorsync; please report it",
                 )
+            wanted = set(batch)
+            rows: dict[int, dict[bytes, Any]] = {}
             with self._translate("fetch", folder):
-                rows = self._uid_fetch(uid_set(batch), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+                data = self._uid_fetch_data(uid_set(batch), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+                for row in iter_fetch(data):
+                    uid = row[b"UID"]
+                    if uid not in wanted:
+                        wrong.append(f"UID {uid}, not asked for")
+                    elif b"BODY[]" in row and b"BODY[]" in rows.get(uid, {}):
+                        wrong.append(f"two bodies for UID {uid}")
+                        bad.add(uid)
+                    rows.setdefault(uid, {}).update(row)
             for uid in batch:
-                row = rows.get(uid, {})
-                body = row.get(b"BODY[]")
+                got = rows.get(uid)
+                if got is None or uid in bad:
+                    continue  # expunged meanwhile (or answered twice: noted)
+                body = got.get(b"BODY[]")
+                flags = got.get(b"FLAGS", ())  # absent: none (asked for, though)
                 if not isinstance(body, bytes):
-                    continue  # expunged meanwhile
-                yield uid, body, _flags_of(row.get(b"FLAGS")), _aware(row.get(b"INTERNALDATE"))
+                    wrong.append(f"UID {uid} without its body")
+                elif not isinstance(flags, tuple):
+                    wrong.append(f"UID {uid} with FLAGS that are not a list")
+                else:
+                    yield uid, body, _flags_of(flags), _aware(got.get(b"INTERNALDATE"))
+        if wrong:
+            # after the messages answered right (the caller keeps them), so that one
+            # misanswered message does not hold the folder's others back every run
+            raise ServerError(
+                f"fetch {folder!r} on {self._address}: the server answered wrongly "
+                f"({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}); "
+                f"{len(wrong)} not downloaded",
+                hint="the server misbehaves (report it to its administrator); "
+                "the rest of the folder was synced",
+            )
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """``UID FETCH set (UID RFC822.SIZE)``, in compact sets of bounded length."""
@@ -1397,8 +1472,11 @@ class ImapStore:
             row = rows.get(uid)
             if row is None:
                 continue  # expunged meanwhile
-            kept = [f for f in _flags_of(row.get(b"FLAGS")) if f.lower() not in drop]
-            if b"FLAGS" not in row or not all(_FLAG_RE.match(f) for f in kept):
+            if b"FLAGS" not in row:
+                refused.add(uid)
+                continue
+            kept = [f for f in _flags_of(row[b"FLAGS"]) if f.lower() not in drop]
+            if not all(_FLAG_RE.match(f) for f in kept):
                 refused.add(uid)
                 continue
             have = {f.lower() for f in kept}

@@ -6,8 +6,11 @@ nothing wrong is stored."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.faultproxy import FaultProxy, proxied_mirror
 from tests.harness import message
@@ -100,4 +103,99 @@ def test_one_folders_status_refused_fails_that_folder_alone(
     m.sync()
     snap = m.assert_mirrored()
     assert sum(snap["Archive"].values()) == 3 and set(snap["Archive"].values()) == {1}
+    m.close()
+
+
+_BODY_LITERAL = re.compile(rb" BODY\[\] \{\d+\}\r\n.*\)\r\n\Z", re.DOTALL)
+
+
+def _answer_of_m2(change: Any) -> Any:
+    """A rewrite of the FETCH answer that carries message m2's body."""
+
+    def rewrite(response: bytes) -> bytes:
+        if b" FETCH (" in response and b"<m2@example.org>" in response:
+            return change(response)
+        return response
+
+    return rewrite
+
+
+def _listing_row(n: int, change: Any) -> Any:
+    """A rewrite of the listing's row of message sequence number `n`."""
+    row = re.compile(rb"\* %d FETCH \(UID \d+ FLAGS \([^)]*\) RFC822\.SIZE \d+\)\r\n\Z" % n)
+
+    def rewrite(response: bytes) -> bytes:
+        return change(response) if row.match(response) else response
+
+    return rewrite
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "words"),
+    [
+        (_answer_of_m2(lambda r: _BODY_LITERAL.sub(b")\r\n", r)), "without its body"),
+        (_answer_of_m2(lambda r: re.sub(rb"UID \d+", b"UID 99", r)), "not asked for"),
+        (_listing_row(2, lambda r: re.sub(rb"UID \d+", b"UID 1", r)), "listed for two messages"),
+        (
+            _listing_row(2, lambda r: re.sub(rb"FLAGS \([^)]*\)", b"FLAGS NIL", r)),
+            "is not a list",
+        ),
+    ],
+    ids=["no-body", "other-uid", "same-uid-twice", "flags-not-a-list"],
+)
+def test_a_misanswered_message_is_a_clear_failure_of_its_folder(
+    account: Any, fault_proxy: FaultProxy, tmp_path: Path, rewrite: Any, words: str
+) -> None:
+    """Before: each was skipped without a word (exit 0), or read as "no flags". Now
+    the folder fails with one line naming it (exit 1), what came right is stored,
+    nothing wrong is, and a run against a sane server completes the folder."""
+    m = proxied_mirror(account, fault_proxy, tmp_path)
+    m.client.create_folder("Other")
+    m.client.append("Other", message("o"))
+    for n in (1, 2, 3):
+        m.client.append("INBOX", message(f"m{n}"), flags=[b"\\Seen"])
+    fault_proxy.arm(None, rewrite)
+    r = m.run("sync")
+    assert r.status == 1, r
+    (line,) = r.err.strip().splitlines()
+    assert "INBOX" in line and words in line and "internal error" not in line, line
+    server = m.server()
+    local = m.local()
+    assert local["Other"] == server["Other"]  # the other folder synced
+    assert not local.get("INBOX", Counter()) - server["INBOX"]  # nothing wrong stored
+    fault_proxy.arm(None)
+    m.sync()
+    snap = m.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 3 and set(snap["INBOX"].values()) == {1}
+    m.close()
+
+
+def test_two_server_folders_with_one_local_name_are_neither_synced(
+    account: Any, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """'a/b' under delimiter '/' and 'a.b' under '.' (another namespace) both map
+    to the folder a/b: syncing either would mix them up, so that name fails with one
+    line naming both, the local copy is kept, and the other folders sync."""
+    m = proxied_mirror(account, fault_proxy, tmp_path)
+    m.client.create_folder("a/b")
+    m.client.append("a/b", message("ab"), flags=[b"\\Seen"])
+    m.sync()
+    m.client.append("INBOX", message("i"))
+    m.client.append("a/b", message("ab2"))
+    fault_proxy.arm(
+        None,
+        _with_listed(
+            b'* LIST (\\HasNoChildren) "." a.b\r\n'
+            b"* STATUS a.b (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 5 HIGHESTMODSEQ 1)\r\n"
+        ),
+    )
+    r = m.run("sync")
+    assert r.status == 1, r
+    (line,) = r.err.strip().splitlines()
+    assert "'a/b'" in line and "'a.b'" in line, line
+    assert sum(m.local()["INBOX"].values()) == 1
+    assert sum(m.local()["a/b"].values()) == 1  # kept, and not mixed with a.b
+    fault_proxy.arm(None)
+    m.sync()
+    assert sum(m.assert_mirrored()["a/b"].values()) == 2
     m.close()
