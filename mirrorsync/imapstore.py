@@ -33,9 +33,10 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -123,6 +124,138 @@ _RESPONSE_CODE_HINTS = {
     "INUSE": "the folder is in use; try again later",
     "CANNOT": "the server cannot do this for this folder",
 }
+
+
+# -- the reading guard: a bound on literals and a deadline per command -----------------
+
+# After the timeout, a command's answer must keep coming at this rate on average: a
+# server that trickles (5 bytes every 0.5 s) cannot hold a run for longer than the
+# timeout plus what its bytes are worth at this rate.
+_MIN_RATE = 16 * 1024  # bytes per second
+# The largest literal accepted where no body is expected (folder names, header fields).
+_LITERAL_MAX = 1024 * 1024
+# imaplib's own bound on one line (its _MAXLINE).
+_LINE_MAX = 1_000_000
+
+
+class _LiteralRefused(OSError):
+    """The server announced a literal larger than the command can expect."""
+
+
+class _Overdue(TimeoutError):
+    """A command's answer did not come within its deadline."""
+
+
+class _ReadGuard:
+    """Every read of one imaplib connection, bounded in size and in time.
+
+    imaplib reads a literal whole (``read(size)`` with the size the server announced)
+    and applies the timeout to each socket read, so memory followed the announced
+    size (2 GiB for a 140-byte message) and a trickling server kept a run busy
+    indefinitely. imaplib documents `send`, `read` and `readline` as meant to be
+    overridden; they are replaced on the instance here, the one place this module
+    changes imaplib's behaviour (it still reads ``imap.file``/``imap.sock``, as
+    imaplib and imapclient's STARTTLS set them).
+
+    * Each command gets a deadline when it is sent: the timeout, plus one second per
+      `_MIN_RATE` bytes received for it, checked between socket reads.
+    * A literal larger than `limit` (set by the caller for what it asked: bodies of
+      known RFC822.SIZE, a piece of a given size; else `_LITERAL_MAX`) is refused
+      before any of it is read: the connection is shut, since the answer cannot be
+      skipped, and the store fails with a clear line."""
+
+    def __init__(self, imap: Any, timeout: float) -> None:
+        self.imap = imap
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.limit = _LITERAL_MAX
+        self.expected = ""  # words for the error: what the limit comes from
+        self._short = False  # the socket's timeout is below `timeout` (near the deadline)
+        if imap is not None:  # None: a stand-in client of a test, with no connection
+            self._send = imap.send
+            imap.send, imap.read, imap.readline = self.send, self.read, self.readline
+
+    @contextmanager
+    def expecting(self, limit: int, expected: str) -> Iterator[None]:
+        """Accept literals up to `limit` bytes in the commands run inside."""
+        self.limit, self.expected = limit, expected
+        try:
+            yield
+        finally:
+            self.limit, self.expected = _LITERAL_MAX, ""
+
+    def send(self, data: bytes) -> None:
+        self.deadline = time.monotonic() + self.timeout  # a command goes out
+        self._send(data)
+
+    def _overdue(self) -> _Overdue:
+        return _Overdue(
+            f"the answer came slower than {_MIN_RATE // 1024} KiB/s after {self.timeout:g}s"
+        )
+
+    def _arm(self) -> None:
+        """Check the deadline and let the next socket read wait no longer than it."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._overdue()
+        if left < self.timeout:
+            self.imap.sock.settimeout(left)
+            self._short = True
+        elif self._short:
+            self.imap.sock.settimeout(self.timeout)
+            self._short = False
+
+    def _piece(self, read: Callable[[int], bytes], n: int) -> bytes:
+        """One buffered read; a socket timeout cut short by `_arm` is the deadline's."""
+        try:
+            return read(n)
+        except TimeoutError as e:
+            if self._short:
+                raise self._overdue() from e
+            raise
+
+    def readline(self) -> bytes:
+        f = self.imap.file
+        self._arm()
+        pieces: list[bytes] = []
+        size = 0
+        while True:
+            buffered = self._piece(f.peek, 1)  # what is buffered, or one socket read
+            if not buffered:
+                break  # EOF: the caller sees a line without CRLF
+            end = buffered.find(b"\n")
+            piece = f.read(end + 1 if end >= 0 else len(buffered))
+            pieces.append(piece)
+            size += len(piece)
+            self.deadline += len(piece) / _MIN_RATE
+            if end >= 0:
+                break
+            if size > _LINE_MAX:
+                raise imaplib.IMAP4.error(f"got more than {_LINE_MAX} bytes")
+            self._arm()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read(self, size: int) -> bytes:
+        if size > self.limit:
+            with suppress(OSError):
+                self.imap.sock.shutdown(socket.SHUT_RDWR)
+            raise _LiteralRefused(
+                f"the server announced {size} bytes where at most {self.limit} were "
+                f"expected{f' ({self.expected})' if self.expected else ''}; the "
+                "connection was dropped rather than read them"
+            )
+        f = self.imap.file
+        pieces: list[bytes] = []
+        got = 0
+        while got < size:
+            self._arm()
+            piece = self._piece(f.read1, min(size - got, 1 << 20))
+            if not piece:
+                break  # EOF: the caller sees a short literal
+            pieces.append(piece)
+            got += len(piece)
+            self.deadline += len(piece) / _MIN_RATE
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 # -- pure helpers (tested from tables) -----------------------------------------------
@@ -687,6 +820,7 @@ class ImapStore:
         self._address = address
         self._capabilities = capabilities
         self._timeout = timeout
+        self._guard = _ReadGuard(getattr(client, "_imap", None), timeout)
         self._delimiter: str | None = None
         self._delimiter_known = False
         self._selected: str | None = None
@@ -1220,7 +1354,13 @@ class ImapStore:
                 )
             wanted = set(batch)
             rows: dict[int, dict[bytes, Any]] = {}
-            with self._translate("fetch", folder):
+            largest = max(sizes[u] for u in batch)
+            # RFC822.SIZE is the size of BODY[]; some servers' are approximate, so a
+            # body may be somewhat larger, never many times so
+            expecting = self._guard.expecting(
+                2 * largest + 64 * 1024, f"the largest RFC822.SIZE asked for is {largest}"
+            )
+            with self._translate("fetch", folder), expecting:
                 data = self._uid_fetch_data(uid_set(batch), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
                 for row in iter_fetch(data):
                     uid = row[b"UID"]
@@ -1276,7 +1416,8 @@ class ImapStore:
             raise ValueError("chunk must be positive")
         folder = self._require_selected("fetch")
         offset = 0
-        with self._translate("fetch", folder):
+        expecting = self._guard.expecting(chunk, f"a piece of at most {chunk} bytes")
+        with self._translate("fetch", folder), expecting:
             while True:
                 rows = self._uid_fetch(str(uid), f"(UID BODY.PEEK[]<{offset}.{chunk}>)")
                 row = rows.get(uid, {})
@@ -1952,6 +2093,16 @@ class ImapStore:
             yield
         except MirrorsyncError:
             raise
+        except _LiteralRefused as exc:
+            raise ConnectionFailed(
+                f"{where} on {self._address}: {exc}",
+                hint="the server misbehaves; report it to its administrator",
+            ) from exc
+        except _Overdue as exc:
+            raise ConnectionFailed(
+                f"{self._address} did not finish {where} in time: {exc}",
+                hint="the server or the network is too slow; run again or raise timeout",
+            ) from exc
         except imaplib.IMAP4.readonly as exc:
             raise ServerError(
                 f"{where} on {self._address}: the folder is read-only",

@@ -28,6 +28,7 @@ import contextlib
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,11 +106,17 @@ class FaultProxy:
 
     # -- control
 
-    def arm(self, fault: Fault | None, rewrite: Rewrite | None = None) -> None:
-        """Start counting afresh, with this fault (None: pass everything)."""
+    def arm(
+        self, fault: Fault | None, rewrite: Rewrite | None = None, trickle: bytes | None = None
+    ) -> None:
+        """Start counting afresh, with this fault (None: pass everything). With
+        `trickle`, once a client command containing those bytes is seen on a
+        connection, the server's bytes reach the client 5 at a time every 50 ms
+        (100 bytes/s), as from a server that answers slowly on purpose."""
         with self._lock:
             self.fault = fault
             self.rewrite = rewrite
+            self.trickle = trickle
             self.commands: list[str] = []
             # tag -> the command's first line, for a rewrite that answers a command
             self.tagged: dict[bytes, bytes] = {}
@@ -154,6 +161,7 @@ class _Connection:
         self.server = server
         self.cut_after_tag: bytes | None = None
         self.stalled = False
+        self.trickling = False
 
     def cut(self, fired: bool = True) -> None:
         """Close both sides; `fired`: because of the fault (not a peer's close)."""
@@ -178,7 +186,12 @@ class _Connection:
             self.cut()
             return False
         try:
-            sock.sendall(data)
+            if direction == "down" and self.trickling:
+                for i in range(0, len(data), 5):
+                    sock.sendall(data[i : i + 5])
+                    time.sleep(0.05)
+            else:
+                sock.sendall(data)
         except OSError:
             self.cut(fired=False)
             return False
@@ -205,6 +218,8 @@ class _Connection:
                     with p._lock:
                         p.commands.append(name.decode("ascii", "replace"))
                         p.tagged[tag] = line
+                        if p.trickle is not None and p.trickle in line:
+                            self.trickling = True
                         k = len(p.commands)
                         fault = p.fault
                     if fault is not None and fault.at == k:

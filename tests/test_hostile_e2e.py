@@ -6,13 +6,14 @@ nothing wrong is stored."""
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faultproxy import FaultProxy, proxied_mirror
+from tests.faultproxy import TIMEOUT, FaultProxy, proxied_mirror
 from tests.harness import message
 
 LONG = "/".join(f"{i:02d}" + "x" * 198 for i in range(25))  # 25 components of 200 bytes
@@ -198,4 +199,54 @@ def test_two_server_folders_with_one_local_name_are_neither_synced(
     fault_proxy.arm(None)
     m.sync()
     assert sum(m.assert_mirrored()["a/b"].values()) == 2
+    m.close()
+
+
+def test_a_literal_far_larger_than_the_message_is_refused_unread(
+    account: Any, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A 140-byte message answered as ``BODY[] {2147483648}`` followed by 20 MB: the
+    announced size is checked against RFC822.SIZE before anything is read (memory
+    followed the announcement), the run ends in one line (exit 3) at once, and a
+    run against a sane server completes."""
+    m = proxied_mirror(account, fault_proxy, tmp_path)
+    m.client.append("INBOX", message("m2"), flags=[b"\\Seen"])
+
+    def huge(response: bytes) -> bytes:
+        head, _, rest = response.partition(b"\r\n")
+        return re.sub(rb"\{\d+\}\Z", b"{2147483648}", head) + b"\r\n" + rest + b"x" * 20_000_000
+
+    fault_proxy.arm(None, _answer_of_m2(huge))
+    started = time.monotonic()
+    r = m.run("sync")
+    assert r.status == 3, r
+    (line,) = r.err.strip().splitlines()
+    assert "announced 2147483648 bytes" in line and "INBOX" in line, line
+    assert time.monotonic() - started < TIMEOUT  # refused, not waited for
+    fault_proxy.arm(None)
+    m.sync()
+    assert sum(m.assert_mirrored()["INBOX"].values()) == 1
+    m.close()
+
+
+def test_a_trickling_server_cannot_hold_a_run_past_its_deadline(
+    account: Any, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Bodies answered 5 bytes every 50 ms: each read comes within the timeout, so
+    before, the fetch of two 2 KB messages took 40 s; now the command's deadline
+    (the timeout, plus what its bytes are worth at 16 KiB/s) ends it, exit 3."""
+    m = proxied_mirror(account, fault_proxy, tmp_path, timeout=2)
+    for n in (1, 2):
+        m.client.append("INBOX", message(n, body="y" * 2000), flags=[b"\\Seen"])
+    fault_proxy.arm(None, trickle=b"BODY.PEEK[]")
+    started = time.monotonic()
+    r = m.run("sync")
+    took = time.monotonic() - started
+    assert r.status == 3, r
+    (line,) = r.err.strip().splitlines()
+    assert "did not finish fetch 'INBOX' in time" in line, line
+    assert took < 6, took
+    fault_proxy.arm(None)
+    m.sync()
+    assert sum(m.assert_mirrored()["INBOX"].values()) == 2
     m.close()
