@@ -129,7 +129,7 @@ def _faults(commands: int, up: int, down: int) -> list[Fault]:
     return sorted(sample, key=lambda f: (f.kind, f.at)) + stalls[len(stalls) // 2 :][:1]
 
 
-def test_a_sync_cut_anywhere_ends_in_one_line_and_a_rerun_converges(
+def test_fault_sweep_a_sync_cut_anywhere_ends_in_one_line_and_converges(
     make_account: Any, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     proxy = fault_proxy
