@@ -123,6 +123,9 @@ class FaultProxy:
             self.up = 0
             self.down = 0
             self.fired = False
+            self.connections = 0  # made since `arm`, numbered from 1
+            self.fired_in = 0  # the connection the fault hit (0: none yet)
+            self.command_conn: list[int] = []  # the connection of each of `commands`
 
     def close(self) -> None:
         self._closed = True
@@ -149,14 +152,20 @@ class FaultProxy:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns.append((client, server))
-            conn = _Connection(self, client, server)
+            with self._lock:
+                self.connections += 1
+                number = self.connections
+            conn = _Connection(self, client, server, number)
             threading.Thread(target=conn.upstream, daemon=True).start()
             threading.Thread(target=conn.downstream, daemon=True).start()
 
 
 class _Connection:
-    def __init__(self, proxy: FaultProxy, client: socket.socket, server: socket.socket) -> None:
+    def __init__(
+        self, proxy: FaultProxy, client: socket.socket, server: socket.socket, number: int
+    ) -> None:
         self.proxy = proxy
+        self.number = number
         self.client = client
         self.server = server
         self.cut_after_tag: bytes | None = None
@@ -167,6 +176,7 @@ class _Connection:
         """Close both sides; `fired`: because of the fault (not a peer's close)."""
         if fired:
             self.proxy.fired = True
+            self.proxy.fired_in = self.proxy.fired_in or self.number
         _cut(self.client, self.server)
 
     def _send(self, sock: socket.socket, data: bytes, direction: str) -> bool:
@@ -217,6 +227,7 @@ class _Connection:
                         name += b" " + words[1].strip().upper()
                     with p._lock:
                         p.commands.append(name.decode("ascii", "replace"))
+                        p.command_conn.append(self.number)
                         p.tagged[tag] = line
                         if p.trickle is not None and p.trickle in line:
                             self.trickling = True
@@ -228,6 +239,7 @@ class _Connection:
                             return
                         if fault.kind == "stall":
                             p.fired = True
+                            p.fired_in = p.fired_in or self.number
                             self.stalled = True
                         if fault.kind == "after":
                             self.cut_after_tag = tag
