@@ -1323,6 +1323,8 @@ def _guarded(rep: FolderReport, fn: Callable[..., R], *args: object) -> R | None
     except OSError as e:
         # The local stores word their OS errors; one they did not foresee (the file
         # system refusing a path, say) is still this folder's, not a crash of the run.
-        where = f": {e.filename}" if e.filename else ""
-        rep.error = f"{e.strerror or e}{where}"
+        # Only a file's: an error without a file name (a socket's) is not the folder's.
+        if e.filename is None:
+            raise
+        rep.error = f"{e.strerror or e}: {e.filename}"
         return None
