@@ -36,6 +36,7 @@ from mirrorsync.errors import (
     MirrorsyncError,
     ServerError,
     StateError,
+    abridged,
 )
 from mirrorsync.maildir import Entry as ListedFile
 from mirrorsync.maildir import (
@@ -88,7 +89,7 @@ class FolderReport:
 
     def summary(self) -> str:
         if self.error:
-            return f"{self.name}: FAILED: {self.error}"
+            return f"{abridged(self.name)}: FAILED: {self.error}"
         parts = [f"{n} {k}" for k, n in sorted(self.counts.items()) if n]
         return f"{self.name}: " + (", ".join(parts) if parts else "in sync")
 

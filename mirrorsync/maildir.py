@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 from mirrorsync import flags as flagmod
 from mirrorsync.dirstamp import read_stamp
-from mirrorsync.errors import LocalStoreError
+from mirrorsync.errors import LocalStoreError, abridged
 from mirrorsync.layout import MAILDIR_SUBDIRS, MAILDIRPP, NESTED, check_layout, folder_path
 from mirrorsync.layout import list_folders as _list_folders
 from mirrorsync.model import Flags, LocalMessage, canonical_folder
@@ -282,9 +282,9 @@ def _os_error(
     reason, hint = _REASONS.get(e.errno or 0, ("", "re-run"))
     detail = e.strerror or str(e)
     if e.filename and Path(os.fsdecode(e.filename)) != path:
-        detail += f": {display_path(Path(os.fsdecode(e.filename)))}"
+        detail += f": {abridged(display_path(Path(os.fsdecode(e.filename))))}"
     what = f"{reason} {doing}" if reason else doing
-    return LocalStoreError(f"{what} {display_path(path)} ({detail})", f"{hint}; {lost}")
+    return LocalStoreError(f"{what} {abridged(display_path(path))} ({detail})", f"{hint}; {lost}")
 
 
 # --- the store ----------------------------------------------------------------------
