@@ -37,6 +37,7 @@ from mirrorsync.errors import (
     MirrorsyncError,
     ServerError,
     StateError,
+    abridged,
 )
 from mirrorsync.maildir import Entry as ListedFile
 from mirrorsync.maildir import (
@@ -92,7 +93,7 @@ class FolderReport:
 
     def summary(self) -> str:
         if self.error:
-            return f"{self.name}: FAILED: {self.error}"
+            return f"{abridged(self.name)}: FAILED: {self.error}"
         parts = [f"{n} {k}" for k, n in sorted(self.counts.items()) if n]
         return f"{self.name}: " + (", ".join(parts) if parts else "in sync")
 
@@ -204,10 +205,17 @@ class AccountSync:
         every = self.remote.statuses()
         self._server_names = set(every)  # excluded ones too: their directories stay theirs
         self.statuses = {n: s for n, s in every.items() if n in self._wanted([n])}
+        # A folder the server lists but will not give the numbers of is there, in an
+        # unknown state: it must not look deleted (that would delete it here), nor
+        # new; it is left out of this run entirely and reported as failed.
+        unknown = {
+            n: why for n, why in self.remote.status_failures().items() if n in self._wanted([n])
+        }
+        known -= set(unknown)
         remote_names = set(self.statuses)
         self._record_delimiter()
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
-        local_names = self._wanted(self._local_names_all)
+        local_names = self._wanted(self._local_names_all) - set(unknown)
         if remote_names - local_names - set(known):
             local_names = self._adopt(remote_names, local_names, known)
         # A local folder the server cannot hold stays local, like a local-only one.
@@ -280,6 +288,7 @@ class AccountSync:
             if reports[n].error is None:
                 _guarded(reports[n], self._plan_and_execute, inputs, reports[n])
         report.folders += [reports[n] for n in names]
+        report.folders += [FolderReport(n, error=why) for n, why in sorted(unknown.items())]
         for action in after:
             self._folder_action(action, report)
         if not self.options.dry_run and not report.failed and not self.options.folders:
@@ -1206,12 +1215,19 @@ class AccountSync:
             pending = delivery, pairs
 
         try:
-            for uid, data, flags, date in self.remote.fetch(small):
-                lf = to_lf(data)
-                batch.append((uid, mfolder.new_key(), lf, flagmod.normalize(flags), _ts(date)))
-                size += len(lf)
-                if len(batch) >= DOWNLOAD_BATCH or size >= DOWNLOAD_BATCH_BYTES:
-                    flush()
+            try:
+                for uid, data, flags, date in self.remote.fetch(small):
+                    lf = to_lf(data)
+                    batch.append((uid, mfolder.new_key(), lf, flagmod.normalize(flags), _ts(date)))
+                    size += len(lf)
+                    if len(batch) >= DOWNLOAD_BATCH or size >= DOWNLOAD_BATCH_BYTES:
+                        flush()
+            except ServerError:
+                # the server misanswered some message (see RemoteStore.fetch): what it
+                # answered right is stored before the folder fails
+                flush()
+                finish_pending()
+                raise
             flush()
             finish_pending()
         except BaseException:
@@ -1498,4 +1514,12 @@ def _guarded(rep: FolderReport, fn: Callable[..., R], *args: object) -> R | None
         raise  # the connection and the state are the whole account's
     except MirrorsyncError as e:
         rep.error = str(e)
+        return None
+    except OSError as e:
+        # The local stores word their OS errors; one they did not foresee (the file
+        # system refusing a path, say) is still this folder's, not a crash of the run.
+        # Only a file's: an error without a file name (a socket's) is not the folder's.
+        if e.filename is None:
+            raise
+        rep.error = f"{e.strerror or e}: {e.filename}"
         return None

@@ -17,6 +17,15 @@ class ExitStatus(enum.IntEnum):
     INTERNAL = 4  # a bug: reported with a hint to re-run with -v
 
 
+def abridged(text: str, most: int = 200) -> str:
+    """A name or path of a few kilobytes (a server folder of 25 levels) keeps a line
+    readable with its middle left out: the start and the end say which it is."""
+    if len(text) <= most:
+        return text
+    keep = (most - 5) // 2
+    return f"{text[:keep]}[...]{text[-keep:]}"
+
+
 class MirrorsyncError(Exception):
     """Base of every error the CLI knows how to word."""
 

@@ -19,6 +19,10 @@ what the engine needs on top and papers over what imapclient 4.1.0 lacks:
   can send none of them, so `_run`, `_select_with`, `_pipeline` and `_complete_fetch`
   drive its imaplib object directly, and the lean parsers below read the answers
   (table-tested in tests/test_imap_parsing.py on literal server responses).
+* Bounded reads (`_ReadGuard`): imaplib reads a literal as large as the server
+  announces and times out per socket read only; each command here gets a deadline
+  that grows with the bytes received, and a literal larger than the command can
+  expect is refused unread.
 * One error vocabulary: every imapclient, imaplib, socket and ssl exception leaves this
   module as a `mirrorsync.errors` type with a one-line message naming host:port, the
   operation and the folder. After a `ConnectionFailed` the store is unusable: close it.
@@ -33,9 +37,10 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -126,6 +131,140 @@ _RESPONSE_CODE_HINTS = {
 }
 
 
+# -- the reading guard: a bound on literals and a deadline per command -----------------
+
+# After the timeout, a command's answer must keep coming at this rate on average: a
+# server that trickles (5 bytes every 0.5 s) cannot hold a run for longer than the
+# timeout plus what its bytes are worth at this rate.
+_MIN_RATE = 16 * 1024  # bytes per second
+# The largest literal accepted where no body is expected (folder names, header fields).
+_LITERAL_MAX = 1024 * 1024
+# imaplib's own bound on one line (its _MAXLINE).
+_LINE_MAX = 1_000_000
+
+
+class _LiteralRefused(OSError):
+    """The server announced a literal larger than the command can expect."""
+
+
+class _Overdue(TimeoutError):
+    """A command's answer did not come within its deadline."""
+
+
+class _ReadGuard:
+    """Every read of one imaplib connection, bounded in size and in time.
+
+    imaplib reads a literal whole (``read(size)`` with the size the server announced)
+    and applies the timeout to each socket read, so memory followed the announced
+    size (2 GiB for a 140-byte message) and a trickling server kept a run busy
+    indefinitely. imaplib documents `send`, `read` and `readline` as meant to be
+    overridden; they are replaced on the instance here, the one place this module
+    changes imaplib's behaviour (it still reads ``imap.file``/``imap.sock``, as
+    imaplib and imapclient's STARTTLS set them).
+
+    * Each command gets a deadline when it is sent: the timeout, plus one second per
+      `_MIN_RATE` bytes received for it, checked between socket reads.
+    * A literal larger than `limit` (set by the caller for what it asked: bodies of
+      known RFC822.SIZE, a piece of a given size; else `_LITERAL_MAX`) is refused
+      before any of it is read: the connection is shut, since the answer cannot be
+      skipped, and the store fails with a clear line."""
+
+    def __init__(self, imap: Any, timeout: float) -> None:
+        self.imap = imap
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.limit = _LITERAL_MAX
+        self.expected = ""  # words for the error: what the limit comes from
+        self._short = False  # the socket's timeout is below `timeout` (near the deadline)
+        if imap is not None:  # None: a stand-in client of a test, with no connection
+            self._send = imap.send
+            imap.send, imap.read, imap.readline = self.send, self.read, self.readline
+
+    @contextmanager
+    def expecting(self, limit: int, expected: str) -> Iterator[None]:
+        """Accept literals up to `limit` bytes in the commands run inside."""
+        self.limit, self.expected = limit, expected
+        try:
+            yield
+        finally:
+            self.limit, self.expected = _LITERAL_MAX, ""
+
+    def send(self, data: bytes) -> None:
+        self.deadline = time.monotonic() + self.timeout  # a command goes out
+        self._send(data)
+
+    def _overdue(self) -> _Overdue:
+        return _Overdue(
+            f"the answer came slower than {_MIN_RATE // 1024} KiB/s after {self.timeout:g}s"
+        )
+
+    def _arm(self) -> None:
+        """Check the deadline and, once it is near, let the next socket read wait no
+        longer than it. (Only then: a settimeout per read cost a system call each,
+        which made fetching small bodies half again as slow.)"""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._overdue()
+        if left < self.timeout / 2:
+            self.imap.sock.settimeout(left)
+            self._short = True
+        elif self._short:
+            self.imap.sock.settimeout(self.timeout)
+            self._short = False
+
+    def _piece(self, read: Callable[[int], bytes], n: int) -> bytes:
+        """One buffered read; a socket timeout cut short by `_arm` is the deadline's."""
+        try:
+            return read(n)
+        except TimeoutError as e:
+            if self._short:
+                raise self._overdue() from e
+            raise
+
+    def readline(self) -> bytes:
+        f = self.imap.file
+        self._arm()
+        pieces: list[bytes] = []
+        size = 0
+        while True:
+            buffered = self._piece(f.peek, 1)  # what is buffered, or one socket read
+            if not buffered:
+                break  # EOF: the caller sees a line without CRLF
+            end = buffered.find(b"\n")
+            piece = f.read(end + 1 if end >= 0 else len(buffered))
+            pieces.append(piece)
+            size += len(piece)
+            self.deadline += len(piece) / _MIN_RATE
+            if end >= 0:
+                break
+            if size > _LINE_MAX:
+                raise imaplib.IMAP4.error(f"got more than {_LINE_MAX} bytes")
+            self._arm()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read(self, size: int) -> bytes:
+        if size > self.limit:
+            with suppress(OSError):
+                self.imap.sock.shutdown(socket.SHUT_RDWR)
+            raise _LiteralRefused(
+                f"the server announced {size} bytes where at most {self.limit} were "
+                f"expected{f' ({self.expected})' if self.expected else ''}; the "
+                "connection was dropped rather than read them"
+            )
+        f = self.imap.file
+        pieces: list[bytes] = []
+        got = 0
+        while got < size:
+            self._arm()
+            piece = self._piece(f.read1, min(size - got, 1 << 20))
+            if not piece:
+                break  # EOF: the caller sees a short literal
+            pieces.append(piece)
+            got += len(piece)
+            self.deadline += len(piece) / _MIN_RATE
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 # -- pure helpers (tested from tables) -----------------------------------------------
 
 
@@ -192,8 +331,11 @@ _FLAG_SETS_MAX = 4096
 
 
 def _flags_of(value: object) -> Flags:
+    """The flags of a FETCH's FLAGS item. A value that is not a list (NIL, an atom)
+    raises ValueError: read as "no flags" it would take every flag away from the
+    message on the other side. Callers check that the item is there first."""
     if not isinstance(value, tuple):
-        return frozenset()
+        raise ValueError(f"FLAGS {_text(value)!r:.40} is not a list")
     flags = _FLAG_SETS.get(value)
     if flags is None:
         if len(_FLAG_SETS) >= _FLAG_SETS_MAX:
@@ -312,7 +454,9 @@ _FETCH_HEAD_RE = re.compile(
 )
 _FETCH_TAIL_RE = re.compile(rb"((?: " + _FETCH_ITEM + rb")*)\)\Z")
 # list_messages' answer in the order asked (Dovecot's, and most servers')
-_LISTING_RE = re.compile(rb'\d+ \(UID (\d+) FLAGS \(([^()"{}\x00-\x1f]*)\) RFC822\.SIZE (\d+)\)\Z')
+_LISTING_RE = re.compile(
+    rb'(\d+) \(UID (\d+) FLAGS \(([^()"{}\x00-\x1f]*)\) RFC822\.SIZE (\d+)\)\Z'
+)
 _FETCH_START_RE = re.compile(rb"\* (\d+) FETCH ")
 _LITERAL_END_RE = re.compile(rb"\{(\d+)\}\Z")
 _FETCH_ITEM_RE = re.compile(
@@ -477,7 +621,17 @@ def parse_listing(data: Iterable[Any]) -> dict[int, RemoteMessage]:
     change while the command ran) merge in order, as in `parse_fetch`."""
     flags: dict[int, Flags] = {}
     sizes: dict[int, int] = {}
+    # message sequence number of each UID's size: a UID listed (with its size) at two
+    # sequence numbers is two messages claiming one UID, and which one the UID means
+    # cannot be told; ValueError then, so the folder fails rather than sync either
+    seqs: dict[int, int] = {}
     match = _LISTING_RE.match
+
+    def sized(uid: int, seq: int, size: int) -> None:
+        if seqs.setdefault(uid, seq) != seq:
+            raise ValueError(f"UID {uid} is listed for two messages ({seqs[uid]} and {seq})")
+        sizes[uid] = size
+
     pending: list[Part] = []
     for item in data:
         if item is None:
@@ -485,19 +639,21 @@ def parse_listing(data: Iterable[Any]) -> dict[int, RemoteMessage]:
         if not pending and isinstance(item, bytes):
             m = match(item)
             if m is not None:
-                uid = int(m.group(1))
-                flags[uid] = _flags_in(m.group(2))
-                sizes[uid] = int(m.group(3))
+                uid = int(m.group(2))
+                flags[uid] = _flags_in(m.group(3))
+                sized(uid, int(m.group(1)), int(m.group(4)))
                 continue
         pending.append(item)
         if isinstance(item, tuple):
             continue
+        first = pending[0][0] if isinstance(pending[0], tuple) else pending[0]
+        seq = int(first.split(b" ", 1)[0])
         for row in iter_fetch(pending):
             uid = row[b"UID"]
             if b"FLAGS" in row:
                 flags[uid] = _flags_of(row[b"FLAGS"])
             if b"RFC822.SIZE" in row:
-                sizes[uid] = int(row[b"RFC822.SIZE"])
+                sized(uid, seq, int(row[b"RFC822.SIZE"]))
         pending = []
     return {
         uid: RemoteMessage(uid, flags.get(uid, NO_FLAGS), size)
@@ -657,6 +813,7 @@ class ImapStore:
         self._address = address
         self._capabilities = capabilities
         self._timeout = timeout
+        self._guard = _ReadGuard(getattr(client, "_imap", None), timeout)
         self._delimiter: str | None = None
         self._delimiter_known = False
         # The personal namespace's prefix that canonical names leave out (Courier's
@@ -673,6 +830,8 @@ class ImapStore:
         # The folder listing `statuses()` got along with the numbers, kept for the one
         # `list_folders()` that usually follows, to save it a round trip.
         self._listing: list[RemoteFolder] | None = None
+        # The folders the last `statuses()` listed but got no numbers for: name -> why.
+        self._status_failures: dict[str, str] = {}
 
     # -- connecting ---------------------------------------------------------------
 
@@ -834,12 +993,32 @@ class ImapStore:
         with self._translate("list folders"):
             rows = self._client.list_folders()
         folders: list[RemoteFolder] = []
+        names: list[tuple[str, str]] = []
         for attrs, delim, name in rows:
             delimiter = _text(delim) if delim is not None else None
             canonical = self._canonical(_text(name), delimiter)
             if canonical is not None:
                 folders.append(RemoteFolder(canonical, frozenset(_text(a) for a in attrs)))
+                if folders[-1].selectable:
+                    names.append((_text(name), canonical))
+        self._note_collisions(names)
         return folders
+
+    def _note_collisions(self, names: list[tuple[str, str]]) -> None:
+        """Two selectable server folders whose names map to one canonical name
+        (``a.b`` under delimiter '.' and ``a/b`` under '/', in two namespaces) cannot
+        both be that folder, and syncing either would mix them up: the name is named
+        in `status_failures()`, for the caller to skip."""
+        by_name: dict[str, list[str]] = {}
+        for server, canonical in names:
+            by_name.setdefault(canonical, []).append(server)
+        for canonical, servers in by_name.items():
+            if len(servers) > 1:
+                self._status_failures[canonical] = (
+                    f"folder {canonical!r} on {self._address}: the server lists "
+                    f"{' and '.join(repr(n) for n in servers)}, which all map to this name; "
+                    "none of them is synced; rename all but one on the server"
+                )
 
     def _canonical(self, server_name: str, delimiter: str | None) -> str | None:
         """The canonical name of a listed folder (learning the delimiter on the way),
@@ -859,11 +1038,15 @@ class ImapStore:
         """With LIST-STATUS (RFC 5819) one ``LIST "" "*" RETURN (STATUS (...))`` for
         the whole account, about 110 bytes per folder; without it LIST and a STATUS
         per selectable folder, pipelined. The listing is kept for the next
-        `list_folders()`."""
+        `list_folders()`. A folder whose STATUS the server refused is left out and
+        named in `status_failures()`."""
         items = self._status_items()
+        self._status_failures = {}
         if "LIST-STATUS" not in self._capabilities:
             folders = self._list_folders()
-            found = self._status_many([f.name for f in folders if f.selectable])
+            found = self._status_many(
+                [f.name for f in folders if f.selectable and f.name not in self._status_failures]
+            )
             self._listing = folders
             return found
         options = f"STATUS ({' '.join(items)})"
@@ -883,6 +1066,7 @@ class ImapStore:
                 raise imaplib.IMAP4.error(_text(data[0]) if data and data[0] else typ)
         folders = []
         numbers: dict[str, FolderStatus | None] = {}
+        names: list[tuple[str, str]] = []
         for entry in listed:
             server_name = utf7_decode(entry.name) if self._client.folder_encode else entry.name
             canonical = self._canonical(_text(server_name), entry.delimiter)
@@ -892,13 +1076,20 @@ class ImapStore:
             folders.append(folder)
             if not folder.selectable:
                 continue
+            names.append((_text(server_name), canonical))
             numbers[canonical] = _folder_status(entry.status or {}, items)
+        self._note_collisions(names)
+        for name in self._status_failures:
+            numbers.pop(name, None)
         # RFC 5819 lets a server leave out the STATUS of a folder it could not open;
         # asking for it alone either answers or says why not
         missing = [name for name, st in numbers.items() if st is None]
         found = self._status_many(missing) if missing else {}
         self._listing = folders
-        return {name: st or found[name] for name, st in numbers.items()}
+        return {name: st or found[name] for name, st in numbers.items() if st or name in found}
+
+    def status_failures(self) -> dict[str, str]:
+        return dict(self._status_failures)
 
     def _status_items(self) -> list[str]:
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
@@ -911,10 +1102,14 @@ class ImapStore:
         items = self._status_items()
         out: dict[str, FolderStatus] = {}
         for name, numbers in self._status_numbers(names, items).items():
-            with self._translate("status", name):
-                status = _folder_status(numbers, items)
-                if status is None:
-                    raise ValueError("the STATUS response is missing or incomplete")
+            try:
+                with self._translate("status", name):
+                    status = _folder_status(numbers, items)
+                    if status is None:
+                        raise ValueError("the STATUS response is missing or incomplete")
+            except ServerError as e:
+                self._status_failures[name] = str(e)
+                continue
             out[name] = status
         return out
 
@@ -922,7 +1117,8 @@ class ImapStore:
         """``STATUS name (items)`` of each folder, pipelined: a server without
         LIST-STATUS (Outlook) then costs a round trip per `_PIPELINE_DEPTH` folders,
         not one per folder. The answers are matched by the name each STATUS response
-        repeats; a folder whose STATUS failed raises, naming it."""
+        repeats; a folder whose STATUS failed is left out and named, with the
+        server's words, in `status_failures()`."""
         imap = self._client._imap
         servers = [self._server_name(name) for name in names]
         with self._translate("status"):
@@ -939,9 +1135,13 @@ class ImapStore:
         }
         out: dict[str, dict[bytes, int]] = {}
         for name, server, (typ, data) in zip(names, servers, results, strict=True):
-            with self._translate("status", name):
-                if typ != "OK":
-                    raise imaplib.IMAP4.error(_text(data[0]) if data and data[0] else typ)
+            try:
+                with self._translate("status", name):
+                    if typ != "OK":
+                        raise imaplib.IMAP4.error(_text(data[0]) if data and data[0] else typ)
+            except ServerError as e:
+                self._status_failures[name] = str(e)
+                continue
             out[name] = by_name.get(canonical_folder(server), {})
         return out
 
@@ -1080,7 +1280,7 @@ class ImapStore:
                     if uid in rows:
                         rows[uid].update(row)
         changed = {
-            uid: RemoteMessage(uid, _flags_of(row.get(b"FLAGS")))
+            uid: RemoteMessage(uid, _flags_of(row[b"FLAGS"]))
             for uid, row in sorted(rows.items())
             if uid not in vanished and b"FLAGS" in row
         }
@@ -1095,7 +1295,7 @@ class ImapStore:
             known = set(known_uids)
             vanished = known - self._existing(min(known), max(known))
         changed = {
-            uid: RemoteMessage(uid, _flags_of(row.get(b"FLAGS")))
+            uid: RemoteMessage(uid, _flags_of(row[b"FLAGS"]))
             for uid, row in sorted(rows.items())
             if uid not in vanished and b"FLAGS" in row
         }
@@ -1165,10 +1365,15 @@ class ImapStore:
         """Sizes first (cheap), then bodies in batches bounded by `fetch_batch_count`
         and `fetch_batch_bytes`, so that one huge message travels alone and many small
         ones share a round trip. Bodies are BODY.PEEK[], which leaves \\Seen alone.
-        Raises ServerError if the selection changes while the iterator is consumed."""
+        Raises ServerError if the selection changes while the iterator is consumed,
+        and, after yielding every message answered right, if the server answered
+        some wrongly (without a body, twice, FLAGS not a list, UIDs not asked for):
+        those are not yielded, since what they hold cannot be trusted."""
         folder = self._require_selected("fetch")
         generation = self._generation
         sizes = self.sizes(uids)
+        wrong: list[str] = []  # what the server answered wrongly, for the error
+        bad: set[int] = set()
         for batch in batches(sorted(sizes), sizes, self.fetch_batch_count, self.fetch_batch_bytes):
             if self._generation != generation:
                 raise ServerError(
@@ -1176,14 +1381,46 @@ class ImapStore:
                     "selecting another folder",
                     hint="this is a bug in mirrorsync; please report it",
                 )
-            with self._translate("fetch", folder):
-                rows = self._uid_fetch(uid_set(batch), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+            wanted = set(batch)
+            rows: dict[int, dict[bytes, Any]] = {}
+            largest = max(sizes[u] for u in batch)
+            # RFC822.SIZE is the size of BODY[]; some servers' are approximate, so a
+            # body may be somewhat larger, never many times so
+            expecting = self._guard.expecting(
+                2 * largest + 64 * 1024, f"the largest RFC822.SIZE asked for is {largest}"
+            )
+            with self._translate("fetch", folder), expecting:
+                data = self._uid_fetch_data(uid_set(batch), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+                for row in iter_fetch(data):
+                    uid = row[b"UID"]
+                    if uid not in wanted:
+                        wrong.append(f"UID {uid}, not asked for")
+                    elif b"BODY[]" in row and b"BODY[]" in rows.get(uid, {}):
+                        wrong.append(f"two bodies for UID {uid}")
+                        bad.add(uid)
+                    rows.setdefault(uid, {}).update(row)
             for uid in batch:
-                row = rows.get(uid, {})
-                body = row.get(b"BODY[]")
+                got = rows.get(uid)
+                if got is None or uid in bad:
+                    continue  # expunged meanwhile (or answered twice: noted)
+                body = got.get(b"BODY[]")
+                flags = got.get(b"FLAGS", ())  # absent: none (asked for, though)
                 if not isinstance(body, bytes):
-                    continue  # expunged meanwhile
-                yield uid, body, _flags_of(row.get(b"FLAGS")), _aware(row.get(b"INTERNALDATE"))
+                    wrong.append(f"UID {uid} without its body")
+                elif not isinstance(flags, tuple):
+                    wrong.append(f"UID {uid} with FLAGS that are not a list")
+                else:
+                    yield uid, body, _flags_of(flags), _aware(got.get(b"INTERNALDATE"))
+        if wrong:
+            # after the messages answered right (the caller keeps them), so that one
+            # misanswered message does not hold the folder's others back every run
+            raise ServerError(
+                f"fetch {folder!r} on {self._address}: the server answered wrongly "
+                f"({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}); "
+                f"{len(wrong)} not downloaded",
+                hint="the server misbehaves (report it to its administrator); "
+                "the rest of the folder was synced",
+            )
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """``UID FETCH set (UID RFC822.SIZE)``, in compact sets of bounded length."""
@@ -1208,7 +1445,8 @@ class ImapStore:
             raise ValueError("chunk must be positive")
         folder = self._require_selected("fetch")
         offset = 0
-        with self._translate("fetch", folder):
+        expecting = self._guard.expecting(chunk, f"a piece of at most {chunk} bytes")
+        with self._translate("fetch", folder), expecting:
             while True:
                 rows = self._uid_fetch(str(uid), f"(UID BODY.PEEK[]<{offset}.{chunk}>)")
                 row = rows.get(uid, {})
@@ -1404,8 +1642,11 @@ class ImapStore:
             row = rows.get(uid)
             if row is None:
                 continue  # expunged meanwhile
-            kept = [f for f in _flags_of(row.get(b"FLAGS")) if f.lower() not in drop]
-            if b"FLAGS" not in row or not all(_FLAG_RE.match(f) for f in kept):
+            if b"FLAGS" not in row:
+                refused.add(uid)
+                continue
+            kept = [f for f in _flags_of(row[b"FLAGS"]) if f.lower() not in drop]
+            if not all(_FLAG_RE.match(f) for f in kept):
                 refused.add(uid)
                 continue
             have = {f.lower() for f in kept}
@@ -1887,6 +2128,16 @@ class ImapStore:
             yield
         except MirrorsyncError:
             raise
+        except _LiteralRefused as exc:
+            raise ConnectionFailed(
+                f"{where} on {self._address}: {exc}",
+                hint="the server misbehaves; report it to its administrator",
+            ) from exc
+        except _Overdue as exc:
+            raise ConnectionFailed(
+                f"{self._address} did not finish {where} in time: {exc}",
+                hint="the server or the network is too slow; run again or raise timeout",
+            ) from exc
         except imaplib.IMAP4.readonly as exc:
             raise ServerError(
                 f"{where} on {self._address}: the folder is read-only",

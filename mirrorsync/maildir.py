@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 from mirrorsync import flags as flagmod
 from mirrorsync.dirstamp import read_stamp
-from mirrorsync.errors import LocalStoreError
+from mirrorsync.errors import LocalStoreError, abridged
 from mirrorsync.layout import MAILDIR_SUBDIRS, MAILDIRPP, NESTED, check_layout, folder_path
 from mirrorsync.layout import list_folders as _list_folders
 from mirrorsync.model import Flags, LocalMessage, canonical_folder
@@ -268,6 +268,10 @@ _REASONS: dict[int, tuple[str, str]] = {
     errno.EACCES: ("permission denied", "check the directory's permissions and re-run"),
     errno.EPERM: ("operation not permitted", "check the directory's permissions and re-run"),
     errno.EROFS: ("read-only file system", "remount it read-write and re-run"),
+    errno.ENAMETOOLONG: (
+        "name too long for the file system",
+        "rename the folder on the server (or exclude it in the config)",
+    ),
 }
 
 
@@ -279,9 +283,9 @@ def _os_error(
     reason, hint = _REASONS.get(e.errno or 0, ("", "re-run"))
     detail = e.strerror or str(e)
     if e.filename and Path(os.fsdecode(e.filename)) != path:
-        detail += f": {display_path(Path(os.fsdecode(e.filename)))}"
+        detail += f": {abridged(display_path(Path(os.fsdecode(e.filename))))}"
     what = f"{reason} {doing}" if reason else doing
-    return LocalStoreError(f"{what} {display_path(path)} ({detail})", f"{hint}; {lost}")
+    return LocalStoreError(f"{what} {abridged(display_path(path))} ({detail})", f"{hint}; {lost}")
 
 
 # --- the store ----------------------------------------------------------------------
@@ -485,7 +489,12 @@ class MaildirFolder:
         return f"MaildirFolder({str(self.path)!r}, {self.name!r})"
 
     def exists(self) -> bool:
-        return (self.path / "cur").is_dir() and (self.path / "new").is_dir()
+        """Raises LocalStoreError when the file system cannot even look (a path too
+        long for it, no permission): that is the folder's failure, not a missing one."""
+        try:
+            return (self.path / "cur").is_dir() and (self.path / "new").is_dir()
+        except OSError as e:
+            raise _os_error("looking for folder", self.path, e) from e
 
     # -- reading --
 

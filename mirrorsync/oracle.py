@@ -266,6 +266,9 @@ class Oracle:
         from mirrorsync.naming import kept_local
 
         local -= kept_local(sync.remote, sync.state, local - remote, False)
+        # a folder whose STATUS the server refused is left out of the run (and failed)
+        failed = set(sync.remote.status_failures())
+        known, local, remote = known - failed, local - failed, remote - failed
         counts: dict[str, int] = {}
         for name in known:
             if name in remote and name not in local:

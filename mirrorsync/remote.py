@@ -134,7 +134,15 @@ class RemoteStore(Protocol):
         every selectable folder, keyed by canonical name as in `list_folders`. With
         LIST-STATUS this is one round trip for the whole account, so unchanged
         folders can be skipped without selecting them. A `list_folders()` right after
-        may answer from the same listing instead of asking the server again."""
+        may answer from the same listing instead of asking the server again.
+        A folder whose STATUS the server refused (NO [SERVERBUG], no permission) is
+        left out of the result and named in `status_failures()`."""
+        ...
+
+    def status_failures(self) -> dict[str, str]:
+        """The folders the last `statuses()` listed but could not get the numbers of,
+        each with a one-line reason. They exist on the server: a caller must not take
+        them for deleted, only skip them (and say so)."""
         ...
 
     def select_changes(

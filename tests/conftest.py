@@ -205,3 +205,14 @@ class SettleClock:
 @pytest.fixture
 def settle_clock(monkeypatch: pytest.MonkeyPatch) -> SettleClock:
     return SettleClock(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def fault_proxy(dovecot: Dovecot) -> Iterator[Any]:
+    """A fault-injecting proxy (tests/faultproxy.py) in front of the session's Dovecot;
+    `fault_proxy.arm(...)` sets the fault (or a rewrite) of the runs that follow."""
+    from tests.faultproxy import FaultProxy
+
+    p = FaultProxy(dovecot.host, dovecot.port)
+    yield p
+    p.close()

@@ -151,6 +151,8 @@ class FakeRemoteStore:
         self.folders: dict[str, FakeFolder] = {"INBOX": FakeFolder(next(_uidvalidities))}
         self.selected: str | None = None
         self.closed = False
+        # folders whose STATUS the fake refuses, as a server with [SERVERBUG] would
+        self.refuse_status: set[str] = set()
         self.calls: list[str] = []  # protocol method names, in call order
         self.append_commands = 0
         self._failures: dict[str, list[MirrorsyncError]] = {}
@@ -374,7 +376,18 @@ class FakeRemoteStore:
 
     def statuses(self) -> dict[str, FolderStatus]:
         self._enter("statuses")
-        return {name: self._status(f) for name, f in sorted(self.folders.items())}
+        return {
+            name: self._status(f)
+            for name, f in sorted(self.folders.items())
+            if name not in self.refuse_status
+        }
+
+    def status_failures(self) -> dict[str, str]:
+        """As ImapStore: the folders whose STATUS `refuse_status` makes fail."""
+        return {
+            name: f"status {name!r} failed: [SERVERBUG] refused by the test"
+            for name in sorted(self.refuse_status & set(self.folders))
+        }
 
     def select_changes(
         self,

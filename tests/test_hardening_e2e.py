@@ -123,3 +123,30 @@ def test_a_full_disk_under_the_state_keeps_the_state(
     assert len(m.server_uids("INBOX")) == 2 and len(m.files("INBOX")) == 2
     m.assert_mirrored()
     m.close()
+
+
+def test_a_full_disk_under_the_maildir_is_one_line_and_the_rerun_completes(
+    account: Any, tmp_path: Path, small_fs: Path
+) -> None:
+    """The Maildir on a real full file system: the downloads stop with one line
+    (exit 1), no half-written file is left, and once space is freed the next run
+    completes: every message once, the same on both sides."""
+    m = Mirror(account, tmp_path)
+    m.root = small_fs / "Mail"
+    m.config.write_text(m.config.read_text().replace(str(tmp_path / "Mail"), str(m.root)))
+    m.client.append("INBOX", message("first"), flags=[b"\\Seen"])
+    m.sync()
+    (m.root / "INBOX" / "new" / "1800000000.M1P1.reader").write_bytes(b"Subject: mine\n\nlocal\n")
+    for n in range(12):
+        m.client.append("INBOX", message(n, body="x" * 20_000), flags=[b"\\Seen"])
+    filler = _fill(small_fs)
+    r = m.run("sync")
+    assert r.status == 1, r
+    (line,) = r.err.strip().splitlines()
+    assert "disk full" in line and "INBOX" in line and "internal error" not in line, line
+    assert not any(p for tmp in m.root.rglob("tmp") for p in tmp.iterdir())
+    filler.unlink()
+    m.sync()
+    snap = m.assert_mirrored()
+    assert sum(snap["INBOX"].values()) == 14 and set(snap["INBOX"].values()) == {1}
+    m.close()

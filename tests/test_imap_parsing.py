@@ -428,6 +428,28 @@ def test_statuses_asks_for_a_missing_status(scripted: Any) -> None:
     ]
 
 
+def test_a_refused_status_is_that_folders_failure_alone(scripted: Any) -> None:
+    """LIST-STATUS leaves out Locked (RFC 5819 allows it) and its own STATUS is
+    refused: the other folders' numbers come back, Locked is named with the
+    server's words, never taken for a folder that is not there."""
+    wire = (
+        b'* LIST (\\HasNoChildren) "/" INBOX\r\n'
+        b"* STATUS INBOX (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 17 HIGHESTMODSEQ 9)\r\n"
+        b'* LIST (\\HasNoChildren) "/" Locked\r\n'
+        b"{tag} OK listed\r\n"
+    )
+    store, _server = scripted(
+        [
+            (b"LIST ", wire),
+            (b'STATUS "Locked"', b"{tag} NO [SERVERBUG] Internal error occurred\r\n"),
+        ]
+    )
+    assert store.statuses() == {"INBOX": FolderStatus(17, 4, 3, 9)}
+    (why,) = store.status_failures().values()
+    assert "Locked" in store.status_failures() and "SERVERBUG" in why
+    assert [f.name for f in store.list_folders()] == ["INBOX", "Locked"]
+
+
 def test_statuses_failure_is_a_server_error(scripted: Any) -> None:
     store, _server = scripted([(b"LIST ", b"{tag} NO [UNAVAILABLE] try later\r\n")])
     with pytest.raises(ServerError, match="list folders with status"):

@@ -280,3 +280,21 @@ def test_a_failed_check_still_records_the_uploads(
         w.upload()
     (pair,) = w.state.pairs("Bulk")
     assert pair.hash == content_hash(EIGHT_BIT)
+
+
+def test_a_folder_whose_status_is_refused_is_not_taken_for_deleted(tmp_path: Path) -> None:
+    """Taken for deleted on the server, a synced folder whose files are all still
+    here would be reset and uploaded again (a second copy of every message once the
+    server answers again). Its STATUS refused, it is skipped and reported instead."""
+    w = World(tmp_path, FULL_CAPABILITIES)
+    for n in range(3):
+        w.add(message(n))
+    assert not w.sync.run().failed
+    w.remote.refuse_status.add("Bulk")
+    report = w.sync.run()
+    assert [(f.name, "SERVERBUG" in (f.error or "")) for f in report.failed] == [("Bulk", True)]
+    assert len(w.remote.folders["Bulk"].messages) == 3
+    assert len(w.state.pairs("Bulk")) == 3
+    w.remote.refuse_status.clear()
+    assert not w.sync.run().failed
+    assert len(w.remote.folders["Bulk"].messages) == 3
