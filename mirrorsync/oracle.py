@@ -195,7 +195,7 @@ class Oracle:
                 account = self.sync.account.remote
                 password = configmod.resolve_password(account, os.environ)
                 # no CONDSTORE: plain EXAMINE, and no unsolicited MODSEQs to read
-                store = ImapStore.connect(account, password, disable=("CONDSTORE",))
+                store = _connect_quietly(account, password)
                 # folder names as the engine's store gives them (a namespace left out)
                 from mirrorsync.naming import settle_prefix
 
@@ -470,6 +470,22 @@ class Oracle:
         _compare(self.sync, "the moves (quick check: no-op)", [], moves)
 
 
+def _connect_quietly(remote: configmod.RemoteConfig, password: str) -> ImapStore:
+    """The oracle's own connection, without CONDSTORE (a plain EXAMINE, no unsolicited
+    MODSEQs to read). What connecting warns of (tls: none) the run has said already."""
+    import logging
+
+    from mirrorsync.imapstore import ImapStore
+
+    logger = logging.getLogger("mirrorsync.imapstore")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return ImapStore.connect(remote, password, disable=("CONDSTORE",))
+    finally:
+        logger.setLevel(level)
+
+
 def _scan(mfolder: MaildirFolder) -> dict[str, LocalMessage]:
     """`MaildirFolder.scan`, by the real listing."""
     return {key: MaildirFolder.message(key, entry) for key, entry in _listing(mfolder).items()}
@@ -517,7 +533,6 @@ def verify_quick(key: str, chosen: Sequence[Mapping[str, object]], env: Mapping[
     must do nothing. Runs under the quick check's account locks."""
     from mirrorsync import configcache
     from mirrorsync.engine import AccountSync, SyncOptions
-    from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.state import State
 
@@ -531,15 +546,21 @@ def verify_quick(key: str, chosen: Sequence[Mapping[str, object]], env: Mapping[
                 f"of {key}\n  cached: {dict(facts)!r}\n  fresh:  {fresh!r}"
             )
         remote = account.remote
-        store = ImapStore.connect(
-            remote, configmod.resolve_password(remote, env), disable=("CONDSTORE",)
-        )
+        store = _connect_quietly(remote, configmod.resolve_password(remote, env))
         try:
             state = State.open(account.state_dir)
             try:
-                maildir = Maildir(account.local.path, account.local.layout)
+                maildir = Maildir(
+                    account.local.path,
+                    account.local.layout,
+                    folder_names=account.local.folder_names,
+                )
                 sync = AccountSync(account, store, maildir, state, SyncOptions(), lambda _: None)
                 sync.prior = state.folders()
+                # folder names as the run's own store gives them (a namespace left out)
+                from mirrorsync.naming import settle_prefix
+
+                settle_prefix(account, store, state, False, maildir.list_folders)
                 Oracle(sync, _ImapReader(store, own=False)).check_noop()
             finally:
                 state.close()

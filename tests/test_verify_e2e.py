@@ -16,6 +16,16 @@ from tests.conftest import SettleClock
 from tests.harness import Mirror, message
 
 
+@pytest.fixture(autouse=True)
+def _no_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drift is, by construction, what the fast paths cannot see: the plan oracle,
+    which holds them equal to the full path, would rightly stop the plain syncs these
+    tests make to show that. A verifying run is the full path itself."""
+    from mirrorsync.oracle import ENV
+
+    monkeypatch.delenv(ENV, raising=False)
+
+
 @pytest.fixture
 def steady(account: Any, tmp_path: Path, settle_clock: SettleClock) -> Mirror:
     """INBOX with three messages, in steady state: the fast paths skip it."""
