@@ -614,7 +614,10 @@ class NotifySession:
                 args = (b"SET", b"STATUS", events) if with_status else (b"SET", events)
                 resp = conn.command(b"NOTIFY", *args, on_untagged=self._initial)
                 if resp.kind == "OK":
-                    self._events, self._with_status = events, with_status
+                    # A server that takes the STATUS indicator but sends no status
+                    # (INBOX at least exists) gives renewals nothing to compare.
+                    self._events = events
+                    self._with_status = with_status and bool(self._known)
                     break
                 refused = _clean(resp.text)
             else:
@@ -648,11 +651,9 @@ class NotifySession:
             known = self._known.get(name)
             if known is None or any(known.get(k) != v for k, v in status.items()):
                 self._changed(name, "server change NOTIFY did not announce")
-            self._known[name] = status
-        if self._known.keys() - heard.keys():
-            for name in self._known.keys() - heard.keys():
-                del self._known[name]
-            self._changed(None, "server folder list changed")
+        # A folder not heard of is forgotten, not synced: a deletion is announced
+        # with LIST, and one missed is found by Dovecot's timer or the full check.
+        self._known = heard
         now = self._clock()
         self._renew_at = now + RENEW_EVERY if now - self._last_change < ACTIVE_FOR else float("inf")
 
