@@ -614,10 +614,8 @@ class NotifySession:
                 args = (b"SET", b"STATUS", events) if with_status else (b"SET", events)
                 resp = conn.command(b"NOTIFY", *args, on_untagged=self._initial)
                 if resp.kind == "OK":
-                    # A server that takes the STATUS indicator but sends no status
-                    # (INBOX at least exists) gives renewals nothing to compare.
-                    self._events = events
-                    self._with_status = with_status and bool(self._known)
+                    # (A new account may have no folder yet: no STATUS at all.)
+                    self._events, self._with_status = events, with_status
                     break
                 refused = _clean(resp.text)
             else:
