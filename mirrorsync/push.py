@@ -68,6 +68,12 @@ NOTIFY_EVENTS = (
     # about new and expunged messages; flag changes then wait for the full check.
     b"(personal (MessageNew MessageExpunge MailboxName))",
 )
+# While changes flow (one was announced within ACTIVE_FOR seconds), NOTIFY is set
+# again every RENEW_EVERY seconds: Dovecot's watch goes stale when its index log is
+# rotated (see NotifySession). ACTIVE_FOR exceeds Dovecot's 30 s fallback timer, so a
+# watch gone stale while changes flow is renewed before the daemon stops renewing.
+RENEW_EVERY = 1.0
+ACTIVE_FOR = 60.0
 # Untagged responses that mean "this selected folder changed" during IDLE.
 _FOLDER_CHANGES = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
 _LITERAL_RE = re.compile(rb"\{(\d+)(\+?)\}$")
@@ -423,11 +429,13 @@ class ImapConnection:
         duration: float,
         on_untagged: Callable[[Response], None],
         stop: threading.Event,
+        end_by: Callable[[], float] | None = None,
     ) -> None:
-        """IDLE for `duration` seconds (or until `stop`), passing what the server
-        says to `on_untagged`, then DONE and wait for the end of the command. DONE
-        is answered within the timeout or the connection counts as lost, so a dead
-        network never blocks here (imapclient issue 449)."""
+        """IDLE for `duration` seconds (or until `stop`, or until the monotonic time
+        `end_by()` returns, which `on_untagged` may bring forward), passing what the
+        server says to `on_untagged`, then DONE and wait for the end of the command.
+        DONE is answered within the timeout or the connection counts as lost, so a
+        dead network never blocks here (imapclient issue 449)."""
         tag = f"M{next(self._tags)}".encode()
         self.send(tag + b" IDLE\r\n")
         ended = self._await_continuation(tag, on_untagged)
@@ -437,7 +445,7 @@ class ImapConnection:
             return
         until = time.monotonic() + duration
         while not stop.is_set():
-            resp = self.read_response(until)
+            resp = self.read_response(until if end_by is None else min(until, end_by()))
             if resp is None:
                 break
             if resp.tag == tag.decode():
@@ -566,7 +574,23 @@ def _clean(text: str) -> str:
 
 
 class NotifySession:
-    """NOTIFY on one connection for every folder of the personal namespace."""
+    """NOTIFY on one connection for every folder of the personal namespace.
+
+    Dovecot 2.3 watches its list index log with inotify on the file it found when
+    NOTIFY was set. Under a steady load that log is rotated (renamed, and a new one
+    created) every minute or two, and from then on the watch sees nothing: changes
+    are announced only by Dovecot's `mailbox_idle_check_interval` timer, every 30 s,
+    in one burst. A NOTIFY SET makes Dovecot watch the current file again. So while
+    changes flow (one was announced in the last `ACTIVE_FOR` seconds) NOTIFY is set
+    again every `RENEW_EVERY` seconds, with the STATUS indicator (RFC 5465 section
+    5.1): the server then sends the status of every folder, and a folder whose status
+    differs from the last one heard had a change that was never announced. When
+    nothing changes, nothing is renewed: an idle daemon costs no more than before.
+
+    The last status heard of each folder also filters Dovecot's spurious events (a
+    STATUS for a folder that did not change, e.g. after another client selected it):
+    with CONDSTORE every change raises HIGHESTMODSEQ, so a STATUS that carries it and
+    repeats what was known is no change."""
 
     label = "push (NOTIFY)"
 
@@ -576,6 +600,7 @@ class NotifySession:
         wanted: Callable[[str], bool],
         refresh: float,
         prefix: Callable[[ImapConnection], str] = lambda conn: "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sink = sink
         self.wanted = wanted
@@ -583,6 +608,13 @@ class NotifySession:
         self.delimiter: str | None = None
         self.prefix = prefix  # asked at each connection: the first sync may set it
         self._prefix = ""
+        self._clock = clock
+        self._events: bytes | None = None  # the event groups the server accepted
+        self._with_status = False  # whether it accepted the STATUS indicator
+        self._known: dict[str, dict[str, int]] = {}  # folder -> last status heard
+        self._last_change = -ACTIVE_FOR  # when a change was last announced
+        self._renew_at = float("inf")  # when NOTIFY is to be set again
+        self.renewals = 0  # NOTIFY SETs after the first, for tests and benchmarks
 
     def run(
         self, conn: ImapConnection, stop: threading.Event, connected: Callable[[], None]
@@ -595,31 +627,103 @@ class NotifySession:
             # With CONDSTORE enabled, a flag change in a folder that is not selected
             # is announced too (a STATUS with HIGHESTMODSEQ).
             conn.command(b"ENABLE", b"CONDSTORE")
+        self._known.clear()
+        self._renew_at = float("inf")
         refused = ""
-        for events in NOTIFY_EVENTS:
-            resp = conn.command(b"NOTIFY", b"SET", events, on_untagged=self.handle)
-            if resp.kind == "OK":
-                break
-            refused = _clean(resp.text)
+        # The STATUS indicator first: it gives the status to compare renewals with.
+        for with_status in (True, False):
+            for events in NOTIFY_EVENTS:
+                args = (b"SET", b"STATUS", events) if with_status else (b"SET", events)
+                resp = conn.command(b"NOTIFY", *args, on_untagged=self._initial)
+                if resp.kind == "OK":
+                    # (A new account may have no folder yet: no STATUS at all.)
+                    self._events, self._with_status = events, with_status
+                    break
+                refused = _clean(resp.text)
+            else:
+                continue
+            break
         else:
             raise NotifyUnavailable(f"{conn.address} refused NOTIFY SET: {refused}")
         connected()
         self.sink(None, PUSH_CONNECTED)
         while not stop.is_set():
-            conn.idle(self.refresh, self.handle, stop)
+            conn.idle(self.refresh, self.handle, stop, lambda: self._renew_at)
+            if not stop.is_set() and self._clock() >= self._renew_at:
+                self.renew(conn)
+
+    def renew(self, conn: ImapConnection) -> None:
+        """NOTIFY SET again, and announce every folder whose status changed unheard."""
+        assert self._events is not None
+        self.renewals += 1
+        heard: dict[str, dict[str, int]] = {}
+
+        def collect(resp: Response) -> None:
+            found = self._status(resp)
+            if found is not None and found[0] is not None:
+                heard.setdefault(found[0], {}).update(found[1])
+            else:
+                self.handle(resp)
+
+        resp = conn.command(b"NOTIFY", b"SET", b"STATUS", self._events, on_untagged=collect)
+        conn.check(resp, "NOTIFY SET")
+        for name, status in heard.items():
+            known = self._known.get(name)
+            if known is None or any(known.get(k) != v for k, v in status.items()):
+                self._changed(name, "server change NOTIFY did not announce")
+        # A folder not heard of is forgotten, not synced: a deletion is announced
+        # with LIST, and one missed is found by Dovecot's timer or the full check.
+        self._known = heard
+        now = self._clock()
+        self._renew_at = now + RENEW_EVERY if now - self._last_change < ACTIVE_FOR else float("inf")
 
     def handle(self, resp: Response) -> None:
-        if resp.kind == "STATUS":
-            values = resp.values()
-            name = mailbox_name(values[0], self.delimiter, self._prefix) if values else None
+        found = self._status(resp)
+        if found is not None:
+            name, status = found
             if name is None:
-                self.sink(None, "server change in an unknown folder")
-            elif self.wanted(name):
-                self.sink(name, "server change")
+                self._changed(None, "server change in an unknown folder")
+                return
+            known = self._known.setdefault(name, {})
+            repeated = "HIGHESTMODSEQ" in status and all(
+                known.get(k) == v for k, v in status.items()
+            )
+            known.update(status)
+            if not repeated:
+                self._changed(name, "server change")
         elif resp.kind == "LIST":
-            self.sink(None, "server folder list changed")
+            self._changed(None, "server folder list changed")
         elif resp.kind == "OK" and resp.code == "NOTIFICATIONOVERFLOW":
-            self.sink(None, "server notification overflow")
+            self._changed(None, "server notification overflow")
+
+    def _initial(self, resp: Response) -> None:
+        """The answers to the first NOTIFY SET: what is known when listening starts."""
+        found = self._status(resp)
+        if found is not None and found[0] is not None:
+            self._known.setdefault(found[0], {}).update(found[1])
+
+    def _status(self, resp: Response) -> tuple[str | None, dict[str, int]] | None:
+        """(folder, status items) of a STATUS response, None for other responses."""
+        if resp.kind != "STATUS":
+            return None
+        values = resp.values()
+        name = mailbox_name(values[0], self.delimiter, self._prefix) if values else None
+        items: dict[str, int] = {}
+        if len(values) >= 2 and isinstance(values[1], tuple):
+            pairs = values[1]
+            for key, value in zip(pairs[::2], pairs[1::2], strict=False):
+                if isinstance(key, bytes) and isinstance(value, int):
+                    items[key.decode("ascii", "replace").upper()] = value
+        return name, items
+
+    def _changed(self, name: str | None, why: str) -> None:
+        if name is not None and not self.wanted(name):
+            return
+        now = self._clock()
+        self._last_change = now
+        if self._with_status and self._renew_at == float("inf"):
+            self._renew_at = now + RENEW_EVERY
+        self.sink(name, why)
 
 
 class IdleSession:

@@ -40,12 +40,16 @@ from mirrorsync.daemon import ChangeQueue, max_delay
 from mirrorsync.devserver import Dovecot
 from mirrorsync.errors import AuthenticationFailed, ConfigError
 from mirrorsync.push import (
+    ACTIVE_FOR,
+    NOTIFY_EVENTS,
+    RENEW_EVERY,
     Backoff,
     ConnectionLost,
     IdleSession,
     ImapConnection,
     NotifySession,
     NotifyUnavailable,
+    Response,
     mailbox_name,
     parse_line,
     quote,
@@ -454,7 +458,7 @@ def test_notify_refused_falls_back_to_fewer_events_then_gives_up(fake: FakeServe
     def server() -> None:
         tag = fake.expect_line().split()[0]  # LIST "" ""
         fake.send(b'* LIST (\\Noselect) "/" ""\r\n' + tag + b" OK done\r\n")
-        for _ in range(2):
+        for _ in range(4):
             line = fake.expect_line()
             seen.append(line.split(b" ", 1)[1])
             fake.send(line.split()[0] + b" NO [BADEVENT] not here\r\n")
@@ -466,7 +470,13 @@ def test_notify_refused_falls_back_to_fewer_events_then_gives_up(fake: FakeServe
         session.run(fake.conn, threading.Event(), lambda: None)
     t.join()
     assert session.delimiter == "/"
-    assert b"FlagChange" in seen[0] and b"FlagChange" not in seen[1]
+    # With the STATUS indicator first (renewals compare with it), then without.
+    assert [(b" STATUS " in x, b"FlagChange" in x) for x in seen] == [
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
 
 
 def test_notify_session_maps_responses_to_folders() -> None:
@@ -483,6 +493,68 @@ def test_notify_session_maps_responses_to_folders() -> None:
     ):
         session.handle(parse_line(line))
     assert rec.folders == ["INBOX", "Wörk", None, None]
+
+
+class _SetAgain:
+    """A connection that answers NOTIFY SET STATUS with the given STATUS lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.commands: list[tuple[bytes, ...]] = []
+
+    def command(self, *args: bytes, on_untagged: Any = None) -> Response:
+        self.commands.append(args)
+        for line in self.lines:
+            on_untagged(parse_line((line,)))
+        return parse_line((b"M1 OK NOTIFY completed",))
+
+    def check(self, resp: Response, what: str) -> Response:
+        return resp
+
+
+def test_notify_renewal_announces_only_folders_whose_status_changed_unheard() -> None:
+    """While changes flow, NOTIFY is set again (Dovecot's watch goes stale when its
+    index log rotates); the status it sends then names what NOTIFY missed, and only
+    that, and Dovecot's repeated STATUS for an unchanged folder is no change."""
+    rec = Recorder()
+    now = [100.0]
+    session = NotifySession(rec, lambda name: name != "Junk", refresh=60, clock=lambda: now[0])
+    session.delimiter = "/"
+    session._events, session._with_status = NOTIFY_EVENTS[0], True
+    for line in (
+        b"* STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1 UNSEEN 0 HIGHESTMODSEQ 5)",
+        b"* STATUS Work (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1 UNSEEN 0 HIGHESTMODSEQ 2)",
+        b"* STATUS Junk (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1 UNSEEN 0 HIGHESTMODSEQ 2)",
+    ):
+        session._initial(parse_line((line,)))
+    assert session._renew_at == float("inf")  # nothing flows: nothing is renewed
+    # A repeat of what is known (Dovecot sends those) is no change; a new value is.
+    session.handle(parse_line((b"* STATUS Work (UNSEEN 0 HIGHESTMODSEQ 2)",)))
+    assert rec.calls == []
+    session.handle(parse_line((b"* STATUS Work (UNSEEN 0 HIGHESTMODSEQ 3)",)))
+    assert rec.calls == [("Work", "server change")]
+    assert session._renew_at == 100.0 + RENEW_EVERY
+    # The renewal: INBOX changed without a word, Work and Junk did not (as far as
+    # Junk matters), and a folder appeared.
+    conn = _SetAgain()
+    conn.lines = [
+        b"* STATUS INBOX (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 1 UNSEEN 1 HIGHESTMODSEQ 6)",
+        b"* STATUS Work (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1 UNSEEN 0 HIGHESTMODSEQ 3)",
+        b"* STATUS Junk (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1 UNSEEN 0 HIGHESTMODSEQ 3)",
+        b"* STATUS New (MESSAGES 0 UIDNEXT 1 UIDVALIDITY 7 UNSEEN 0 HIGHESTMODSEQ 1)",
+    ]
+    now[0] = 101.0
+    rec.calls.clear()
+    session.renew(conn)  # type: ignore[arg-type]
+    assert conn.commands == [(b"NOTIFY", b"SET", b"STATUS", NOTIFY_EVENTS[0])]
+    assert sorted(rec.folders) == ["INBOX", "New"]
+    assert session._renew_at == 101.0 + RENEW_EVERY  # changes flow: again soon
+    # Nothing new: nothing announced; after ACTIVE_FOR quiet seconds the renewals stop.
+    now[0] = 101.0 + ACTIVE_FOR + 1
+    rec.calls.clear()
+    session.renew(conn)  # type: ignore[arg-type]
+    assert rec.calls == []
+    assert session._renew_at == float("inf")
 
 
 def test_idle_session_maps_responses_to_its_folder() -> None:
