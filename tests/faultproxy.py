@@ -313,6 +313,11 @@ class Proxied:
     proxy: FaultProxy
 
     @property
+    def server(self) -> Any:
+        """The real server (its folder naming, for the harness)."""
+        return self.account.server
+
+    @property
     def host(self) -> str:
         return self.proxy.host
 

@@ -19,6 +19,14 @@ from tests.harness import message
 LONG = "/".join(f"{i:02d}" + "x" * 198 for i in range(25))  # 25 components of 200 bytes
 
 
+@pytest.fixture(autouse=True)
+def _no_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan oracle reads on a connection of its own, which would go through the
+    proxy too and take its faults and rewritten answers: what these tests judge is
+    the run, so the oracle stays out of them."""
+    monkeypatch.delenv("MIRRORSYNC_PLAN_ORACLE", raising=False)
+
+
 def _with_listed(extra: bytes) -> Any:
     """A rewrite that lists `extra` (LIST and STATUS lines) right after INBOX's LIST."""
 
