@@ -378,11 +378,7 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
             try:
                 # Every command of the session names folders as the syncs do; only a
                 # sync records the choice (`AccountSync.run` settles it again).
-                maildir = Maildir(
-                    account.local.path,
-                    account.local.layout,
-                    folder_names=account.local.folder_names,
-                )
+                maildir = Maildir.of(account.local)
                 settle_prefix(account, remote, state, False, maildir.list_folders)
                 yield Session(remote, state, maildir)
             except sqlite3.DatabaseError as e:

@@ -390,11 +390,7 @@ class AccountLoop(threading.Thread):
             try:
                 state = State.open(account.state_dir)
                 try:
-                    maildir = Maildir(
-                        account.local.path,
-                        account.local.layout,
-                        folder_names=account.local.folder_names,
-                    )
+                    maildir = Maildir.of(account.local)
                     report = AccountSync(
                         account, store, maildir, state, options, self._out.result
                     ).run()

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    from mirrorsync.config import LocalConfig
+
 from mirrorsync import flags as flagmod
 from mirrorsync.dirstamp import read_stamp
 from mirrorsync.errors import LocalStoreError, abridged
@@ -308,6 +310,11 @@ class Maildir:
         self.aliases: dict[str, Path] = {}
         # local.folder_names: directories named in modified UTF-7 (see `adopt`)
         self.utf7 = folder_names == "modified-utf-7"
+
+    @classmethod
+    def of(cls, local: LocalConfig) -> Maildir:
+        """The Maildir an account's `local:` settings describe."""
+        return cls(local.path, local.layout, folder_names=local.folder_names)
 
     def exists(self) -> bool:
         return self.root.is_dir()

@@ -550,11 +550,7 @@ def verify_quick(key: str, chosen: Sequence[Mapping[str, object]], env: Mapping[
         try:
             state = State.open(account.state_dir)
             try:
-                maildir = Maildir(
-                    account.local.path,
-                    account.local.layout,
-                    folder_names=account.local.folder_names,
-                )
+                maildir = Maildir.of(account.local)
                 sync = AccountSync(account, store, maildir, state, SyncOptions(), lambda _: None)
                 sync.prior = state.folders()
                 # folder names as the run's own store gives them (a namespace left out)

@@ -30,11 +30,7 @@ class FolderLine:
 def folder_lines(account: AccountConfig) -> tuple[list[FolderLine], float]:
     """Per-folder lines, and the time of the last complete sync of the account (a
     folder found unchanged then is as fresh as that, though its row is older)."""
-    maildir = Maildir(
-        account.local.path,
-        account.local.layout,
-        folder_names=account.local.folder_names,
-    )
+    maildir = Maildir.of(account.local)
     state = State.open(account.state_dir)
     try:
         account_sync = float(state.get_meta("last_sync") or 0)
