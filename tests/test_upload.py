@@ -175,7 +175,8 @@ def test_a_file_gone_before_it_is_read_is_skipped(
 ) -> None:
     w = World(tmp_path, FULL_CAPABILITIES)
     keys = [w.add(message(n)) for n in range(3)]
-    items = sorted(w.folder.scan().values(), key=lambda m: m.key)
+    # in the order added (keys do not sort by time), so the second one added goes
+    items = sorted(w.folder.scan().values(), key=lambda m: keys.index(m.key))
     w.folder.path_of(items[1]).unlink()
     rep = FolderReport("Bulk")
     assert w.sync._upload("Bulk", w.folder, items, rep) == 0
