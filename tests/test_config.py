@@ -867,12 +867,18 @@ def test_password_command_timeout_ends_the_whole_group(env: dict[str, str], tmp_
     message = password_error(remote(password_command=command), env, timeout=0.5)
     assert "did not finish within 0.5 s" in message
     pid = int(pidfile.read_text())
-    # SIGKILL was sent before the error was raised: the child is gone or a zombie
-    # waiting for init, never still sleeping.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        state = "gone"
+    # SIGKILL went to the whole group before the error was raised; the kernel takes a
+    # moment to carry it out. The child must end (gone, or a zombie waiting for
+    # init), never go on sleeping.
+    state = ""
+    for _ in range(500):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        if state in ("gone", "Z", "X"):
+            break
+        time.sleep(0.01)
     assert state in ("gone", "Z", "X"), f"the command's child {pid} outlived the timeout"
 
 
