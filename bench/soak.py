@@ -70,7 +70,7 @@ from mirrorsync.devserver import Dovecot
 REPO = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "soak", "soak-pw"
 FOLDERS = ("INBOX", "Work", "Lists", "Archive")
-SEED_MESSAGES = 40  # per folder
+SEED_MESSAGES = 160  # the whole account at the start, spread over FOLDERS
 MAX_NEW_FOLDERS = 3
 RACE_WINDOW = 10.0  # seconds: actions of both sides on one message this close are a race
 DISTURBED = 12.0  # seconds after a restart or SIGHUP whose latency samples are set apart
@@ -315,9 +315,17 @@ def summary(xs: list[float]) -> dict[str, float | int]:
 
 
 class Soak:
-    def __init__(self, base: Path, seconds: float, seed: int, idle: bool = False) -> None:
+    def __init__(
+        self,
+        base: Path,
+        seconds: float,
+        seed: int,
+        idle: bool = False,
+        messages: int = SEED_MESSAGES,
+    ) -> None:
         self.base = base
         self.seconds = seconds
+        self.seed_messages = messages
         self.rnd_server = random.Random(seed)
         self.rnd_local = random.Random(seed + 1)
         self.seed = seed
@@ -390,7 +398,7 @@ class Soak:
         for folder in FOLDERS[1:]:
             c.create_folder(folder)
         for folder in FOLDERS:
-            for _ in range(SEED_MESSAGES):
+            for _ in range(self.seed_messages // len(FOLDERS)):
                 mid, n = self.new_mid()
                 flags = self.rnd_server.choice(["", "S", "S", "FS", "F"])
                 c.append(folder, message(mid, n), flags=_imap_flags(flags))
@@ -824,11 +832,17 @@ def wait_for(check: Any, timeout: float) -> None:
     raise TimeoutError("the daemon did not start listening")
 
 
-def run(minutes: float, seed: int = 1, idle: bool = False, base: Path | None = None) -> Result:
+def run(
+    minutes: float,
+    seed: int = 1,
+    idle: bool = False,
+    base: Path | None = None,
+    messages: int = SEED_MESSAGES,
+) -> Result:
     """Run one soak in `base` (a fresh temporary directory by default) and audit it."""
     own = base is None
     where = Path(tempfile.mkdtemp(prefix="mirrorsync-soak-")) if base is None else base
-    soak = Soak(where, minutes * 60, seed, idle)
+    soak = Soak(where, minutes * 60, seed, idle, messages)
     try:
         return soak.run()
     finally:
@@ -874,12 +888,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--idle", action="store_true", help="take NOTIFY away: push by IDLE")
+    ap.add_argument("--messages", type=int, default=SEED_MESSAGES, help="account size at the start")
     ap.add_argument("--keep", type=Path, help="run in this directory and keep it (logs)")
     ap.add_argument("--json", type=Path, help="write the full result here")
     args = ap.parse_args(argv)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-    r = run(args.minutes, args.seed, args.idle, args.keep)
+    r = run(args.minutes, args.seed, args.idle, args.keep, args.messages)
     print(report(r))
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(r), indent=1))
