@@ -16,6 +16,7 @@ PHASE_LABELS: dict[str, str] = {
     "initial": "initial sync (empty Maildir)",
     "noop-1": "no-op resync, first",
     "noop": "no-op resync, steady state",
+    "verify": "no-op resync, mirrorsync --verify",
     "remote": "resync after server-side batch",
     "local": "resync after local batch",
     "big": "resync after one 30 MB message",

@@ -26,6 +26,7 @@ from bench.tools import (
     TOOL_CLASSES,
     TOOL_NAMES,
     Mirrorsync,
+    MirrorsyncBase,
     OfflineImap,
     Server,
     Tool,
@@ -35,7 +36,7 @@ from bench.tools import (
 from bench.verify import Verdict, verify
 from mirrorsync.devserver import Dovecot
 
-PHASES = ("initial", "noop", "remote", "local", "big")
+PHASES = ("initial", "noop", "verify", "remote", "local", "big")
 FLOOR_USER, FLOOR_PASSWORD = "bench-floor", "secret"  # see bench/floor.py
 SETTLE_SECONDS = 1.1  # between a batch and the timed runs (see run_phase)
 # Before each timed run: Dovecot goes on working for a moment after a client that
@@ -45,6 +46,8 @@ QUIET_SECONDS = 1.0
 PHASE_HEADINGS = {
     "initial": "initial sync into an empty Maildir",
     "noop": "no-op resync, run twice (the second is the steady state)",
+    "verify": "no-op resync with mirrorsync's `sync --verify` (every UID and file checked); "
+    "the peers run their plain sync, which always compares whole UID lists",
     "remote": "resync after the same batch of changes on each server user",
     "local": "resync after the same batch of changes in each Maildir",
     "big": "resync after one 30 MB message arrived on the server (memory stays bounded)",
@@ -89,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="directory holding the mirrorsync package to run (default: this working tree; "
         "e.g. an export of a commit: git archive HEAD mirrorsync | tar -x -C DIR)",
     )  # fmt: skip
+    p.add_argument(
+        "--baseline-src", type=Path,
+        help="a second mirrorsync to time in the same run as tool mirrorsync-base "
+        "(e.g. a worktree of the commit before a change)",
+    )  # fmt: skip
     p.add_argument("--no-install", action="store_true", help="never apt-get install peers")
     p.add_argument(
         "--no-floors", action="store_true",
@@ -96,8 +104,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     args = p.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if args.baseline_src is not None and "mirrorsync-base" not in args.tools:
+        args.tools.insert(1, "mirrorsync-base")
     args.phases = [t.strip() for t in args.phases.split(",") if t.strip()]
-    bad = [t for t in args.tools if t not in TOOL_NAMES] + [
+    bad = [t for t in args.tools if t not in TOOL_CLASSES] + [
         ph for ph in args.phases if ph not in PHASES
     ]
     if bad or not args.tools or args.messages < 100:
@@ -143,7 +153,10 @@ class Bench:
             tool = TOOL_CLASSES[name](self.workdir / name, srv)
             if isinstance(tool, OfflineImap):
                 tool.connections = self.args.offlineimap_connections
-            if isinstance(tool, Mirrorsync):
+            if isinstance(tool, MirrorsyncBase):
+                tool.src = self.args.baseline_src.resolve()
+                print(f"bench: mirrorsync-base runs from {tool.module_file()}")
+            elif isinstance(tool, Mirrorsync):
                 tool.src = self.args.mirrorsync_src.resolve()
                 self.results["mirrorsync_module"] = tool.module_file()
                 print(f"bench: mirrorsync runs from {self.results['mirrorsync_module']}")
@@ -198,6 +211,16 @@ class Bench:
         if phase == "noop":
             self.timed_round("noop-1")
             self.timed_round("noop")
+            return
+        if phase == "verify":
+            mirrorsyncs = [t for t in self.tools if isinstance(t, Mirrorsync)]
+            for t in mirrorsyncs:
+                t.verify = True
+            try:
+                self.timed_round("verify")
+            finally:
+                for t in mirrorsyncs:
+                    t.verify = False
             return
         if phase in ("remote", "local", "big"):
             batch = (

@@ -114,11 +114,14 @@ class Mirrorsync(Tool):
         self.config = self.home / "config.yaml"
         self.config.write_text(yaml.safe_dump({"accounts": {"bench": acct}}, sort_keys=False))
 
+    verify = False  # `sync --verify` (the "verify" phase) instead of a plain sync
+
     def command(self) -> list[str]:
         venv = installed_venv(self.src, self.venv_dir)
+        extra = ["--verify"] if self.verify else []
         if venv is not None:
-            return [str(venv / "bin" / "mirrorsync"), "-c", str(self.config), "sync"]
-        return [sys.executable, "-m", "mirrorsync", "-c", str(self.config), "sync"]
+            return [str(venv / "bin" / "mirrorsync"), "-c", str(self.config), "sync", *extra]
+        return [sys.executable, "-m", "mirrorsync", "-c", str(self.config), "sync", *extra]
 
     def env(self) -> dict[str, str]:
         if installed_venv(self.src, self.venv_dir) is not None:
@@ -257,8 +260,17 @@ maxconnections = {self.connections}
         return ["offlineimap", "-c", str(self.config), "-o", "-u", "basic"]
 
 
+class MirrorsyncBase(Mirrorsync):
+    """A second mirrorsync, from `--baseline-src`: a before/after comparison in one run,
+    where both see the same server load and the same machine drift."""
+
+    name = "mirrorsync-base"
+    venv_dir = BENCH_VENV.with_name(BENCH_VENV.name + "-base")
+
+
 TOOL_CLASSES: dict[str, type[Tool]] = {
     "mirrorsync": Mirrorsync,
+    "mirrorsync-base": MirrorsyncBase,
     "mbsync": Mbsync,
     "offlineimap": OfflineImap,
 }
