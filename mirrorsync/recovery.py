@@ -44,6 +44,7 @@ from mirrorsync.errors import (
     LocalStoreError,
     MirrorsyncError,
     RecoveryNotice,
+    ServerError,
     StateError,
 )
 
@@ -210,6 +211,9 @@ class Survey:
     remote_count: int = 0
     one_side: int = 0  # copies whose Message-ID (or size) the other side has not
     ours: bool = False  # a local file has the name mirrorsync gives: it synced before
+    # What could not be read. A copy unseen could make another look unpaired, and be
+    # moved or removed although the message is in its folder: then nothing is.
+    unread: list[str] = field(default_factory=list)
 
 
 def _ident(msgid: str | None, size: int) -> tuple[str, object]:
@@ -224,7 +228,7 @@ def survey(
     messages whose Message-ID (size without one) is in different folders, or in a
     different number of copies, on the two sides."""
     from mirrorsync.content import content_hash, crlf_size, loose_hash, message_id, to_lf
-    from mirrorsync.maildir import is_own_key
+    from mirrorsync.maildir import MessageVanished, is_own_key
 
     s = Survey()
     Ident = tuple[str, object]
@@ -240,8 +244,11 @@ def survey(
         for key, msg in sorted(files.items()):
             try:
                 data = to_lf(mfolder.read(msg))
-            except LocalStoreError:
-                continue  # gone meanwhile: the sync sees it as it is then
+            except MessageVanished:
+                continue  # renamed or removed by a reader: the sync sees it as it is then
+            except LocalStoreError as e:
+                s.unread.append(str(e))
+                continue
             s.local_count += 1
             # content apart from tracking fields (a reader's save adds some)
             h = loose_hash(data) or content_hash(data)
@@ -249,10 +256,15 @@ def survey(
     if not s.local_count:
         return s  # nothing here to doubt: the server is not even listed
     for name in remote_names:
-        remote.select(name)
-        uids = list(remote.list_messages())
+        try:
+            remote.select(name)
+            uids = list(remote.list_messages())
+            found = remote.identities(uids)
+        except ServerError as e:
+            s.unread.append(str(e))
+            continue
         s.remote_count += len(uids)
-        for uid, i in remote.identities(uids).items():
+        for uid, i in found.items():
             remote_at[_ident(i.message_id, i.size)].append((name, uid))
     wanted: dict[str, list[int]] = defaultdict(list)
     for ident in local_at.keys() | remote_at.keys():
@@ -267,10 +279,13 @@ def survey(
         for folder, uid in there:
             wanted[folder].append(uid)
     for name in sorted(wanted):
-        remote.select(name)
-        for uid, body, _flags, _date in remote.fetch(sorted(wanted[name])):
-            data = to_lf(body)
-            s.remote.setdefault(name, {})[uid] = loose_hash(data) or content_hash(data)
+        try:
+            remote.select(name)
+            for uid, body, _flags, _date in remote.fetch(sorted(wanted[name])):
+                data = to_lf(body)
+                s.remote.setdefault(name, {})[uid] = loose_hash(data) or content_hash(data)
+        except ServerError as e:
+            s.unread.append(str(e))
     return s
 
 
@@ -368,6 +383,14 @@ def recover(
     s = survey(remote, maildir, local_names, remote_names)
     if not s.local_count or not s.remote_count:
         return {}  # one side is empty: nothing to doubt, everything is copied
+    if s.unread and choice in (LOCAL, SERVER):
+        log.warning(
+            "--recover=%s: %d failures to read (the first: %s); keeping every copy instead",
+            choice,
+            len(s.unread),
+            s.unread[0],
+        )
+        choice = KEEP
     actions, found = plan_recovery(s.local, s.remote, choice or KEEP)
     found.one_side += s.one_side
     notice = RecoveryNotice(

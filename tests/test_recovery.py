@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from fakeremote import FakeRemoteStore
 
-from mirrorsync.errors import RecoveryNotice
+from mirrorsync.errors import RecoveryNotice, ServerError
+from mirrorsync.maildir import Maildir
 from mirrorsync.recovery import (
     CHOICES,
     DropLocalCopy,
@@ -17,6 +20,7 @@ from mirrorsync.recovery import (
     MoveServerCopy,
     RecoveryAction,
     plan_recovery,
+    recover,
 )
 
 Local = dict[str, dict[str, str]]
@@ -158,3 +162,51 @@ def test_the_warning_says_what_is_in_doubt_and_what_is_done(
     assert text.startswith("[acct] no sync state") and "nothing is lost" not in text
     if not (elsewhere or extra):
         assert "--recover" not in text  # no choice would change anything
+
+
+def _world(tmp_path: Path) -> tuple[FakeRemoteStore, Maildir]:
+    """Message A in INBOX and Work on both sides, as synced before the state was lost."""
+    remote = FakeRemoteStore()
+    remote.create_folder("Work")
+    maildir = Maildir(tmp_path / "Mail")
+    maildir.root.mkdir(parents=True)
+    data = b"Message-ID: <a@rec.test>\nSubject: a\n\nbody\n"
+    for name in ("INBOX", "Work"):
+        remote.inject(name, data.replace(b"\n", b"\r\n"), ["\\Seen"])
+        folder = maildir.create_folder(name)
+        folder.deliver(folder.new_key(), data, frozenset({"\\Seen"}), 1_600_000_000)
+    return remote, maildir
+
+
+def _files(maildir: Maildir) -> dict[str, int]:
+    return {n: len(maildir.folder(n).scan()) for n in ("INBOX", "Work")}
+
+
+@pytest.mark.parametrize("choice", ["local", "server"])
+def test_a_side_not_read_in_full_makes_the_run_keep_every_copy(
+    tmp_path: Path, choice: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server would not list INBOX: its copy of A unseen, the Maildir's would
+    look like an extra one (and the server's copy in Work, under `local`, one the
+    Maildir lacks), and be removed although the message is there. So a survey that
+    could not read everything moves and removes nothing."""
+    remote, maildir = _world(tmp_path)
+    remote.fail("identities", ServerError("INBOX: no (injected)"))
+    recover("acct", remote, maildir, ["INBOX", "Work"], ["INBOX", "Work"], choice, False, print)
+    assert _files(maildir) == {"INBOX": 1, "Work": 1}
+    assert {n: len(f.messages) for n, f in remote.folders.items()} == {"INBOX": 1, "Work": 1}
+    assert f"--recover={choice}: 1 failures to read" in caplog.text
+    assert "keeping every copy instead" in caplog.text
+
+
+def test_nothing_in_doubt_means_nothing_done(tmp_path: Path) -> None:
+    remote, maildir = _world(tmp_path)
+    for choice in CHOICES:
+        assert (
+            recover(
+                "acct", remote, maildir, ["INBOX", "Work"], ["INBOX", "Work"], choice, False, print
+            )
+            == {}
+        )
+    assert _files(maildir) == {"INBOX": 1, "Work": 1}
+    assert {n: len(f.messages) for n, f in remote.folders.items()} == {"INBOX": 1, "Work": 1}
