@@ -556,11 +556,16 @@ class AccountSync:
                 fresh = unpaired_remote(i)
                 if not fresh or not wanted:
                     continue
-                self._select(n, i.status)
-                ids = self.remote.identities(fresh)
-                maybe = [u for u, x in ids.items() if (x.message_id, x.size) in wanted]
-                for uid, data, _f, _d in self.remote.fetch(maybe):
-                    remote_hashes[n][uid] = content_hash(to_lf(data))
+                try:
+                    self._select(n, i.status)
+                    ids = self.remote.identities(fresh)
+                    maybe = [u for u, x in ids.items() if (x.message_id, x.size) in wanted]
+                    for uid, data, _f, _d in self.remote.fetch(maybe):
+                        remote_hashes[n][uid] = content_hash(to_lf(data))
+                except ServerError as e:
+                    # this folder's failure (its plan is then skipped), not the run's
+                    reports[n].error = str(e)
+                    remote_hashes[n].clear()
         archives, archives_loose = self._archived_candidates(changed) if lost_local else ({}, {})
         if not any(local_hashes.values()) and not any(remote_hashes.values()) and not archives:
             if self._oracle:

@@ -253,6 +253,42 @@ def test_a_literal_far_larger_than_the_message_is_refused_unread(
     m.close()
 
 
+def test_a_literal_refused_while_moves_are_looked_for_fails_that_folder_alone(
+    account: Any, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Another client moved m2 INBOX -> Work; looking for it among Work's new
+    messages, the server announces its Message-ID field as a 2 GB literal. Work
+    fails alone (exit 1), the store logs in again and the other folders sync; a run
+    against a sane server ends with m2 in Work on both sides, once."""
+    m = proxied_mirror(account, fault_proxy, tmp_path)
+    c = m.client
+    for name in ("Work", "Zz"):
+        c.create_folder(name)
+    for n in (1, 2):
+        c.append("INBOX", message(f"m{n}"), flags=[b"\\Seen"])
+    m.sync()
+    c.select_folder("INBOX")
+    (uid,) = c.search(["HEADER", "Message-ID", "<m2@example.org>"])
+    c.move([uid], "Work")
+    c.append("Zz", message("z"), flags=[b"\\Seen"])
+
+    def huge(response: bytes) -> bytes:
+        head, _, rest = response.partition(b"\r\n")
+        return re.sub(rb"\{\d+\}\Z", b"{2147483648}", head) + b"\r\n" + rest + b"x" * 20_000_000
+
+    fault_proxy.arm(None, _answer_of_m2(huge))
+    r = m.run("sync")
+    assert r.status == 1, r
+    (line,) = r.err.strip().splitlines()
+    assert "announced 2147483648 bytes" in line and "'Work'" in line, line
+    assert sum(m.local()["Zz"].values()) == 1  # the others went on
+    fault_proxy.arm(None)
+    m.sync()
+    snap = m.assert_mirrored()
+    assert sum(snap["Work"].values()) == 1 and sum(snap["INBOX"].values()) == 1
+    m.close()
+
+
 def test_a_refused_literal_in_an_account_wide_answer_ends_the_run(
     account: Any, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
