@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="allow deleting more than max_delete_share"
     )
     sync.add_argument(
+        "--recover",
+        choices=("keep", "local", "server"),
+        help="without a state (lost, or moved aside as damaged), where messages that "
+        "both sides hold in different folders go: keep every copy (the default), or "
+        "follow the Maildir's (local) or the server's folders",
+    )
+    sync.add_argument(
         "--archive",
         action="store_true",
         help="then apply the account's archive: rules (see 'mirrorsync archive')",
@@ -240,6 +247,7 @@ def plain_sync(argv: Sequence[str] | None) -> argparse.Namespace | None:
         verify=False,
         force=False,
         archive=False,
+        recover=None,
     )
     return args  # type: ignore[return-value]  # read by attribute, as a Namespace is
 
@@ -334,7 +342,11 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     from mirrorsync.engine import SyncOptions
 
     options = SyncOptions(
-        dry_run=args.dry_run, force=args.force, folders=folders, verify=args.verify
+        dry_run=args.dry_run,
+        force=args.force,
+        folders=folders,
+        verify=args.verify,
+        recover=args.recover,
     )
     if args.archive and not any(a.archive for a in accounts):
         raise UsageError(

@@ -83,6 +83,9 @@ class SyncOptions:
     # with the state (`sync --verify`, the daemon's periodic check), so a drift that
     # counts and MODSEQs cannot show is found and healed.
     verify: bool = False
+    # `sync --recover`: how a sync without a state reads what it cannot know (see
+    # `recovery`); None: not chosen, every copy is kept and the warning says so.
+    recover: str | None = None
 
 
 @dataclass
@@ -264,6 +267,14 @@ class AccountSync:
         }
         names = [n for n in names if n not in uncreated]
         reports = {n: FolderReport(n) for n in names}
+        if not self.prior:
+            self._recover(names, reports)
+        elif self.options.recover:
+            log.warning(
+                "--recover=%s has nothing to do: the account has a state (it is for a "
+                "sync without one)",
+                self.options.recover,
+            )
         # A folder that lost nothing and gained nothing cannot be either end of a move:
         # it is planned and done at once, so that only the folders a move could touch
         # are held in memory together.
@@ -297,6 +308,32 @@ class AccountSync:
             with self.state.transaction():
                 self.state.set_meta("last_sync", str(time.time()))
         return report
+
+    def _recover(self, names: list[str], reports: dict[str, FolderReport]) -> None:
+        """No folder in the state: when both sides hold mail, say what pairing by
+        content cannot know and apply the chosen reading, before anything else is
+        done (see `recovery`). An empty server costs nothing here."""
+        remote_names = [n for n in names if n in self.statuses and self.statuses[n].messages]
+        if not remote_names:
+            return
+        from mirrorsync.recovery import recover
+        from mirrorsync.state import DB_NAME
+
+        counts = recover(
+            self.account.name,
+            self.remote,
+            self.maildir,
+            names,
+            remote_names,
+            self.options.recover,
+            self.options.dry_run,
+            self.emit,
+            lost=any(self.state.path.parent.glob(f"{DB_NAME}.corrupt-*")),
+        )
+        self._selected = None  # the survey selected folders behind our back
+        for name, done in counts.items():
+            for what, n in done.items():
+                reports[name].counts[what] += n
 
     def _adopt(self, remote_names: set[str], local_names: set[str], known: set[str]) -> set[str]:
         """Rename the directories another tool (mbsync, offlineimap) wrote for server
@@ -443,7 +480,10 @@ class AccountSync:
             f"[{self.account.name}] {name}: first sync: {matched} matched, "
             f"{uploads} to upload, {downloads} to download"
         )
-        if uploads > self.account.sync.guard_min and not self.options.force:
+        # A --recover choice is made knowing that copies on one side only are kept.
+        if uploads > self.account.sync.guard_min and not (
+            self.options.force or self.options.recover
+        ):
             raise FirstSyncGuard(name, uploads, matched, downloads)
 
     def _select(self, name: str, expected: FolderStatus | None = None) -> FolderStatus:
@@ -516,11 +556,16 @@ class AccountSync:
                 fresh = unpaired_remote(i)
                 if not fresh or not wanted:
                     continue
-                self._select(n, i.status)
-                ids = self.remote.identities(fresh)
-                maybe = [u for u, x in ids.items() if (x.message_id, x.size) in wanted]
-                for uid, data, _f, _d in self.remote.fetch(maybe):
-                    remote_hashes[n][uid] = content_hash(to_lf(data))
+                try:
+                    self._select(n, i.status)
+                    ids = self.remote.identities(fresh)
+                    maybe = [u for u, x in ids.items() if (x.message_id, x.size) in wanted]
+                    for uid, data, _f, _d in self.remote.fetch(maybe):
+                        remote_hashes[n][uid] = content_hash(to_lf(data))
+                except ServerError as e:
+                    # this folder's failure (its plan is then skipped), not the run's
+                    reports[n].error = str(e)
+                    remote_hashes[n].clear()
         archives, archives_loose = self._archived_candidates(changed) if lost_local else ({}, {})
         if not any(local_hashes.values()) and not any(remote_hashes.values()) and not archives:
             if self._oracle:

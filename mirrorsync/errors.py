@@ -147,12 +147,84 @@ class FirstSyncGuard(GuardError):
             "nothing was changed in this folder",
             "if this Maildir was made by mbsync or offlineimap, run 'mirrorsync migrate "
             "ACCOUNT --from mbsync|offlineimap' first; if these are new messages, "
-            "re-run with --force",
+            "re-run with --force; if mirrorsync's state was lost, re-run with "
+            "--recover (see 'When the state is lost' in the README)",
         )
         self.folder = folder
         self.uploads = uploads
         self.matched = matched
         self.downloads = downloads
+
+
+class RecoveryNotice(MirrorsyncError):
+    """A sync without a state while both sides hold mail (see `recovery`): what
+    pairing by content cannot know, and what this run does about it. Not raised: it
+    is said as one warning before the run changes anything; the facts are kept so
+    the words stay in one place."""
+
+    def __init__(
+        self,
+        account: str,
+        local: int,
+        remote: int,
+        elsewhere: int,
+        extra: int,
+        one_side: int,
+        choice: str | None,
+        actions: int,
+    ) -> None:
+        doubts = [
+            f"{n} {what}"
+            for n, what in (
+                (elsewhere, "in one folder here and another on the server (moved on one side)"),
+                (
+                    extra,
+                    "in more folders on one side than on the other (copied, or a copy deleted)",
+                ),
+                (one_side, "on one side only (new there, or deleted on the other)"),
+            )
+            if n
+        ]
+        found = "; ".join(doubts) if doubts else "each in the same folders on both sides"
+        message = (
+            f"[{account}] no sync state, and both the Maildir ({local} messages) and the "
+            f"server ({remote}) hold mail: pairing them by content, which cannot tell what "
+            f"was moved or deleted on either side since the last sync: {found}"
+        )
+        if not elsewhere and not extra:
+            hint = (
+                "those are copied to the other side (a deleted one comes back: without a "
+                "state, new mail and deleted mail look the same)"
+                if one_side
+                else "nothing is in doubt"
+            )
+        elif choice in ("local", "server"):
+            side, where = (
+                ("Maildir", "on the server") if choice == "local" else ("server", "in the Maildir")
+            )
+            hint = (
+                f"following the {side}'s folders (--recover={choice}): moving or removing "
+                f"{actions} {'copy' if actions == 1 else 'copies'} {where}; a message on one "
+                "side only is copied to the other"
+            )
+        else:
+            hint = (
+                "keeping every copy ("
+                + ("--recover=keep" if choice else "no --recover given")
+                + "): a moved message ends up in both folders and a deleted one comes back"
+            )
+            if not choice:
+                hint += (
+                    "; with no state, --recover=local follows the Maildir's folders "
+                    "instead, --recover=server the server's (see 'When the state is "
+                    "lost' in the README)"
+                )
+        super().__init__(message, hint)
+        self.account = account
+        self.elsewhere = elsewhere
+        self.extra = extra
+        self.one_side = one_side
+        self.choice = choice
 
 
 class LocalRootMissing(MirrorsyncError):

@@ -22,7 +22,8 @@ what the engine needs on top and papers over what imapclient 4.1.0 lacks:
 * Bounded reads (`_ReadGuard`): imaplib reads a literal as large as the server
   announces and times out per socket read only; each command here gets a deadline
   that grows with the bytes received, and a literal larger than the command can
-  expect is refused unread.
+  expect is refused unread (the folder read fails, the run goes on over a new
+  connection).
 * One error vocabulary: every imapclient, imaplib, socket and ssl exception leaves this
   module as a `mirrorsync.errors` type with a one-line message naming host:port, the
   operation and the folder. After a `ConnectionFailed` the store is unusable: close it.
@@ -147,6 +148,13 @@ class _LiteralRefused(OSError):
     """The server announced a literal larger than the command can expect."""
 
 
+# The operations that only read one folder (as `_translate` names them): after an
+# answer of theirs was refused unread, the run can go on over a new connection.
+_READS = frozenset(
+    {"fetch", "list messages", "read message identities", "read message sizes", "select", "status"}
+)
+
+
 class _Overdue(TimeoutError):
     """A command's answer did not come within its deadline."""
 
@@ -167,7 +175,8 @@ class _ReadGuard:
     * A literal larger than `limit` (set by the caller for what it asked: bodies of
       known RFC822.SIZE, a piece of a given size; else `_LITERAL_MAX`) is refused
       before any of it is read: the connection is shut, since the answer cannot be
-      skipped, and the store fails with a clear line."""
+      skipped, and the store fails with a clear line (for a read of one folder, that
+      folder's: the store then logs in again, see `ImapStore._refused`)."""
 
     def __init__(self, imap: Any, timeout: float) -> None:
         self.imap = imap
@@ -832,6 +841,8 @@ class ImapStore:
         self._listing: list[RemoteFolder] | None = None
         # The folders the last `statuses()` listed but got no numbers for: name -> why.
         self._status_failures: dict[str, str] = {}
+        # How to log in again on a new connection (set by `connect`); None: cannot.
+        self._reconnect: Callable[[], ImapStore] | None = None
 
     # -- connecting ---------------------------------------------------------------
 
@@ -858,6 +869,22 @@ class ImapStore:
                 remote.source_key or "remote",
                 remote.host,
             )
+        disabled = frozenset(disable)
+        store = cls._open(remote, password, context, disabled)
+        # A read whose answer had to be refused unread (`_renew`) goes on over a new
+        # connection; the password stays in this closure, never in a log or error.
+        store._reconnect = lambda: cls._open(remote, password, context, disabled)
+        return store
+
+    @classmethod
+    def _open(
+        cls,
+        remote: RemoteConfig,
+        password: str,
+        context: ssl.SSLContext | None,
+        disable: frozenset[str],
+    ) -> ImapStore:
+        """Connect, secure and log in (the checks and warnings are `connect`'s)."""
         timeout = imapclient.SocketTimeout(connect=remote.timeout, read=remote.timeout)
         try:
             waited = quickimap.timed_out.get((remote.host, remote.port))
@@ -873,7 +900,7 @@ class ImapStore:
         except _TRANSPORT_ERRORS as exc:
             raise _connect_error(exc, remote) from exc
         try:
-            return cls._login(client, remote, password, context, frozenset(disable))
+            return cls._login(client, remote, password, context, disable)
         except BaseException:
             _shutdown(client)
             raise
@@ -2120,6 +2147,41 @@ class ImapStore:
             )
         return self._selected
 
+    def _refused(self, operation: str, folder: str | None, what: str) -> MirrorsyncError:
+        """The error for an answer refused unread (`_ReadGuard`), whose connection is
+        gone. A read of one folder fails only that folder: nothing was changed, so the
+        store logs in again and the run goes on with the others. Anything else ends
+        the run (exit 3): an account-wide listing has no folder to fail alone, and
+        after a write (or the look-up that follows one) what the server did cannot be
+        known, while the engine's fallback for a refused command (an APPEND sent again
+        message by message) could do it twice; the next run's matching finds it out."""
+        hint = "the server misbehaves; report it to its administrator"
+        if folder is None or operation not in _READS or self._reconnect is None:
+            return ConnectionFailed(what, hint=hint)
+        self._renew()
+        return ServerError(f"{what}; the other folders go on over a new connection", hint=hint)
+
+    def _renew(self) -> None:
+        """Log in again in place of a connection that had to be dropped, and select
+        again the folder that was selected, so message operations still act on it
+        (the `RemoteStore` contract). A refusal while renewing ends the run."""
+        reconnect, self._reconnect = self._reconnect, None
+        assert reconnect is not None
+        was = self._selected
+        _shutdown(self._client)
+        try:
+            fresh = reconnect()
+            self._client, self._guard = fresh._client, fresh._guard
+            self._capabilities = fresh._capabilities
+            fresh._closed = True  # its connection is this store's now
+            self._selected, self._listing = None, None
+            self._generation += 1
+            if was is not None:
+                with suppress(ServerError):  # then nothing is selected: the folder fails
+                    self.select(was)
+        finally:
+            self._reconnect = reconnect
+
     @contextmanager
     def _translate(self, operation: str, folder: str | None = None) -> Iterator[None]:
         """Turn whatever imapclient, imaplib, socket or ssl raise into our errors."""
@@ -2129,10 +2191,7 @@ class ImapStore:
         except MirrorsyncError:
             raise
         except _LiteralRefused as exc:
-            raise ConnectionFailed(
-                f"{where} on {self._address}: {exc}",
-                hint="the server misbehaves; report it to its administrator",
-            ) from exc
+            raise self._refused(operation, folder, f"{where} on {self._address}: {exc}") from exc
         except _Overdue as exc:
             raise ConnectionFailed(
                 f"{self._address} did not finish {where} in time: {exc}",

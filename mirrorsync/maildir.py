@@ -244,6 +244,12 @@ def new_key() -> str:
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{os.urandom(8).hex()}.{_host}"
 
 
+def is_own_key(key: str) -> bool:
+    """Whether `key` was made by `new_key`: a Maildir holding such files was synced
+    by mirrorsync before (a reader's rename or move keeps the key)."""
+    return _OWN_TMP.match(key) is not None
+
+
 def _check_key(key: str) -> None:
     """Keys come from `new_key` or a scan; anything else is a caller bug, and writing
     it would produce a file name that scans back as a different key."""

@@ -9,10 +9,12 @@ fetched or uploaded twice).
 
 A state file that SQLite finds damaged is moved aside (never silently emptied) and a
 fresh one started: that forces a content match of every folder, which rebuilds the
-pairs without loss or duplication. A file system that is full, read-only or failing
-says nothing against the state: then it is kept as it is and the run stops with
-`StateUnwritable` (moving a good state aside would make the next run start afresh,
-and messages deleted on one side would come back from the other).
+pairs without losing a message; what was moved or deleted since the last sync cannot
+be known then, and comes back (see `recovery` and `sync --recover`). A file system
+that is full, read-only or failing says nothing against the state: then it is kept
+as it is and the run stops with `StateUnwritable` (moving a good state aside would
+make the next run start afresh, and messages deleted on one side would come back
+from the other).
 """
 
 from __future__ import annotations
@@ -157,8 +159,9 @@ def state_error(e: sqlite3.Error | OSError, path: Path) -> MirrorsyncError:
         return StateUnwritable(str(path.parent), cause, str(e))
     return StateError(
         f"state database {path} is damaged ({e})",
-        "move it aside and re-run: folders are then matched by content, "
-        "nothing is lost or duplicated",
+        "move it aside and re-run: messages are then paired by content, and what "
+        "was moved or deleted since the last sync cannot be known (see 'When the "
+        "state is lost' in the README, and sync --recover)",
     )
 
 
@@ -239,7 +242,8 @@ class State:
             os.replace(path, aside)
             log.warning(
                 "state database %s was unreadable (%s); moved it to %s and starting afresh: "
-                "every folder will be matched by content, nothing is lost or duplicated",
+                "messages are paired by content, which cannot tell what was moved or "
+                "deleted since the last sync",
                 path,
                 e,
                 aside,

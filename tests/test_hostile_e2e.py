@@ -215,9 +215,15 @@ def test_a_literal_far_larger_than_the_message_is_refused_unread(
 ) -> None:
     """A 140-byte message answered as ``BODY[] {2147483648}`` followed by 20 MB: the
     announced size is checked against RFC822.SIZE before anything is read (memory
-    followed the announcement), the run ends in one line (exit 3) at once, and a
-    run against a sane server completes."""
+    followed the announcement). The connection must go (the rest of the answer
+    cannot be skipped), but only INBOX fails, in one line (exit 1): the store logs in
+    again and the folders synced before and after it are synced. A run against a
+    sane server completes INBOX."""
     m = proxied_mirror(account, fault_proxy, tmp_path)
+    for name in ("Aa", "Zz"):  # synced after and before INBOX (held folders go last first)
+        m.client.create_folder(name)
+        m.client.append(name, message(name), flags=[b"\\Seen"])
+    m.client.append("INBOX", message("m1"), flags=[b"\\Seen"])
     m.client.append("INBOX", message("m2"), flags=[b"\\Seen"])
 
     def huge(response: bytes) -> bytes:
@@ -227,10 +233,79 @@ def test_a_literal_far_larger_than_the_message_is_refused_unread(
     fault_proxy.arm(None, _answer_of_m2(huge))
     started = time.monotonic()
     r = m.run("sync")
-    assert r.status == 3, r
+    assert r.status == 1, r
     (line,) = r.err.strip().splitlines()
     assert "announced 2147483648 bytes" in line and "INBOX" in line, line
+    assert "new connection" in line, line
     assert time.monotonic() - started < TIMEOUT  # refused, not waited for
+    # the run logged in again, and fetched over the new connection
+    used = list(zip(fault_proxy.commands, fault_proxy.command_conn, strict=True))
+    again = max(c for cmd, c in used if cmd == "LOGIN")
+    assert again > min(c for cmd, c in used if cmd == "UID FETCH"), used
+    assert ("UID FETCH", again) in used, used
+    local, server = m.local(), m.server()
+    assert local["Aa"] == server["Aa"] and local["Zz"] == server["Zz"]
+    assert sum(local["Aa"].values()) == 1 and sum(local["Zz"].values()) == 1
+    assert not local.get("INBOX", Counter()) - server["INBOX"]  # nothing wrong stored
+    fault_proxy.arm(None)
+    m.sync()
+    assert sum(m.assert_mirrored()["INBOX"].values()) == 2
+    m.close()
+
+
+def test_a_literal_refused_while_moves_are_looked_for_fails_that_folder_alone(
+    account: Any, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Another client moved m2 INBOX -> Work; looking for it among Work's new
+    messages, the server announces its Message-ID field as a 2 GB literal. Work
+    fails alone (exit 1), the store logs in again and the other folders sync; a run
+    against a sane server ends with m2 in Work on both sides, once."""
+    m = proxied_mirror(account, fault_proxy, tmp_path)
+    c = m.client
+    for name in ("Work", "Zz"):
+        c.create_folder(name)
+    for n in (1, 2):
+        c.append("INBOX", message(f"m{n}"), flags=[b"\\Seen"])
+    m.sync()
+    c.select_folder("INBOX")
+    (uid,) = c.search(["HEADER", "Message-ID", "<m2@example.org>"])
+    c.move([uid], "Work")
+    c.append("Zz", message("z"), flags=[b"\\Seen"])
+
+    def huge(response: bytes) -> bytes:
+        head, _, rest = response.partition(b"\r\n")
+        return re.sub(rb"\{\d+\}\Z", b"{2147483648}", head) + b"\r\n" + rest + b"x" * 20_000_000
+
+    fault_proxy.arm(None, _answer_of_m2(huge))
+    r = m.run("sync")
+    assert r.status == 1, r
+    (line,) = r.err.strip().splitlines()
+    assert "announced 2147483648 bytes" in line and "'Work'" in line, line
+    assert sum(m.local()["Zz"].values()) == 1  # the others went on
+    fault_proxy.arm(None)
+    m.sync()
+    snap = m.assert_mirrored()
+    assert sum(snap["Work"].values()) == 1 and sum(snap["INBOX"].values()) == 1
+    m.close()
+
+
+def test_a_refused_literal_in_an_account_wide_answer_ends_the_run(
+    account: Any, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A folder name announced as a 2 MB literal in the LIST answer: no folder can
+    fail alone there, so the run ends in one line (exit 3), as a lost connection
+    does, and changes nothing."""
+    m = proxied_mirror(account, fault_proxy, tmp_path)
+    m.client.append("INBOX", message("i"), flags=[b"\\Seen"])
+    fault_proxy.arm(
+        None,
+        _with_listed(b'* LIST (\\HasNoChildren) "/" {2000000}\r\n' + b"x" * 2_000_000 + b"\r\n"),
+    )
+    r = m.run("sync")
+    assert r.status == 3, r
+    (line,) = r.err.strip().splitlines()
+    assert "announced 2000000 bytes" in line, line
+    assert not sum(m.local().get("INBOX", Counter()).values())
     fault_proxy.arm(None)
     m.sync()
     assert sum(m.assert_mirrored()["INBOX"].values()) == 1
