@@ -202,7 +202,7 @@ _DAEMON_KEYS = ("idle_folders", "full_check_interval", "debounce", "idle_refresh
 _IDLE_REFRESH_MAX = 29 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 _DEBOUNCE_MAX = 60.0
 
-_SAMPLE_HINT = "see sample-config.yaml in the mirrorsync sources for every option"
+_SAMPLE_HINT = "'mirrorsync sample-config' prints a commented file with every option"
 
 
 def _xdg_dir(env: Mapping[str, str], var: str, fallback: str) -> Path:
@@ -823,6 +823,22 @@ def load(path: Path, env: Mapping[str, str]) -> Config:
         accounts[account.name] = account
     _check_separate(ctx, accounts)
     return Config(path=path, accounts=accounts)
+
+
+def check_files(cfg: Config) -> None:
+    """The files the configuration names must be there, checked on every run (the
+    parsed-config cache cannot vouch for another file): a missing `ca_file` is a
+    mistake in the configuration, said before anything connects, not a failed login."""
+    for name, account in cfg.accounts.items():
+        ca_file = account.remote.ca_file
+        if ca_file is not None and not os.access(ca_file, os.R_OK):
+            problem = "no such file" if not os.path.exists(ca_file) else "not readable"
+            raise ConfigError(
+                f"{problem}: {ca_file}",
+                path=str(cfg.path),
+                key=f"accounts.{name}.remote.ca_file",
+                hint="point it at the PEM certificate (or CA) the server uses",
+            )
 
 
 # --------------------------------------------------------------------------------------

@@ -47,14 +47,17 @@ from typing import TYPE_CHECKING, Any
 from mirrorsync.config import AccountConfig, resolve_password
 from mirrorsync.errors import (
     ConnectionFailed,
+    DaemonRunning,
     ExitStatus,
     LockedError,
     MirrorsyncError,
 )
 from mirrorsync.maildir import display_path
+from mirrorsync.paths import check_account_paths
 from mirrorsync.push import PUSH_CONNECTED, Backoff, OutageLog, Push
 from mirrorsync.state import AccountLock
 from mirrorsync.watch import EventRouter, LocalWatcher, OwnWrites, install_hook
+from mirrorsync.words import counted
 
 if TYPE_CHECKING:
     from mirrorsync.engine import AccountReport
@@ -420,7 +423,7 @@ class AccountLoop(threading.Thread):
             state.set_meta("last_archive", str(time.time()))
         if done.messages:
             self._out.result(
-                f"{account.name}: archived {done.messages} messages, "
+                f"{account.name}: archived {counted(done.messages, 'message')}, "
                 f"{done.bytes / 1_048_576:.1f} MB freed on the server"
             )
 
@@ -441,7 +444,7 @@ class AccountLoop(threading.Thread):
             name,
             self.syncs,
             trigger,
-            f"{len(changed)} folders changed" if changed else "no changes",
+            f"{counted(len(changed), 'folder')} changed" if changed else "no changes",
             seconds,
         )
 
@@ -617,7 +620,11 @@ class Daemon:
                 lock.__exit__(None, None, None)
 
     def _start(self, account: AccountConfig, password: str) -> None:
-        lock = daemon_lock(account).__enter__()
+        check_account_paths(account)
+        try:
+            lock = daemon_lock(account).__enter__()
+        except LockedError as e:
+            raise DaemonRunning(e.message, e.hint) from None
         self._locks[account.name] = lock
         fd = self._wakefd
         loop = AccountLoop(account, password, self.out, self.own, lambda: _poke(fd), self.verbose)

@@ -422,7 +422,7 @@ def test_missing_file(tmp_path: Path, env: dict[str, str]) -> None:
     path = tmp_path / "nope.yaml"
     message = str(load_error(path, env))
     assert message.startswith(f"{path}: no such file; create it")
-    assert "sample-config.yaml" in message
+    assert "mirrorsync sample-config" in message
 
 
 def test_directory_instead_of_file(tmp_path: Path, env: dict[str, str]) -> None:
