@@ -385,6 +385,10 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
             "add archive: rules to the account ('mirrorsync sample-config' shows them)",
         )
     out = SyncOutput(env, quiet=bool(args.quiet), json=bool(args.json))
+    if any(a.hooks.every_run or a.hooks.new_mail for a in accounts) and not args.dry_run:
+        from mirrorsync.hooks import scrubbed
+
+        out.hooks_env = scrubbed(env.environ, cfg.accounts.values())
     worst = ExitStatus.OK
     for account in accounts:
         started = time.monotonic()
@@ -412,6 +416,8 @@ class SyncOutput:
         self.quiet = quiet
         self.json = json
         self.documents: dict[str, dict[str, object]] = {}
+        # the environment hooks run in, without secrets; None: run no hooks
+        self.hooks_env: dict[str, str] | None = None
 
     def account(self, name: str) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -420,6 +426,7 @@ class SyncOutput:
             "seconds": 0.0,
             "folders": {},
             "archive": None,
+            "hooks": {},
         }
         self.documents[name] = doc
         return doc
@@ -504,6 +511,12 @@ def sync_account(
             out.line(line)
 
     reporter = Reporter() if out.quiet else ProgressReporter(account.name, env.stderr)
+    hooks: dict[str, str | None] = {}
+    doc["hooks"] = hooks
+    from mirrorsync.hooks import run_hooks
+
+    if out.hooks_env is not None:
+        hooks.update(run_hooks(["pre_sync"], account, out.hooks_env))
     archived = None
     archive_lines: list[str] = []
     try:
@@ -523,6 +536,12 @@ def sync_account(
                     options.dry_run,
                     archive_lines.append,
                 )
+    except MirrorsyncError as e:
+        if out.hooks_env is not None:
+            hooks.update(
+                run_hooks(["post_sync"], account, out.hooks_env, int(e.exit_status), error=str(e))
+            )
+        raise
     finally:
         reporter.close()
     for f in report.folders:
@@ -536,6 +555,18 @@ def sync_account(
         f.name: _folder_document(f, run.statuses.get(f.name), reporter.seconds.get(f.name))
         for f in report.folders
     }
+    if out.hooks_env is not None:
+        # after the lock is released: a hook may run mirrorsync itself
+        hooks.update(
+            run_hooks(
+                ["post_sync", "new_mail"],
+                account,
+                out.hooks_env,
+                status=int(ExitStatus.PARTIAL if report.failed else ExitStatus.OK),
+                done={f.name: f.counts for f in report.folders},
+                failed={f.name: f.error for f in report.folders if f.error},
+            )
+        )
     missing = [f for f in options.folders if f not in {r.name for r in report.folders}]
     if missing:
         raise UsageError(

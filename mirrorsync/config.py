@@ -153,6 +153,22 @@ class AccountConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     archive: tuple[ArchiveRule, ...] = ()
+    hooks: HooksConfig = field(default_factory=lambda: HooksConfig())
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Shell commands run around an account's syncs (see mirrorsync/hooks.py)."""
+
+    pre_sync: str | None = None  # before each sync
+    post_sync: str | None = None  # after each sync, told what changed
+    new_mail: str | None = None  # after a sync that downloaded messages
+    timeout: float = 30.0  # seconds a hook may take before it is killed
+
+    @property
+    def every_run(self) -> bool:
+        """Whether a sync that changes nothing runs a hook too."""
+        return self.pre_sync is not None or self.post_sync is not None
 
 
 @dataclass(frozen=True)
@@ -182,7 +198,17 @@ _ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]
 _HOST_WITH_PORT = re.compile(r"[^:\[\]]+:[0-9]+")
 
 _TOP_KEYS = ("accounts",)
-_ACCOUNT_KEYS = ("remote", "local", "state_dir", "folders", "sync", "daemon", "archive")
+_ACCOUNT_KEYS = (
+    "remote",
+    "local",
+    "state_dir",
+    "folders",
+    "sync",
+    "daemon",
+    "archive",
+    "hooks",
+)
+_HOOK_KEYS = ("pre_sync", "post_sync", "new_mail", "timeout")
 _REMOTE_KEYS = (
     "host",
     "port",
@@ -678,6 +704,17 @@ def _load_daemon(ctx: _Ctx, value: object, key: str) -> DaemonConfig:
     )
 
 
+def _load_hooks(ctx: _Ctx, value: object, key: str) -> HooksConfig:
+    section = _section(ctx, value, key, _HOOK_KEYS)
+    commands = {
+        name: _string(ctx, section[name], _join(key, name))
+        for name in ("pre_sync", "post_sync", "new_mail")
+        if name in section
+    }
+    timeout = _seconds(ctx, section, key, "timeout", HooksConfig.timeout, 0, 3600, True)
+    return HooksConfig(timeout=timeout, **commands)
+
+
 def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
     if not isinstance(name, str):
         ctx.fail(
@@ -712,6 +749,7 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         if "archive" in section
         else ()
     )
+    hooks = _load_hooks(ctx, section["hooks"], f"{key}.hooks") if "hooks" in section else None
     return AccountConfig(
         name=name,
         remote=remote,
@@ -721,6 +759,7 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         sync=sync,
         daemon=daemon,
         archive=archive,
+        hooks=hooks or HooksConfig(),
     )
 
 

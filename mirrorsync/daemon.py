@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mirrorsync.config import AccountConfig, resolve_password
+from mirrorsync.config import AccountConfig, HooksConfig, resolve_password
 from mirrorsync.errors import (
     ConnectionFailed,
     DaemonRunning,
@@ -339,6 +339,7 @@ class AccountLoop(threading.Thread):
             whys = sorted(set(pending.folders.values()))
             trigger = f"{', '.join(whys)}: {', '.join(folders)}"
         self.syncs += 1
+        self._hooks(["pre_sync"])
         started = time.monotonic()
         try:
             # A full check trusts no recorded position: drift heals (see SyncOptions).
@@ -371,8 +372,23 @@ class AccountLoop(threading.Thread):
         self._recovered()
         self._pending = Batch()
         self._show(report, trigger, time.monotonic() - started, full=not folders)
+        self._hooks(
+            ["post_sync", "new_mail"],
+            status=int(ExitStatus.PARTIAL if report.failed else ExitStatus.OK),
+            done={f.name: f.counts for f in report.folders},
+            failed={f.name: f.error for f in report.folders if f.error},
+        )
         self._ensure_watcher()
         return True
+
+    def _hooks(self, which: list[str], **facts: Any) -> None:
+        """The account's hooks, as `sync` runs them (mirrorsync/hooks.py); a failure
+        is reported there and changes nothing here."""
+        if self.account.hooks == HooksConfig():
+            return
+        from mirrorsync.hooks import run_hooks, scrubbed
+
+        run_hooks(which, self.account, scrubbed(os.environ, [self.account]), **facts)
 
     def _run_engine(self, options: Any) -> AccountReport:
         """The engine on a connection of its own for this sync (the one opened at
