@@ -96,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     command("check-config", help="validate the config and test each login")
     command("sample-config", help="print a commented configuration with every option")
+    from mirrorsync import init
+
+    init.add_arguments(
+        command(
+            "init",
+            help="write a first configuration file, then check it",
+            description="Write a commented configuration for one account (to -c FILE, "
+            "or the default place) from the options given, asking on a terminal for "
+            "what is missing; a known provider (--provider, or the address's domain) "
+            "fills in the server. Then log in to check it, as check-config does.",
+        )
+    )
+    completion = command(
+        "completion",
+        help="print a shell completion script",
+        description="Print the completion script for SHELL. bash: "
+        "'mirrorsync completion bash > ~/.local/share/bash-completion/completions/mirrorsync'; "
+        "zsh: put 'mirrorsync completion zsh' in a file named _mirrorsync on $fpath; fish: "
+        "'mirrorsync completion fish > ~/.config/fish/completions/mirrorsync.fish'.",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL")
     daemon = command(
         "daemon",
         help="keep running: sync on local changes and server push",
@@ -240,6 +261,8 @@ def main(
             "quota": cmd_quota,
             "migrate": cmd_migrate,
             "sample-config": cmd_sample_config,
+            "init": cmd_init,
+            "completion": cmd_completion,
         }
         return int(command[args.command](args, env))
     except MirrorsyncError as e:
@@ -930,6 +953,26 @@ def cmd_sample_config(args: argparse.Namespace, env: Environment) -> ExitStatus:
     from importlib.resources import files
 
     env.stdout.write(files("mirrorsync").joinpath("sample-config.yaml").read_text("utf-8"))
+    return ExitStatus.OK
+
+
+def cmd_init(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """See `mirrorsync.init`; then check-config, unless --no-check."""
+    from mirrorsync import init, xdg
+
+    path = args.config or xdg.default_config(env.environ)
+    init.run(args, env, path)
+    if args.no_check:
+        return ExitStatus.OK
+    args.config = path
+    return cmd_check_config(args, env)
+
+
+def cmd_completion(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    from mirrorsync import shell
+
+    make = {"bash": shell.bash, "zsh": shell.zsh, "fish": shell.fish}[args.shell]
+    env.stdout.write(make(build_parser()))
     return ExitStatus.OK
 
 

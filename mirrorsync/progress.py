@@ -67,7 +67,7 @@ class ProgressReporter(Reporter):
         super().__init__(clock)
         self.account = account
         self.stream = stream
-        self.terminal = _isatty(stream) if terminal is None else terminal
+        self.terminal = is_terminal(stream) if terminal is None else terminal
         self._bar: Any = None
         self._what = ""
         self._total = (0, 0)  # messages, bytes (0: unknown)
@@ -146,7 +146,8 @@ def _mb(size: float) -> str:
     return f"{size / 1_048_576:.1f} MB"
 
 
-def _isatty(stream: object) -> bool:
+def is_terminal(stream: object) -> bool:
+    """Whether `stream` is a terminal (not a closed one)."""
     isatty = getattr(stream, "isatty", None)
     try:
         return bool(isatty and isatty())
