@@ -28,9 +28,9 @@ from mirrorsync.words import counted
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from contextlib import AbstractContextManager
-    from typing import Any
+    from typing import Any, TextIO
 
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
@@ -412,20 +412,79 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
         from mirrorsync.hooks import scrubbed
 
         out.hooks_env = scrubbed(env.environ, cfg.accounts.values())
-    worst = ExitStatus.OK
-    for account in accounts:
+
+    def one(account: AccountConfig, out: SyncOutput) -> ExitStatus:
         started = time.monotonic()
-        doc = out.account(account.name)
+        doc = out.documents[account.name]
         try:
-            status = sync_account(account, options, env, archive=args.archive, out=out)
+            status = sync_account(account, options, out.env, archive=args.archive, out=out)
         except MirrorsyncError as e:
-            status = report_error(e, env, verbose=bool(args.verbose))
+            status = report_error(e, out.env, verbose=bool(args.verbose))
             doc["error"] = str(e)
         doc["status"] = int(status)
         doc["seconds"] = round(time.monotonic() - started, 3)
-        worst = max(worst, status)
+        return status
+
+    for account in accounts:
+        out.account(account.name)  # the document lists them in the order given
+    bound = min(cfg.parallel_accounts, len(accounts))
+    if bound > 1 and not options.dry_run:
+        worst = _in_parallel(accounts, bound, one, out)
+    else:
+        worst = max((one(account, out) for account in accounts), default=ExitStatus.OK)
     if args.json:
         out.write_json(worst)
+    return worst
+
+
+def _in_parallel(
+    accounts: Sequence[AccountConfig],
+    bound: int,
+    one: Callable[[AccountConfig, SyncOutput], ExitStatus],
+    out: SyncOutput,
+) -> ExitStatus:
+    """Sync `bound` accounts at a time, each in a thread with its own connection. Each
+    one's lines are held and printed whole, in the order given, as soon as it and
+    those before it are done, so that they never interleave; its progress lines go
+    straight to standard error (no live bar: several would fight over the line).
+    Daemon threads: Ctrl-C ends the run at once (the state is safe at any point)."""
+    import io
+    import threading
+
+    from mirrorsync.environment import Environment
+
+    slots = threading.Semaphore(bound)
+    runs = []
+    for account in accounts:
+        held = Environment(io.StringIO(), io.StringIO(), out.env.environ, out.env.stdin)
+        mine = out.sibling(held)
+        result: list[ExitStatus | BaseException] = []
+
+        def run(
+            account: AccountConfig = account,
+            mine: SyncOutput = mine,
+            result: list[ExitStatus | BaseException] = result,
+        ) -> None:
+            with slots:
+                try:
+                    result.append(one(account, mine))
+                except BaseException as e:  # a bug: raised again in the main thread
+                    result.append(e)
+
+        thread = threading.Thread(target=run, name=f"sync {account.name}", daemon=True)
+        thread.start()
+        runs.append((thread, held, result))
+    worst = ExitStatus.OK
+    for thread, held, result in runs:
+        thread.join()
+        assert isinstance(held.stdout, io.StringIO) and isinstance(held.stderr, io.StringIO)
+        out.env.stdout.write(held.stdout.getvalue())
+        out.env.stderr.write(held.stderr.getvalue())
+        out.env.stdout.flush()
+        (status,) = result
+        if isinstance(status, BaseException):
+            raise status
+        worst = max(worst, status)
     return worst
 
 
@@ -441,6 +500,18 @@ class SyncOutput:
         self.documents: dict[str, dict[str, object]] = {}
         # the environment hooks run in, without secrets; None: run no hooks
         self.hooks_env: dict[str, str] | None = None
+        # where progress goes, when not to env.stderr (accounts run in parallel)
+        self.progress_to: TextIO | None = None
+
+    def sibling(self, env: Environment) -> SyncOutput:
+        """The same settings and documents, for an account whose lines go to `env`
+        (held there while accounts run in parallel); its progress lines go to this
+        one's standard error, as they come."""
+        other = SyncOutput(env, self.quiet, self.json)
+        other.documents = self.documents
+        other.hooks_env = self.hooks_env
+        other.progress_to = self.env.stderr
+        return other
 
     def account(self, name: str) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -533,7 +604,12 @@ def sync_account(
         else:
             out.line(line)
 
-    reporter = Reporter() if out.quiet else ProgressReporter(account.name, env.stderr)
+    if out.quiet:
+        reporter = Reporter()
+    elif out.progress_to is not None:
+        reporter = ProgressReporter(account.name, out.progress_to, terminal=False)
+    else:
+        reporter = ProgressReporter(account.name, env.stderr)
     hooks: dict[str, str | None] = {}
     doc["hooks"] = hooks
     from mirrorsync.hooks import run_hooks

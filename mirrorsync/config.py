@@ -175,6 +175,8 @@ class HooksConfig:
 class Config:
     path: Path
     accounts: dict[str, AccountConfig]
+    # `sync` of several accounts runs this many at once (each on its own connection)
+    parallel_accounts: int = 4
 
 
 # --------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _HOST_WITH_PORT = re.compile(r"[^:\[\]]+:[0-9]+")
 
-_TOP_KEYS = ("accounts",)
+_TOP_KEYS = ("accounts", "parallel_accounts")
 _ACCOUNT_KEYS = (
     "remote",
     "local",
@@ -861,7 +863,10 @@ def load(path: Path, env: Mapping[str, str]) -> Config:
         account = _load_account(ctx, name, value)
         accounts[account.name] = account
     _check_separate(ctx, accounts)
-    return Config(path=path, accounts=accounts)
+    parallel = Config.parallel_accounts
+    if "parallel_accounts" in top:
+        parallel = _integer(ctx, top["parallel_accounts"], "parallel_accounts", 1, 64)
+    return Config(path=path, accounts=accounts, parallel_accounts=parallel)
 
 
 def check_files(cfg: Config) -> None:
