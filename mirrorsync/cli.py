@@ -525,6 +525,18 @@ class SyncOutput:
         self.documents[name] = doc
         return doc
 
+    def hooks(self, which: list[str], account: AccountConfig, **facts: Any) -> None:
+        """Run the account's hooks named in `which` (mirrorsync/hooks.py), unless
+        hooks are off for this run; each outcome goes into the account's document."""
+        if self.hooks_env is None:
+            return
+        from mirrorsync.hooks import run_hooks
+
+        outcomes = run_hooks(which, account, self.hooks_env, **facts)
+        done = self.documents[account.name].setdefault("hooks", {})
+        assert isinstance(done, dict)
+        done.update(outcomes)
+
     def line(self, text: str) -> None:
         """A line for people; under --json it goes to the log (-v shows it)."""
         if self.json:
@@ -610,12 +622,7 @@ def sync_account(
         reporter = ProgressReporter(account.name, out.progress_to, terminal=False)
     else:
         reporter = ProgressReporter(account.name, env.stderr)
-    hooks: dict[str, str | None] = {}
-    doc["hooks"] = hooks
-    from mirrorsync.hooks import run_hooks
-
-    if out.hooks_env is not None:
-        hooks.update(run_hooks(["pre_sync"], account, out.hooks_env))
+    out.hooks(["pre_sync"], account)
     archived = None
     archive_lines: list[str] = []
     try:
@@ -636,10 +643,7 @@ def sync_account(
                     archive_lines.append,
                 )
     except MirrorsyncError as e:
-        if out.hooks_env is not None:
-            hooks.update(
-                run_hooks(["post_sync"], account, out.hooks_env, int(e.exit_status), error=str(e))
-            )
+        out.hooks(["post_sync"], account, status=int(e.exit_status), error=str(e))
         raise
     finally:
         reporter.close()
@@ -654,18 +658,14 @@ def sync_account(
         f.name: _folder_document(f, run.statuses.get(f.name), reporter.seconds.get(f.name))
         for f in report.folders
     }
-    if out.hooks_env is not None:
-        # after the lock is released: a hook may run mirrorsync itself
-        hooks.update(
-            run_hooks(
-                ["post_sync", "new_mail"],
-                account,
-                out.hooks_env,
-                status=int(ExitStatus.PARTIAL if report.failed else ExitStatus.OK),
-                done={f.name: f.counts for f in report.folders},
-                failed={f.name: f.error for f in report.folders if f.error},
-            )
-        )
+    # after the lock is released: a hook may run mirrorsync itself
+    out.hooks(
+        ["post_sync", "new_mail"],
+        account,
+        status=int(ExitStatus.PARTIAL if report.failed else ExitStatus.OK),
+        done={f.name: f.counts for f in report.folders},
+        failed={f.name: f.error for f in report.folders if f.error},
+    )
     missing = [f for f in options.folders if f not in {r.name for r in report.folders}]
     if missing:
         raise UsageError(
