@@ -126,6 +126,15 @@ def run(args: argparse.Namespace, env: Environment, path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    from pathlib import Path
+
+    from mirrorsync.config import load
+
+    try:
+        load(Path(path), env.environ)  # a bad value given (an account name) is said now
+    except Exception:
+        os.unlink(path)
+        raise
     env.stdout.write(f"wrote {path}\n")
 
 

@@ -115,6 +115,16 @@ def test_init_without_a_server_says_what_to_give(tmp_path: Path) -> None:
     assert not (tmp_path / "c.yaml").exists()
 
 
+def test_init_refuses_a_bad_account_name_and_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    status, _, err = _run(
+        "-c", str(path), "init", "--account", "my mail", "--host", "h", "--username", "u",
+        "--password-env", "PW", "--no-check",
+    )  # fmt: skip
+    assert status == 2 and "accounts.my mail" in err and "may only use letters" in err
+    assert not path.exists()
+
+
 def test_init_asks_on_a_terminal(tmp_path: Path) -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
