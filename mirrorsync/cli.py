@@ -23,17 +23,21 @@ from mirrorsync import __version__
 from mirrorsync.dirstamp import settle_now
 from mirrorsync.environment import Environment
 from mirrorsync.errors import ExitStatus, MirrorsyncError, UsageError
+from mirrorsync.words import counted
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from contextlib import AbstractContextManager
+    from typing import Any, TextIO
 
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
+    from mirrorsync.engine import FolderReport
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
+    from mirrorsync.model import FolderStatus
     from mirrorsync.state import State
 
 
@@ -56,12 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
             raise UsageError(f"{message}", f"see '{self.prog} --help'")
 
     p = _Parser(prog="mirrorsync", description="Keep a local Maildir a two-way mirror of IMAP.")
-    p.add_argument("-c", "--config", metavar="FILE", help="config file (default: XDG location)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more output; tracebacks")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    _global_options(p, None)
     p.add_argument("--version", action="version", version=f"mirrorsync {__version__}")
+    # The global options are taken after the command too (`mirrorsync sync -v`); there
+    # they default to nothing, so that they do not undo the same options given before.
+    common = _Parser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sync = sub.add_parser("sync", help="synchronize accounts once")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    sync = command("sync", help="synchronize accounts once")
     sync.add_argument("accounts", nargs="*", metavar="ACCOUNT")
     sync.add_argument(
         "--folder", action="append", default=[], metavar="NAME", help="only this folder"
@@ -87,10 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then apply the account's archive: rules (see 'mirrorsync archive')",
     )
-    status = sub.add_parser("status", help="per-folder counts and pending local changes")
+    sync.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status = command("status", help="per-folder counts and pending local changes")
     status.add_argument("accounts", nargs="*", metavar="ACCOUNT")
-    sub.add_parser("check-config", help="validate the config and test each login")
-    daemon = sub.add_parser(
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    command("check-config", help="validate the config and test each login")
+    command("sample-config", help="print a commented configuration with every option")
+    from mirrorsync import init
+
+    init.add_arguments(
+        command(
+            "init",
+            help="write a first configuration file, then check it",
+            description="Write a commented configuration for one account (to -c FILE, "
+            "or the default place) from the options given, asking on a terminal for "
+            "what is missing; a known provider (--provider, or the address's domain) "
+            "fills in the server. Then log in to check it, as check-config does.",
+        )
+    )
+    completion = command(
+        "completion",
+        help="print a shell completion script",
+        description="Print the completion script for SHELL. bash: "
+        "'mirrorsync completion bash > ~/.local/share/bash-completion/completions/mirrorsync'; "
+        "zsh: put 'mirrorsync completion zsh' in a file named _mirrorsync on $fpath; fish: "
+        "'mirrorsync completion fish > ~/.config/fish/completions/mirrorsync.fish'.",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL")
+    daemon = command(
         "daemon",
         help="keep running: sync on local changes and server push",
         description="Sync once, then whenever a folder changes locally or on the server, "
@@ -98,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reloads the configuration, SIGTERM or SIGINT stops after the sync under way.",
     )
     daemon.add_argument("accounts", nargs="*", metavar="ACCOUNT")
-    archive = sub.add_parser(
+    archive = command(
         "archive",
         help="free server space: move mail into local-only folders",
         description="Move the server messages a rule selects into a local-only folder "
@@ -113,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument(
         "--dry-run", action="store_true", help="print what would be archived, change nothing"
     )
-    migrate = sub.add_parser(
+    migrate = command(
         "migrate",
         help="take over a Maildir from mbsync or offlineimap, with its state",
         description="Read the state mbsync or offlineimap left (which server UID each "
@@ -142,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--force", action="store_true", help="replace a state mirrorsync already has"
     )
-    quota = sub.add_parser(
+    quota = command(
         "quota",
         help="server quota, folder sizes, and what archiving would free",
         description="Show the server's quota, every folder's message count and size "
@@ -153,6 +187,31 @@ def build_parser() -> argparse.ArgumentParser:
     quota.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     _add_rule_options(quota)
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, default: object) -> None:
+    """-c, -v, -q: with `default` None the real defaults, else that (SUPPRESS)."""
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="config file (default: XDG location)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if default is None else default,
+        help="more output; tracebacks",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if default is None else default,
+        help="only errors",
+    )
 
 
 def _add_rule_options(p: argparse.ArgumentParser) -> None:
@@ -208,6 +267,9 @@ def main(
             "archive": cmd_archive,
             "quota": cmd_quota,
             "migrate": cmd_migrate,
+            "sample-config": cmd_sample_config,
+            "init": cmd_init,
+            "completion": cmd_completion,
         }
         return int(command[args.command](args, env))
     except MirrorsyncError as e:
@@ -248,6 +310,7 @@ def plain_sync(argv: Sequence[str] | None) -> argparse.Namespace | None:
         force=False,
         archive=False,
         recover=None,
+        json=False,
     )
     return args  # type: ignore[return-value]  # read by attribute, as a Namespace is
 
@@ -300,12 +363,14 @@ def _load_config(args: argparse.Namespace, env: Environment) -> Config:
                 from mirrorsync.oracle import check_config
 
                 check_config(cached, Path(given), env.environ)
+            config.check_files(cached)
             return cached
         before = settle_now()
         # before reading: an edit made after this must not match the cache
         found = (key, os.stat(key), before)
     recorder = configcache.RecordingEnv(env.environ)
     cfg = config.load(Path(given), recorder)
+    config.check_files(cfg)
     if found is not None:
         key, st, before = found
         # the cache is an optimisation: it never fails a run
@@ -352,16 +417,152 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
         raise UsageError(
             "--archive: no archive: rules in the configuration for "
             + ", ".join(a.name for a in accounts),
-            "add archive: rules to the account (see sample-config.yaml)",
+            "add archive: rules to the account ('mirrorsync sample-config' shows them)",
         )
-    worst = ExitStatus.OK
-    for account in accounts:
+    out = SyncOutput(env, quiet=bool(args.quiet), json=bool(args.json))
+    if any(a.hooks.every_run or a.hooks.new_mail for a in accounts) and not args.dry_run:
+        from mirrorsync.hooks import scrubbed
+
+        out.hooks_env = scrubbed(env.environ, cfg.accounts.values())
+
+    def one(account: AccountConfig, out: SyncOutput) -> ExitStatus:
+        started = time.monotonic()
+        doc = out.documents[account.name]
         try:
-            status = sync_account(account, options, env, archive=args.archive)
+            status = sync_account(account, options, out.env, archive=args.archive, out=out)
         except MirrorsyncError as e:
-            status = report_error(e, env, verbose=bool(args.verbose))
+            status = report_error(e, out.env, verbose=bool(args.verbose))
+            doc["error"] = str(e)
+        doc["status"] = int(status)
+        doc["seconds"] = round(time.monotonic() - started, 3)
+        return status
+
+    for account in accounts:
+        out.account(account.name)  # the document lists them in the order given
+    bound = min(cfg.parallel_accounts, len(accounts))
+    if bound > 1 and not options.dry_run:
+        worst = _in_parallel(accounts, bound, one, out)
+    else:
+        worst = max((one(account, out) for account in accounts), default=ExitStatus.OK)
+    if args.json:
+        out.write_json(worst)
+    return worst
+
+
+def _in_parallel(
+    accounts: Sequence[AccountConfig],
+    bound: int,
+    one: Callable[[AccountConfig, SyncOutput], ExitStatus],
+    out: SyncOutput,
+) -> ExitStatus:
+    """Sync `bound` accounts at a time, each in a thread with its own connection. Each
+    one's lines are held and printed whole, in the order given, as soon as it and
+    those before it are done, so that they never interleave; its progress lines go
+    straight to standard error (no live bar: several would fight over the line).
+    Daemon threads: Ctrl-C ends the run at once (the state is safe at any point)."""
+    import io
+    import threading
+
+    from mirrorsync.environment import Environment
+
+    slots = threading.Semaphore(bound)
+    runs = []
+    for account in accounts:
+        held = Environment(io.StringIO(), io.StringIO(), out.env.environ, out.env.stdin)
+        mine = out.sibling(held)
+        result: list[ExitStatus | BaseException] = []
+
+        def run(
+            account: AccountConfig = account,
+            mine: SyncOutput = mine,
+            result: list[ExitStatus | BaseException] = result,
+        ) -> None:
+            with slots:
+                try:
+                    result.append(one(account, mine))
+                except BaseException as e:  # a bug: raised again in the main thread
+                    result.append(e)
+
+        thread = threading.Thread(target=run, name=f"sync {account.name}", daemon=True)
+        thread.start()
+        runs.append((thread, held, result))
+    worst = ExitStatus.OK
+    for thread, held, result in runs:
+        thread.join()
+        assert isinstance(held.stdout, io.StringIO) and isinstance(held.stderr, io.StringIO)
+        out.env.stdout.write(held.stdout.getvalue())
+        out.env.stderr.write(held.stderr.getvalue())
+        out.env.stdout.flush()
+        (status,) = result
+        if isinstance(status, BaseException):
+            raise status
         worst = max(worst, status)
     return worst
+
+
+class SyncOutput:
+    """Where a sync's words go: the summary lines on standard output (none with -q),
+    or, with --json, one document (see README.md, "Output for scripts") gathered
+    here and printed at the end."""
+
+    def __init__(self, env: Environment, quiet: bool, json: bool) -> None:
+        self.env = env
+        self.quiet = quiet
+        self.json = json
+        self.documents: dict[str, dict[str, object]] = {}
+        # the environment hooks run in, without secrets; None: run no hooks
+        self.hooks_env: dict[str, str] | None = None
+        # where progress goes, when not to env.stderr (accounts run in parallel)
+        self.progress_to: TextIO | None = None
+
+    def sibling(self, env: Environment) -> SyncOutput:
+        """The same settings and documents, for an account whose lines go to `env`
+        (held there while accounts run in parallel); its progress lines go to this
+        one's standard error, as they come."""
+        other = SyncOutput(env, self.quiet, self.json)
+        other.documents = self.documents
+        other.hooks_env = self.hooks_env
+        other.progress_to = self.env.stderr
+        return other
+
+    def account(self, name: str) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "status": 0,
+            "error": None,
+            "seconds": 0.0,
+            "folders": {},
+            "archive": None,
+            "hooks": {},
+        }
+        self.documents[name] = doc
+        return doc
+
+    def hooks(self, which: list[str], account: AccountConfig, **facts: Any) -> None:
+        """Run the account's hooks named in `which` (mirrorsync/hooks.py), unless
+        hooks are off for this run; each outcome goes into the account's document."""
+        if self.hooks_env is None:
+            return
+        from mirrorsync.hooks import run_hooks
+
+        outcomes = run_hooks(which, account, self.hooks_env, **facts)
+        done = self.documents[account.name].setdefault("hooks", {})
+        assert isinstance(done, dict)
+        done.update(outcomes)
+
+    def line(self, text: str) -> None:
+        """A line for people; under --json it goes to the log (-v shows it)."""
+        if self.json:
+            import logging
+
+            logging.getLogger("mirrorsync").info("%s", text)
+        elif not self.quiet:
+            self.env.stdout.write(text + "\n")
+
+    def write_json(self, status: ExitStatus) -> None:
+        import json
+
+        document = {"version": 1, "status": int(status), "accounts": self.documents}
+        self.env.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 def account_session(account: AccountConfig, env: Environment) -> AbstractContextManager[Session]:
@@ -381,8 +582,10 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.naming import settle_prefix
+    from mirrorsync.paths import check_account_paths
     from mirrorsync.state import AccountLock, State, state_error
 
+    check_account_paths(account)
     with AccountLock(account.state_dir, account.name):
         remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
         try:
@@ -402,36 +605,60 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
 
 
 def sync_account(
-    account: AccountConfig, options: object, env: Environment, archive: bool = False
+    account: AccountConfig,
+    options: object,
+    env: Environment,
+    archive: bool = False,
+    out: SyncOutput | None = None,
 ) -> ExitStatus:
     """Lock, connect, run, report. Returns the account's exit status. With `archive`,
     the account's archive rules are applied after the sync, under the same lock and
     on the same connection, so they act on freshly synced folders."""
     from mirrorsync.engine import AccountSync, SyncOptions
+    from mirrorsync.progress import ProgressReporter, Reporter
 
     assert isinstance(options, SyncOptions)
+    out = out or SyncOutput(env, quiet=False, json=False)
+    doc = out.documents.get(account.name) or out.account(account.name)
     started = time.monotonic()
 
     def emit(line: str) -> None:
-        env.stdout.write(line + "\n")
+        if options.dry_run and not out.json:
+            env.stdout.write(line + "\n")  # the plan asked for, even with -q
+        else:
+            out.line(line)
 
+    if out.quiet:
+        reporter = Reporter()
+    elif out.progress_to is not None:
+        reporter = ProgressReporter(account.name, out.progress_to, terminal=False)
+    else:
+        reporter = ProgressReporter(account.name, env.stderr)
+    out.hooks(["pre_sync"], account)
     archived = None
     archive_lines: list[str] = []
-    with account_session(account, env) as s:
-        report = AccountSync(account, s.remote, s.maildir, s.state, options, emit).run()
-        if archive and account.archive:
-            from mirrorsync.archive import run_archive
+    try:
+        with account_session(account, env) as s:
+            run = AccountSync(account, s.remote, s.maildir, s.state, options, emit, reporter)
+            report = run.run()
+            if archive and account.archive:
+                from mirrorsync.archive import run_archive
 
-            # printed after the sync's summary line, in the order things happened
-            archived = run_archive(
-                account,
-                s.remote,
-                s.maildir,
-                s.state,
-                account.archive,
-                options.dry_run,
-                archive_lines.append,
-            )
+                # printed after the sync's summary line, in the order things happened
+                archived = run_archive(
+                    account,
+                    s.remote,
+                    s.maildir,
+                    s.state,
+                    account.archive,
+                    options.dry_run,
+                    archive_lines.append,
+                )
+    except MirrorsyncError as e:
+        out.hooks(["post_sync"], account, status=int(e.exit_status), error=str(e))
+        raise
+    finally:
+        reporter.close()
     for f in report.folders:
         if f.error:
             env.stderr.write(f"mirrorsync: [{account.name}] {f.summary()}\n")
@@ -439,23 +666,70 @@ def sync_account(
             import logging
 
             logging.getLogger("mirrorsync").info("[%s] %s", account.name, f.summary())
+    doc["folders"] = {
+        f.name: _folder_document(f, run.statuses.get(f.name), reporter.seconds.get(f.name))
+        for f in report.folders
+    }
+    # after the lock is released: a hook may run mirrorsync itself
+    out.hooks(
+        ["post_sync", "new_mail"],
+        account,
+        status=int(ExitStatus.PARTIAL if report.failed else ExitStatus.OK),
+        done={f.name: f.counts for f in report.folders},
+        failed={f.name: f.error for f in report.folders if f.error},
+    )
+    missing = [f for f in options.folders if f not in {r.name for r in report.folders}]
+    if missing:
+        raise UsageError(
+            f"[{account.name}] no folder {missing[0]!r} on the server or in {account.local.path}",
+            "names use '/' between levels (e.g. Work/Projects); 'mirrorsync status' lists "
+            "the folders, and the folders: section may exclude it",
+        )
     totals: dict[str, int] = {}
     for f in report.folders:
         for k, n in f.counts.items():
             totals[k] = totals.get(k, 0) + n
     if not options.dry_run:
         done = ", ".join(f"{n} {k}" for k, n in sorted(totals.items()) if n) or "no changes"
-        failed = f", {len(report.failed)} folders FAILED" if report.failed else ""
-        env.stdout.write(
-            f"{account.name}: {len(report.folders)} folders, {done}{failed} "
-            f"({time.monotonic() - started:.1f}s)\n"
+        failed = f", {counted(len(report.failed), 'folder')} FAILED" if report.failed else ""
+        out.line(
+            f"{account.name}: {counted(len(report.folders), 'folder')}, {done}{failed} "
+            f"({time.monotonic() - started:.1f}s)"
         )
     if archived is not None:
-        env.stdout.writelines(line + "\n" for line in archive_lines)
-        _print_archived(account, archived, options.dry_run, env)
+        doc["archive"] = {
+            "dry_run": options.dry_run,
+            "messages": archived.messages,
+            "bytes": archived.bytes,
+            "kept": archived.kept,
+            "failed": dict(archived.failed),
+        }
+        for line in archive_lines:
+            out.line(line)
+        if not out.quiet and not out.json:
+            _print_archived(account, archived, options.dry_run, env)
         if archived.failed:
             return ExitStatus.PARTIAL
     return ExitStatus.PARTIAL if report.failed else ExitStatus.OK
+
+
+def _folder_document(
+    f: FolderReport, status: FolderStatus | None, seconds: float | None
+) -> dict[str, object]:
+    """One folder's part of `sync --json`."""
+    return {
+        "done": {k: n for k, n in sorted(f.counts.items()) if n},
+        "error": f.error,
+        "seconds": round(seconds or 0.0, 3),
+        # the server's numbers as the run found them (before its own changes)
+        "server": None
+        if status is None
+        else {
+            "messages": status.messages,
+            "uidvalidity": status.uidvalidity,
+            "uidnext": status.uidnext,
+        },
+    }
 
 
 # -- archive and quota
@@ -588,7 +862,7 @@ def _print_archived(
     if report.kept:
         line += f"; {messages(report.kept)} selected stay on the server (see above)"
     if report.failed:
-        line += f"; {len(report.failed)} folders FAILED"
+        line += f"; {counted(len(report.failed), 'folder')} FAILED"
     if seconds is not None:
         line += f" ({seconds:.1f}s)"
     env.stdout.write(line + "\n")
@@ -739,11 +1013,54 @@ def cmd_migrate(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 
 def cmd_status(args: argparse.Namespace, env: Environment) -> ExitStatus:
-    from mirrorsync.status import account_status
+    import json
+
+    from mirrorsync.status import account_status, status_document
 
     cfg = _load_config(args, env)
+    worst = ExitStatus.OK
+    documents: dict[str, object] = {}
     for account in _select_accounts(cfg, args.accounts):
-        env.stdout.write(account_status(account))
+        try:
+            if args.json:
+                documents[account.name] = status_document(account)
+            else:
+                env.stdout.write(account_status(account))
+        except MirrorsyncError as e:
+            status = report_error(e, env, verbose=bool(args.verbose))
+            documents[account.name] = {"error": str(e)}
+            worst = max(worst, status)
+    if args.json:
+        document = {"version": 1, "status": int(worst), "accounts": documents}
+        env.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    return worst
+
+
+def cmd_sample_config(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """The commented sample, shipped in the package (a pip user has no sources)."""
+    from importlib.resources import files
+
+    env.stdout.write(files("mirrorsync").joinpath("sample-config.yaml").read_text("utf-8"))
+    return ExitStatus.OK
+
+
+def cmd_init(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """See `mirrorsync.init`; then check-config, unless --no-check."""
+    from mirrorsync import init, xdg
+
+    path = args.config or xdg.default_config(env.environ)
+    init.run(args, env, path)
+    if args.no_check:
+        return ExitStatus.OK
+    args.config = path
+    return cmd_check_config(args, env)
+
+
+def cmd_completion(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    from mirrorsync import shell
+
+    make = {"bash": shell.bash, "zsh": shell.zsh, "fish": shell.fish}[args.shell]
+    env.stdout.write(make(build_parser()))
     return ExitStatus.OK
 
 
@@ -752,7 +1069,8 @@ def cmd_check_config(args: argparse.Namespace, env: Environment) -> ExitStatus:
     from mirrorsync.imapstore import ImapStore
 
     cfg = _load_config(args, env)
-    env.stdout.write(f"{cfg.path}: configuration is valid ({len(cfg.accounts)} accounts)\n")
+    accounts = counted(len(cfg.accounts), "account")
+    env.stdout.write(f"{cfg.path}: configuration is valid ({accounts})\n")
     worst = ExitStatus.OK
     for account in cfg.accounts.values():
         try:
@@ -760,16 +1078,32 @@ def cmd_check_config(args: argparse.Namespace, env: Environment) -> ExitStatus:
                 account.remote, resolve_password(account.remote, env.environ)
             )
             try:
-                n = len(remote.list_folders())
+                folders = _folders_to_sync(account, remote)
             finally:
                 remote.close()
             env.stdout.write(
                 f"{account.name}: logged in to {account.remote.host}:{account.remote.port} "
-                f"as {account.remote.username}; {n} folders\n"
+                f"as {account.remote.username}; {folders}\n"
             )
         except MirrorsyncError as e:
             worst = max(worst, report_error(e, env, verbose=bool(args.verbose)))
     return worst
+
+
+def _folders_to_sync(account: AccountConfig, remote: ImapStore) -> str:
+    """The server folders a sync takes, counted as `sync` counts them (named as the
+    syncs name them, without those excluded or kept local), and all it lists."""
+    from mirrorsync.naming import recorded_prefix
+
+    remote.use_namespace_prefix(recorded_prefix(account, remote))
+    listed = [f.name for f in remote.list_folders() if f.selectable]
+    synced = [
+        n for n in listed if account.folders.matches(n) and not account.local.is_local_only(n)
+    ]
+    text = f"{counted(len(synced), 'folder')} to sync"
+    if len(synced) != len(listed):
+        text += f" (of {len(listed)} on the server)"
+    return text
 
 
 def cmd_daemon(args: argparse.Namespace, env: Environment) -> ExitStatus:

@@ -153,12 +153,30 @@ class AccountConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     archive: tuple[ArchiveRule, ...] = ()
+    hooks: HooksConfig = field(default_factory=lambda: HooksConfig())
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Shell commands run around an account's syncs (see mirrorsync/hooks.py)."""
+
+    pre_sync: str | None = None  # before each sync
+    post_sync: str | None = None  # after each sync, told what changed
+    new_mail: str | None = None  # after a sync that downloaded messages
+    timeout: float = 30.0  # seconds a hook may take before it is killed
+
+    @property
+    def every_run(self) -> bool:
+        """Whether a sync that changes nothing runs a hook too."""
+        return self.pre_sync is not None or self.post_sync is not None
 
 
 @dataclass(frozen=True)
 class Config:
     path: Path
     accounts: dict[str, AccountConfig]
+    # `sync` of several accounts runs this many at once (each on its own connection)
+    parallel_accounts: int = 4
 
 
 # --------------------------------------------------------------------------------------
@@ -181,8 +199,18 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _HOST_WITH_PORT = re.compile(r"[^:\[\]]+:[0-9]+")
 
-_TOP_KEYS = ("accounts",)
-_ACCOUNT_KEYS = ("remote", "local", "state_dir", "folders", "sync", "daemon", "archive")
+_TOP_KEYS = ("accounts", "parallel_accounts")
+_ACCOUNT_KEYS = (
+    "remote",
+    "local",
+    "state_dir",
+    "folders",
+    "sync",
+    "daemon",
+    "archive",
+    "hooks",
+)
+_HOOK_KEYS = ("pre_sync", "post_sync", "new_mail", "timeout")
 _REMOTE_KEYS = (
     "host",
     "port",
@@ -202,7 +230,7 @@ _DAEMON_KEYS = ("idle_folders", "full_check_interval", "debounce", "idle_refresh
 _IDLE_REFRESH_MAX = 29 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 _DEBOUNCE_MAX = 60.0
 
-_SAMPLE_HINT = "see sample-config.yaml in the mirrorsync sources for every option"
+_SAMPLE_HINT = "'mirrorsync sample-config' prints a commented file with every option"
 
 
 def _xdg_dir(env: Mapping[str, str], var: str, fallback: str) -> Path:
@@ -678,6 +706,17 @@ def _load_daemon(ctx: _Ctx, value: object, key: str) -> DaemonConfig:
     )
 
 
+def _load_hooks(ctx: _Ctx, value: object, key: str) -> HooksConfig:
+    section = _section(ctx, value, key, _HOOK_KEYS)
+    commands = {
+        name: _string(ctx, section[name], _join(key, name))
+        for name in ("pre_sync", "post_sync", "new_mail")
+        if name in section
+    }
+    timeout = _seconds(ctx, section, key, "timeout", HooksConfig.timeout, 0, 3600, True)
+    return HooksConfig(timeout=timeout, **commands)
+
+
 def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
     if not isinstance(name, str):
         ctx.fail(
@@ -712,6 +751,7 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         if "archive" in section
         else ()
     )
+    hooks = _load_hooks(ctx, section["hooks"], f"{key}.hooks") if "hooks" in section else None
     return AccountConfig(
         name=name,
         remote=remote,
@@ -721,6 +761,7 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         sync=sync,
         daemon=daemon,
         archive=archive,
+        hooks=hooks or HooksConfig(),
     )
 
 
@@ -822,7 +863,26 @@ def load(path: Path, env: Mapping[str, str]) -> Config:
         account = _load_account(ctx, name, value)
         accounts[account.name] = account
     _check_separate(ctx, accounts)
-    return Config(path=path, accounts=accounts)
+    parallel = Config.parallel_accounts
+    if "parallel_accounts" in top:
+        parallel = _integer(ctx, top["parallel_accounts"], "parallel_accounts", 1, 64)
+    return Config(path=path, accounts=accounts, parallel_accounts=parallel)
+
+
+def check_files(cfg: Config) -> None:
+    """The files the configuration names must be there, checked on every run (the
+    parsed-config cache cannot vouch for another file): a missing `ca_file` is a
+    mistake in the configuration, said before anything connects, not a failed login."""
+    for name, account in cfg.accounts.items():
+        ca_file = account.remote.ca_file
+        if ca_file is not None and not os.access(ca_file, os.R_OK):
+            problem = "no such file" if not os.path.exists(ca_file) else "not readable"
+            raise ConfigError(
+                f"{problem}: {ca_file}",
+                path=str(cfg.path),
+                key=f"accounts.{name}.remote.ca_file",
+                hint="point it at the PEM certificate (or CA) the server uses",
+            )
 
 
 # --------------------------------------------------------------------------------------

@@ -97,7 +97,9 @@ def _account_facts(account: AccountConfig) -> Facts:
         "name": account.name,
         # The quick check lists folders as the layout spells them in UTF-8; with
         # modified UTF-7 names every run takes the full path.
-        "quick": literal and account.local.folder_names == "utf-8",
+        # A pre_sync or post_sync hook runs at every sync, which the quick check
+        # does not do (mirrorsync/hooks.py).
+        "quick": literal and account.local.folder_names == "utf-8" and not account.hooks.every_run,
         "host": remote.host,
         "port": remote.port,
         "tls": remote.tls,

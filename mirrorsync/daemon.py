@@ -44,17 +44,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mirrorsync.config import AccountConfig, resolve_password
+from mirrorsync.config import AccountConfig, HooksConfig, resolve_password
 from mirrorsync.errors import (
     ConnectionFailed,
+    DaemonRunning,
     ExitStatus,
     LockedError,
     MirrorsyncError,
 )
 from mirrorsync.maildir import display_path
+from mirrorsync.paths import check_account_paths
 from mirrorsync.push import PUSH_CONNECTED, Backoff, OutageLog, Push
 from mirrorsync.state import AccountLock
 from mirrorsync.watch import EventRouter, LocalWatcher, OwnWrites, install_hook
+from mirrorsync.words import counted
 
 if TYPE_CHECKING:
     from mirrorsync.engine import AccountReport
@@ -336,6 +339,7 @@ class AccountLoop(threading.Thread):
             whys = sorted(set(pending.folders.values()))
             trigger = f"{', '.join(whys)}: {', '.join(folders)}"
         self.syncs += 1
+        self._hooks(["pre_sync"])
         started = time.monotonic()
         try:
             # A full check trusts no recorded position: drift heals (see SyncOptions).
@@ -368,8 +372,23 @@ class AccountLoop(threading.Thread):
         self._recovered()
         self._pending = Batch()
         self._show(report, trigger, time.monotonic() - started, full=not folders)
+        self._hooks(
+            ["post_sync", "new_mail"],
+            status=int(ExitStatus.PARTIAL if report.failed else ExitStatus.OK),
+            done={f.name: f.counts for f in report.folders},
+            failed={f.name: f.error for f in report.folders if f.error},
+        )
         self._ensure_watcher()
         return True
+
+    def _hooks(self, which: list[str], **facts: Any) -> None:
+        """The account's hooks, as `sync` runs them (mirrorsync/hooks.py); a failure
+        is reported there and changes nothing here."""
+        if self.account.hooks == HooksConfig():
+            return
+        from mirrorsync.hooks import run_hooks, scrubbed
+
+        run_hooks(which, self.account, scrubbed(os.environ, [self.account]), **facts)
 
     def _run_engine(self, options: Any) -> AccountReport:
         """The engine on a connection of its own for this sync (the one opened at
@@ -420,7 +439,7 @@ class AccountLoop(threading.Thread):
             state.set_meta("last_archive", str(time.time()))
         if done.messages:
             self._out.result(
-                f"{account.name}: archived {done.messages} messages, "
+                f"{account.name}: archived {counted(done.messages, 'message')}, "
                 f"{done.bytes / 1_048_576:.1f} MB freed on the server"
             )
 
@@ -441,7 +460,7 @@ class AccountLoop(threading.Thread):
             name,
             self.syncs,
             trigger,
-            f"{len(changed)} folders changed" if changed else "no changes",
+            f"{counted(len(changed), 'folder')} changed" if changed else "no changes",
             seconds,
         )
 
@@ -617,7 +636,11 @@ class Daemon:
                 lock.__exit__(None, None, None)
 
     def _start(self, account: AccountConfig, password: str) -> None:
-        lock = daemon_lock(account).__enter__()
+        check_account_paths(account)
+        try:
+            lock = daemon_lock(account).__enter__()
+        except LockedError as e:
+            raise DaemonRunning(e.message, e.hint) from None
         self._locks[account.name] = lock
         fd = self._wakefd
         loop = AccountLoop(account, password, self.out, self.own, lambda: _poke(fd), self.verbose)

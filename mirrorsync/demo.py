@@ -231,6 +231,13 @@ def mirrorsync_command(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "mirrorsync", "-c", str(config), *args]
 
 
+def cache_dir(config: Path) -> Path:
+    """The demo's runs keep their parsed-config cache (which holds the demo's password,
+    as its config file does) in the demo's directory, removed with it: never in the
+    user's ~/.cache, where it would outlive the demo."""
+    return config.parent / "cache"
+
+
 def run_mirrorsync(config: Path, *args: str) -> str:
     """Run the real CLI in its own process, as a user would, and show what it prints.
     Fails the demo on a non-zero exit status."""
@@ -240,6 +247,7 @@ def run_mirrorsync(config: Path, *args: str) -> str:
     # Works from a source checkout too, without `pip install`.
     src = str(Path(mirrorsync.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env["XDG_CACHE_HOME"] = str(cache_dir(config))
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
     )
@@ -362,10 +370,11 @@ def run_demo(tmp: Path, keep: bool) -> None:
         if keep and finished:
             heading("Kept for you to explore")
             quoted = shlex.quote(str(tmp / "config.yaml"))
+            cache = f"XDG_CACHE_HOME={shlex.quote(str(cache_dir(tmp / 'config.yaml')))}"
             print(f"Directory:  {tmp}")
             print(f"Dovecot is still running on {server.host}:{server.port}. Try:")
-            print(f"  {shlex.join(mirrorsync_command(tmp / 'config.yaml', 'sync'))}")
-            print(f"  {sys.executable} -m mirrorsync -c {quoted} status")
+            print(f"  {cache} {shlex.join(mirrorsync_command(tmp / 'config.yaml', 'sync'))}")
+            print(f"  {cache} {sys.executable} -m mirrorsync -c {quoted} status")
             print("When done:")
             print(f"  kill $(cat {shlex.quote(str(server.base / 'run' / 'master.pid'))})")
             print(f"  rm -rf {shlex.quote(str(tmp))}")

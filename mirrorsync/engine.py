@@ -50,6 +50,7 @@ from mirrorsync.maildir import (
 from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
 from mirrorsync.names import DELIMITER_META, stored_delimiter
 from mirrorsync.naming import kept_local, settle_prefix
+from mirrorsync.progress import Reporter
 from mirrorsync.state import FolderState, Pair, PairRow, State
 from mirrorsync.xdg import private_makedirs
 
@@ -145,6 +146,7 @@ class AccountSync:
         state: State,
         options: SyncOptions,
         emit: Callable[[str], None],
+        reporter: Reporter | None = None,
     ) -> None:
         self.account = account
         self.remote = remote
@@ -152,6 +154,7 @@ class AccountSync:
         self.state = state
         self.options = options
         self.emit = emit
+        self.reporter = reporter or Reporter()  # progress and timings (mirrorsync/progress.py)
         self.statuses: dict[str, FolderStatus] = {}
         self.prior: dict[str, FolderState] = {}
         self._selected: str | None = None
@@ -981,6 +984,7 @@ class AccountSync:
                 self.state.put_folder(started)
 
         touched_local = False
+        self.reporter.folder(name)
         if plan:
             local = inputs.local
             needs_local = _of(plan, act.DeleteLocal) or any(
@@ -1083,6 +1087,7 @@ class AccountSync:
             with self.state.transaction():
                 self.state.put_folder(done)
         self.prior[name] = done
+        self.reporter.folder_done(name)
 
     def _locate(
         self,
@@ -1228,6 +1233,7 @@ class AccountSync:
         if unknown:
             sizes = {**sizes, **{u: i.size for u, i in self.remote.identities(unknown).items()}}
         small = [a.uid for a in items if sizes.get(a.uid, 0) <= LARGE_MESSAGE]
+        self.reporter.begin("download", len(items), sum(sizes.get(a.uid, 0) for a in items))
         batch: list[tuple[int, str, bytes, Flags, float | None]] = []
         size = 0
         # One batch is on its way to disk while the next is fetched: the I/O threads
@@ -1267,6 +1273,7 @@ class AccountSync:
                     lf = to_lf(data)
                     batch.append((uid, mfolder.new_key(), lf, flagmod.normalize(flags), _ts(date)))
                     size += len(lf)
+                    self.reporter.advance(1, len(lf))
                     if len(batch) >= DOWNLOAD_BATCH or size >= DOWNLOAD_BATCH_BYTES:
                         flush()
             except ServerError:
@@ -1314,6 +1321,7 @@ class AccountSync:
         with self.state.transaction():
             self.state.put_pairs(name, [Pair(uid, key, writer.hexdigest(), flags, flags)])
         rep.counts["downloaded"] += 1
+        self.reporter.advance(1, size)
 
     def _upload(
         self, name: str, mfolder: MaildirFolder, items: list[LocalMessage], rep: FolderReport
@@ -1401,11 +1409,14 @@ class AccountSync:
                 with self.state.transaction():
                     self.state.put_pairs(name, pairs)
                 rep.counts["uploaded"] += len(pairs)
+            self.reporter.advance(len(done), sum(len(data) for (_, _, data, _), _ in done))
             if unchecked is not None:
                 raise unchecked
             batch.clear()
             size = 0
 
+        if items:
+            self.reporter.begin("upload", len(items), None)
         for lm in items:
             try:
                 lf = to_lf(mfolder.read(lm))

@@ -19,7 +19,9 @@ class Environment:
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
         environ: Mapping[str, str] | None = None,
+        stdin: TextIO | None = None,
     ) -> None:
         self.stdout: TextIO = sys.stdout if stdout is None else stdout
         self.stderr: TextIO = sys.stderr if stderr is None else stderr
         self.environ: Mapping[str, str] = dict(os.environ) if environ is None else environ
+        self.stdin: TextIO = sys.stdin if stdin is None else stdin  # `init` asks there

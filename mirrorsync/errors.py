@@ -15,6 +15,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2  # usage or configuration error
     CONNECTION = 3  # connection, TLS or authentication failure
     INTERNAL = 4  # a bug: reported with a hint to re-run with -v
+    DAEMON_RUNNING = 5  # `daemon`: another daemon already runs for the account
 
 
 def abridged(text: str, most: int = 200) -> str:
@@ -129,6 +130,26 @@ class StateUnwritable(StateError):
 
 class LockedError(MirrorsyncError):
     """Another mirrorsync run holds the account's lock."""
+
+
+class DaemonRunning(LockedError):
+    """A second `mirrorsync daemon` for an account: a status of its own, so that a
+    service manager can tell it from a daemon whose folders failed (1)."""
+
+    exit_status = ExitStatus.DAEMON_RUNNING
+
+
+class LocalPathError(MirrorsyncError):
+    """A configured local path (local.path, state_dir) that cannot be used: under a
+    file, a file itself, or in a directory we may not write. A configuration or
+    environment problem, not a folder's: the account is not synced at all."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(self, key: str, path: str, problem: str, hint: str) -> None:
+        super().__init__(f"{key} {path}: {problem}", hint)
+        self.key = key
+        self.path = path
 
 
 class GuardError(MirrorsyncError):

@@ -33,6 +33,7 @@ environment lookup per run and is never imported.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -478,12 +479,18 @@ def _connect_quietly(remote: configmod.RemoteConfig, password: str) -> ImapStore
     from mirrorsync.imapstore import ImapStore
 
     logger = logging.getLogger("mirrorsync.imapstore")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        return ImapStore.connect(remote, password, disable=("CONDSTORE",))
-    finally:
-        logger.setLevel(level)
+    # one account at a time: accounts synced in parallel would restore each other's
+    # raised level and leave it raised for good
+    with _QUIET_CONNECT:
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            return ImapStore.connect(remote, password, disable=("CONDSTORE",))
+        finally:
+            logger.setLevel(level)
+
+
+_QUIET_CONNECT = threading.Lock()
 
 
 def _scan(mfolder: MaildirFolder) -> dict[str, LocalMessage]:

@@ -52,6 +52,7 @@ from mirrorsync.names import (
     server_spelling,
 )
 from mirrorsync.statefiles import DB_NAME, KILL_ENV, SCHEMA_VERSION, AccountLock, connect
+from mirrorsync.words import counted
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
@@ -164,7 +165,10 @@ def try_quick(argv: Sequence[str], env: Environment) -> int | None:
     quickimap.timed_out.clear()
     if os.environ.get(KILL_ENV):
         return None  # the crash tests count the full path's commits
-    gate = parse_argv(argv)
+    # `-q` (cron's usual spelling), before or after the command, prints nothing
+    rest = [a for a in argv if a not in ("-q", "--quiet")]
+    quiet = len(rest) == len(argv) - 1
+    gate = parse_argv(rest if quiet else argv)
     if gate is None:
         return None
     config, names = gate
@@ -214,10 +218,10 @@ def try_quick(argv: Sequence[str], env: Environment) -> int | None:
                 c.close()
             except Exception:
                 pass
-    for c in checked:
+    for c in checked if not quiet else ():
         # the line `cli.sync_account` prints for an account with no changes
         env.stdout.write(
-            f"{c.name}: {c.folders} folders, no changes ({c.took + commit_took:.1f}s)\n"
+            f"{c.name}: {counted(c.folders, 'folder')}, no changes ({c.took + commit_took:.1f}s)\n"
         )
     finished += 1
     return 0

@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass
 
 from mirrorsync.config import AccountConfig
+from mirrorsync.errors import LocalRootMissing
 from mirrorsync.maildir import Maildir
 from mirrorsync.names import KEPT_LOCAL_META
 from mirrorsync.state import State
+from mirrorsync.words import counted
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,15 @@ def folder_lines(account: AccountConfig) -> tuple[list[FolderLine], float]:
     maildir = Maildir.of(account.local)
     state = State.open(account.state_dir)
     try:
+        if not maildir.exists():
+            remembered = sum(state.count_pairs().values())
+            if remembered:
+                # not "N local changes pending": nothing here was deleted by anyone
+                raise LocalRootMissing(
+                    f"account {account.name}: the local Maildir {maildir.root} is gone "
+                    f"(the state remembers {counted(remembered, 'synced message')})",
+                    "if the disk is not mounted, mount it; a sync changes nothing until it is back",
+                )
         account_sync = float(state.get_meta("last_sync") or 0)
         known = state.folders()
         names = set(known) | (set(maildir.list_folders()) if maildir.exists() else set())
@@ -95,11 +106,33 @@ def account_status(account: AccountConfig) -> str:
         )
     pending = sum(f.new + f.deleted + f.flagged for f in lines)
     out.append(
-        f"* server count as of the last sync; {pending} local changes pending"
+        f"* server count as of the last sync; {counted(pending, 'local change')} pending"
         if lines
         else "no folders yet: run 'mirrorsync sync'"
     )
     return "\n".join(out) + "\n"
+
+
+def status_document(account: AccountConfig) -> dict[str, object]:
+    """`status --json` for one account: the table's numbers, times as Unix seconds
+    (0: never)."""
+    lines, account_sync = folder_lines(account)
+    return {
+        "local_path": str(account.local.path),
+        "host": account.remote.host,
+        "last_sync": account_sync,
+        "folders": {
+            f.name: {
+                "local": f.local,
+                "server_at_last_sync": f.server,
+                "new": f.new,
+                "deleted": f.deleted,
+                "flags_changed": f.flagged,
+                "last_sync": f.last_sync,
+            }
+            for f in lines
+        },
+    }
 
 
 def _when(t: float) -> str:

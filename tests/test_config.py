@@ -422,7 +422,7 @@ def test_missing_file(tmp_path: Path, env: dict[str, str]) -> None:
     path = tmp_path / "nope.yaml"
     message = str(load_error(path, env))
     assert message.startswith(f"{path}: no such file; create it")
-    assert "sample-config.yaml" in message
+    assert "mirrorsync sample-config" in message
 
 
 def test_directory_instead_of_file(tmp_path: Path, env: dict[str, str]) -> None:
@@ -1062,6 +1062,7 @@ def test_sample_config_mentions_every_key() -> None:
         "local", "path", "layout", "state_dir", "folders", "include", "exclude", "sync",
         "max_delete_share", "guard_min", "local_only", "mode", "folder_modes", "archive",
         "folder", "older_than", "larger_than", "keep_flagged", "keep_unread", "to",
+        "hooks", "pre_sync", "post_sync", "new_mail",
     ]  # fmt: skip
     for key in keys:
         assert re.search(rf"^\s*#?\s*(?:-\s*)?{key}:", text, re.MULTILINE), key

@@ -333,7 +333,120 @@ def test_a_mutt_save_into_a_local_only_folder_frees_the_server_without_the_guard
         f.unlink()
     r = m.run("sync")
     assert r.status == 0, r  # not read as a mass deletion: before, the guard stopped it
-    assert _totals(r.out) == {"folders": 1, "freed on server (archived locally)": 8}
+    assert _totals(r.out) == {"folder": 1, "freed on server (archived locally)": 8}
     assert len(_server_bodies(m, "INBOX")) == 4
     assert {p: p.read_bytes() for p in saved} == saved  # a local-only file is never touched
+    m.close()
+
+
+@pytest.mark.skipif(
+    not (shutil.which("neomutt") and shutil.which("tmux")),
+    reason="needs neomutt and tmux (apt-get install -y neomutt tmux)",
+)
+def test_a_neomutt_session_arrives_on_the_server(
+    account: Any, tmp_path: Path, no_uploads: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's afternoon in neomutt on the synced Maildir: read one message, flag one,
+    delete one and sync the mailbox ($), save one to another folder. One sync later
+    the server has the seen flag, the flag, the deletion, and the save as a MOVE."""
+    moves: list[tuple[list[int], str]] = []
+    real_move = ImapStore.move
+
+    def spy(self: Any, uids: Any, name: str) -> Any:
+        moves.append((sorted(uids), name))
+        return real_move(self, uids, name)
+
+    monkeypatch.setattr(ImapStore, "move", spy)
+    m = Mirror(account, tmp_path)
+    m.client.create_folder("Archive")
+    for n in range(4):
+        m.client.append("INBOX", message(n, subject=f"message {n}"), msg_time=LONG_AGO)
+    m.sync()
+    before = _server_bodies(m, "INBOX")
+    uid_of = {
+        lf.split(b"Subject: ")[1].split(b"\n")[0].decode(): u for u, (lf, _l, _d) in before.items()
+    }
+    muttrc = tmp_path / "muttrc"
+    muttrc.write_text(
+        f'set folder="{m.root}"\nset spoolfile=+INBOX\nset mbox_type=Maildir\n'
+        "set confirmappend=no\nset delete=yes\nset move=no\nset quit=yes\n"
+        'set header_cache=""\nset wait_key=no\nset sort=subject\nset resolve=no\n'
+        "set mark_old=no\nset pager_stop=yes\n"
+    )
+    neomutt = _Tmux(tmp_path, ["neomutt", "-n", "-F", str(muttrc)])
+    try:
+        neomutt.wait_for("NeoMutt: =INBOX")
+        neomutt.wait_for("New:4")
+        neomutt.keys("Enter")  # read "message 0"
+        neomutt.wait_for("body of 0")
+        neomutt.keys("i")  # back to the index
+        neomutt.wait_for("New:3")
+        neomutt.keys("j", "F")  # flag "message 1"
+        neomutt.wait_for("Flag:1")
+        neomutt.keys("j", "d")  # delete "message 2"
+        neomutt.wait_for("Del:1")
+        neomutt.keys("j", "s")  # save "message 3" ...
+        neomutt.wait_for("Save to mailbox")
+        neomutt.keys("C-u", "=Archive", "Enter")  # ... to Archive (which marks it deleted)
+        neomutt.wait_for("Del:2")
+        neomutt.keys("$")  # and sync the mailbox: the deleted ones go
+        neomutt.wait_for("Msgs:2")
+        neomutt.keys("q")
+        neomutt.wait_exit()
+    finally:
+        neomutt.close()
+    assert len(m.files("INBOX")) == 2 and len(m.files("Archive")) == 1
+
+    r = m.sync()
+
+    assert no_uploads == []
+    assert moves == [([uid_of["message 3"]], "Archive")]  # UID MOVE: Dovecot has MOVE
+    inbox = _server_bodies(m, "INBOX")
+    assert {u: letters for u, (_b, letters, _d) in inbox.items()} == {
+        uid_of["message 0"]: "S",
+        uid_of["message 1"]: "F",
+    }, r
+    ((lf, _letters, date),) = _server_bodies(m, "Archive").values()
+    assert lf == before[uid_of["message 3"]][0] and date == before[uid_of["message 3"]][2]
+    m.assert_mirrored()
+    m.close()
+
+
+@pytest.mark.skipif(not shutil.which("notmuch"), reason="needs notmuch (apt-get install notmuch)")
+def test_notmuch_tags_arrive_on_the_server(account: Any, tmp_path: Path) -> None:
+    """notmuch with synchronize_flags renames the files when tags change; the next
+    sync carries them to the server."""
+    m = Mirror(account, tmp_path)
+    for n in range(3):
+        m.client.append("INBOX", message(n))
+    m.client.create_folder("Lists")
+    m.client.append("Lists", message("l"))
+    m.sync()
+    config = tmp_path / "notmuch-config"
+    config.write_text(
+        f"[database]\npath={m.root}\n[maildir]\nsynchronize_flags=true\n"
+        "[new]\ntags=unread;inbox;\nignore=.mirrorsync\n"
+    )
+    env = {**os.environ, "NOTMUCH_CONFIG": str(config), "HOME": str(tmp_path)}
+
+    def notmuch(*args: str) -> str:
+        p = subprocess.run(["notmuch", *args], env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    notmuch("new")
+    assert notmuch("count", "tag:unread").strip() == "4"
+    notmuch("tag", "-unread", "--", "id:0@example.org")
+    notmuch("tag", "+flagged", "--", "id:1@example.org")
+    notmuch("tag", "-unread", "+replied", "--", "id:l@example.org")
+
+    r = m.sync()
+
+    assert _totals(r.out)["flags"] == 3, r.out
+    flags = {lf.split(b"Message-ID: ")[1].split(b"\n")[0]: letters
+             for folder in ("INBOX", "Lists")
+             for lf, letters, _d in _server_bodies(m, folder).values()}  # fmt: skip
+    assert flags == {b"<0@example.org>": "S", b"<1@example.org>": "F",
+                     b"<2@example.org>": "", b"<l@example.org>": "RS"}  # fmt: skip
+    m.assert_mirrored()
     m.close()

@@ -68,8 +68,8 @@ def _listings(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 def _counts(out: str) -> Counter[str]:
     """The summary line's counts: '1 moved in, 2 uploaded' -> {moved in: 1, ...}."""
-    line = next(ln for ln in out.splitlines() if re.match(r"\w+: \d+ folders, ", ln))
-    body = line.split(" folders, ", 1)[1].rsplit(" (", 1)[0]
+    line = next(ln for ln in out.splitlines() if re.match(r"\w+: \d+ folders?, ", ln))
+    body = re.split(r" folders?, ", line, maxsplit=1)[1].rsplit(" (", 1)[0]
     got: Counter[str] = Counter()
     if body != "no changes":
         for part in body.split(", "):

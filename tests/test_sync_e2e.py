@@ -258,7 +258,7 @@ def test_status_shows_counts_and_pending_changes(mirror: Mirror) -> None:
     assert r.status == 0, r
     line = next(ln for ln in r.out.splitlines() if ln.startswith("INBOX"))
     assert line.split()[1:5] == ["6", "5", "1", "0"]
-    assert "1 local changes pending" in r.out
+    assert "1 local change pending" in r.out
 
 
 def _kill_scenario(m: Mirror) -> None:
