@@ -683,7 +683,7 @@ def sync_account(
         raise UsageError(
             f"[{account.name}] no folder {missing[0]!r} on the server or in {account.local.path}",
             "names use '/' between levels (e.g. Work/Projects); 'mirrorsync status' lists "
-            "the folders, and the folders: section may exclude it",
+            "the folders; the folders: patterns or local.local_only may leave it out",
         )
     totals: dict[str, int] = {}
     for f in report.folders:

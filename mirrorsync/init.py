@@ -10,9 +10,7 @@ environment variable that gives it.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 
 from mirrorsync.errors import UsageError
 
@@ -24,23 +22,16 @@ if TYPE_CHECKING:
     from mirrorsync.environment import Environment
 
 
-@dataclass(frozen=True)
-class Provider:
-    host: str
-    tls: str = "imaps"
-    note: str = ""  # said in the file: what the provider needs beyond the password
-
-
+# provider -> (IMAP host, what it needs beyond the password, said in the file). Plain
+# tuples: this module is imported with the parser, on every full run.
 PROVIDERS = {
-    "gmail": Provider(
-        "imap.gmail.com", note="Gmail needs an app password (Google account > Security)."
-    ),
-    "fastmail": Provider("imap.fastmail.com", note="Fastmail needs an app password."),
-    "outlook": Provider("outlook.office365.com"),
-    "icloud": Provider("imap.mail.me.com", note="iCloud needs an app-specific password."),
-    "yahoo": Provider("imap.mail.yahoo.com", note="Yahoo needs an app password."),
-    "posteo": Provider("posteo.de"),
-    "mailbox.org": Provider("imap.mailbox.org"),
+    "gmail": ("imap.gmail.com", "Gmail needs an app password (Google account > Security)."),
+    "fastmail": ("imap.fastmail.com", "Fastmail needs an app password."),
+    "outlook": ("outlook.office365.com", ""),
+    "icloud": ("imap.mail.me.com", "iCloud needs an app-specific password."),
+    "yahoo": ("imap.mail.yahoo.com", "Yahoo needs an app password."),
+    "posteo": ("posteo.de", ""),
+    "mailbox.org": ("imap.mailbox.org", ""),
 }
 
 # address domains that name a provider
@@ -95,9 +86,9 @@ def run(args: argparse.Namespace, env: Environment, path: str) -> None:
     account = args.account or ask("Account name", "mail") or "mail"
     email = args.email or ask("Your address (the login)", None)
     preset_name = args.provider or provider_of(email or "")
-    preset = PROVIDERS.get(preset_name or "")
-    host = args.host or (preset.host if preset else None) or ask("IMAP server", None)
-    tls = args.tls or (preset.tls if preset else "imaps")
+    preset_host, note = PROVIDERS.get(preset_name or "", (None, ""))
+    host = args.host or preset_host or ask("IMAP server", None)
+    tls = args.tls or "imaps"
     username = args.username or email or ask("Login name", None)
     password_command, password_env = args.password_command, args.password_env
     if not password_command and not password_env:
@@ -118,7 +109,7 @@ def run(args: argparse.Namespace, env: Environment, path: str) -> None:
         password_command=password_command,
         password_env=password_env,
         path=maildir,
-        note=preset.note if preset else "",
+        note=note,
     )
     from mirrorsync.xdg import private_makedirs
 
@@ -152,6 +143,8 @@ def render(
 ) -> str:
     """The file's text. Strings are written as JSON strings, which YAML reads as
     written whatever they hold."""
+    import json
+
     q = json.dumps
     secret = (
         f"password_command: {q(password_command)}   # prints the password"

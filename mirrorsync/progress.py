@@ -84,8 +84,11 @@ class ProgressReporter(Reporter):
         self._began = self._last_line = self.clock()
         self._long = messages >= LONG_MESSAGES or (size or 0) >= LONG_BYTES
         if self.terminal and self._long:
-            from tqdm import tqdm  # only now: see the module's text
-
+            try:
+                from tqdm import tqdm  # only now: see the module's text
+            except ImportError:  # installed without its dependencies: lines instead
+                self.terminal = False
+                return
             self._bar = tqdm(
                 total=size or None,
                 unit="B",

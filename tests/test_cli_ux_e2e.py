@@ -274,6 +274,19 @@ def test_progress_on_a_terminal_is_a_live_bar_for_long_work_only(
     assert "500k/500k" in shown
 
 
+def test_without_tqdm_a_terminal_gets_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails
+    out, clock = _Tty(), _Clock()
+    p = ProgressReporter("acct", out, clock)
+    p.folder("INBOX")
+    p.begin("upload", 1000, None)
+    clock.now += LINE_EVERY
+    p.advance(10, 1_048_576)
+    assert out.getvalue().startswith("mirrorsync: [acct] INBOX: upload 10/1000 messages, 1.0 MB")
+
+
 def test_a_long_sync_reports_progress(synced: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine feeds the reporter: off a terminal, a long download is a line."""
     from mirrorsync import progress
