@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="per-folder counts and pending local changes")
     status.add_argument("accounts", nargs="*", metavar="ACCOUNT")
     sub.add_parser("check-config", help="validate the config and test each login")
+    login = sub.add_parser(
+        "login",
+        help="sign in to an OAuth2 account (Gmail, Microsoft 365) and keep its refresh token",
+        description="For an account with auth: xoauth2 or oauthbearer and an oauth2: "
+        "section: sign in at the provider (the device flow, where you enter a code on "
+        "a page, or a browser sign-in that returns to this machine), keep the refresh "
+        "token (mode 0600 in the state directory, or the keyring) and test the login.",
+    )
+    login.add_argument("account", metavar="ACCOUNT")
     daemon = sub.add_parser(
         "daemon",
         help="keep running: sync on local changes and server push",
@@ -197,6 +206,7 @@ def main(
             "sync": cmd_sync,
             "status": cmd_status,
             "check-config": cmd_check_config,
+            "login": cmd_login,
             "daemon": cmd_daemon,
             "archive": cmd_archive,
             "quota": cmd_quota,
@@ -758,6 +768,28 @@ def cmd_check_config(args: argparse.Namespace, env: Environment) -> ExitStatus:
         except MirrorsyncError as e:
             worst = max(worst, report_error(e, env, verbose=bool(args.verbose)))
     return worst
+
+
+def cmd_login(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Get the first refresh token (see `mirrorsync.oauth.login`), then log in with
+    it, so a mistake in the account's other settings shows now."""
+    from mirrorsync import oauth
+    from mirrorsync.imapstore import ImapStore
+
+    (account,) = _select_accounts(_load_config(args, env), [args.account])
+
+    def show(line: str) -> None:
+        env.stdout.write(line + "\n")
+        env.stdout.flush()
+
+    where = oauth.login(account.remote, env.environ, show)
+    env.stdout.write(f"{account.name}: signed in; refresh token kept in {where}\n")
+    ImapStore.connect(account.remote, oauth.access_token(account.remote, env.environ)).close()
+    env.stdout.write(
+        f"{account.name}: logged in to {account.remote.host}:{account.remote.port} "
+        f"as {account.remote.username}\n"
+    )
+    return ExitStatus.OK
 
 
 def cmd_daemon(args: argparse.Namespace, env: Environment) -> ExitStatus:

@@ -8,6 +8,7 @@ key path, so a typo stops the run before any mail is touched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -28,6 +29,29 @@ from mirrorsync.model import SEP, canonical_folder
 from mirrorsync.names import included, matches_any
 from mirrorsync.names import match_pattern as _match
 
+AUTH_METHODS = ("password", "xoauth2", "oauthbearer")
+
+
+@dataclass(frozen=True)
+class OAuth2Config:
+    """mirrorsync's own OAuth2 client (see mirrorsync.oauth): the provider's endpoints
+    and the app's registration. The refresh token itself is not configuration: it is
+    kept in `token_file` (or the system keyring), written by `mirrorsync login`."""
+
+    token_url: str
+    client_id: str
+    scope: str
+    client_secret: str | None = field(default=None, repr=False)
+    client_secret_command: str | None = None
+    # RFC 8628's device authorization endpoint, where the provider has one
+    # (Microsoft); without it `mirrorsync login` uses the authorization code flow.
+    device_url: str | None = None
+    auth_url: str | None = None  # the authorization endpoint (code flow)
+    token_store: str = "file"  # "file" | "keyring"
+    # Filled in from the account: where the refresh token lives, and whose it is.
+    token_file: Path = field(default=Path(), compare=False)
+    account: str = field(default="", compare=False)
+
 
 @dataclass(frozen=True)
 class RemoteConfig:
@@ -44,6 +68,11 @@ class RemoteConfig:
     # The personal namespace prefix left out of folder names (Courier's "INBOX."):
     # None is "auto" (the server's NAMESPACE answer), "" is "none".
     namespace_prefix: str | None = None
+    # How to sign in (AUTH_METHODS); the OAuth2 ones take an access token from
+    # `oauth2_token_command` or from mirrorsync's own client (`oauth2`).
+    auth: str = "password"
+    oauth2_token_command: str | None = None
+    oauth2: OAuth2Config | None = None
     # Where this was configured, so password errors can name the file and key path.
     source_file: str = field(default="", compare=False, repr=False)
     source_key: str = field(default="", compare=False, repr=False)
@@ -183,6 +212,7 @@ _HOST_WITH_PORT = re.compile(r"[^:\[\]]+:[0-9]+")
 
 _TOP_KEYS = ("accounts",)
 _ACCOUNT_KEYS = ("remote", "local", "state_dir", "folders", "sync", "daemon", "archive")
+_TOKEN_SOURCES = ("oauth2_token_command", "oauth2")
 _REMOTE_KEYS = (
     "host",
     "port",
@@ -193,7 +223,22 @@ _REMOTE_KEYS = (
     "timeout",
     "max_connections",
     "namespace_prefix",
+    "auth",
+    *_TOKEN_SOURCES,
 )
+_OAUTH2_KEYS = (
+    "token_url",
+    "client_id",
+    "client_secret",
+    "client_secret_command",
+    "scope",
+    "device_url",
+    "auth_url",
+    "token_store",
+)
+_TOKEN_STORES = ("file", "keyring")
+# The refresh token's file in the account's state directory (mode 0600).
+REFRESH_TOKEN_FILE = "oauth2-refresh-token"
 _LOCAL_KEYS = ("path", "layout", "local_only", "folder_names")
 _FOLDERS_KEYS = ("include", "exclude")
 _SYNC_KEYS = ("max_delete_share", "guard_min", "mode", "folder_modes")
@@ -409,7 +454,28 @@ def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
         else _DEFAULT_PORTS[tls]
     )
     username = _string(ctx, section["username"], k("username"))
+    auth = _choice(ctx, section.get("auth", "password"), k("auth"), AUTH_METHODS)
+    sign_in = (
+        _password_source(ctx, section, key)
+        if auth == "password"
+        else _token_source(ctx, section, key, auth)
+    )
+    return RemoteConfig(
+        host=host,
+        username=username,
+        port=port,
+        tls=tls,
+        auth=auth,
+        **sign_in,
+        **_connection_settings(ctx, section, key, tls),
+        source_file=ctx.file,
+        source_key=key,
+    )
 
+
+def _password_source(ctx: _Ctx, section: dict[str, object], key: str) -> dict[str, Any]:
+    """Exactly one of password, password_command, password_env."""
+    k = functools.partial(_join, key)
     given = [name for name in _PASSWORD_SOURCES if name in section]
     if not given:
         ctx.fail(
@@ -438,7 +504,97 @@ def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
                 f"expected an environment variable name, got {password_env!r}",
                 "give the name only, without $",
             )
+    for name in _TOKEN_SOURCES:
+        if name in section:
+            ctx.fail(k(name), "is only used with auth: xoauth2 or auth: oauthbearer")
+    return {
+        "password": password,
+        "password_command": password_command,
+        "password_env": password_env,
+    }
 
+
+def _token_source(ctx: _Ctx, section: dict[str, object], key: str, auth: str) -> dict[str, Any]:
+    """A remote that signs in with an OAuth2 access token: from exactly one of a
+    token command or mirrorsync's own client, and no password."""
+    k = functools.partial(_join, key)
+    for name in _PASSWORD_SOURCES:
+        if name in section:
+            ctx.fail(
+                k(name),
+                f"auth: {auth} signs in with a token, not a password",
+                "remove it, or set auth: password",
+            )
+    given = [name for name in _TOKEN_SOURCES if name in section]
+    if len(given) != 1:
+        ctx.fail(
+            key if given else k("oauth2"),
+            "oauth2_token_command and oauth2 are both set" if given else "no token source",
+            "set exactly one of oauth2_token_command, oauth2 (see mirrorsync login)",
+        )
+    command = oauth2 = None
+    if "oauth2_token_command" in section:
+        command = _string(ctx, section["oauth2_token_command"], k("oauth2_token_command"))
+    else:
+        oauth2 = _load_oauth2(ctx, section["oauth2"], k("oauth2"))
+    return {"oauth2_token_command": command, "oauth2": oauth2}
+
+
+def _url(ctx: _Ctx, value: object, key: str) -> str:
+    """An endpoint: https, or http only on loopback (a local test provider), since
+    tokens and client secrets travel in these requests."""
+    import urllib.parse  # only for a configuration that names endpoints
+
+    url = _string(ctx, value, key)
+    parsed = urllib.parse.urlsplit(url)
+    loopback = parsed.hostname in ("127.0.0.1", "::1", "localhost")
+    if not parsed.hostname or not (
+        parsed.scheme == "https" or (parsed.scheme == "http" and loopback)
+    ):
+        ctx.fail(key, f"expected an https:// URL, got {url!r}")
+    return url
+
+
+def _load_oauth2(ctx: _Ctx, value: object, key: str) -> OAuth2Config:
+    section = _section(ctx, value, key, _OAUTH2_KEYS, required=("token_url", "client_id", "scope"))
+    k = functools.partial(_join, key)
+    if "client_secret" in section and "client_secret_command" in section:
+        ctx.fail(
+            key,
+            "client_secret and client_secret_command are both set",
+            "set at most one of them (a public client has neither)",
+        )
+    device_url, auth_url = (
+        _url(ctx, section[name], k(name)) if name in section else None
+        for name in ("device_url", "auth_url")
+    )
+    return OAuth2Config(
+        token_url=_url(ctx, section["token_url"], k("token_url")),
+        client_id=_string(ctx, section["client_id"], k("client_id")),
+        scope=_string(ctx, section["scope"], k("scope")),
+        client_secret=(
+            _string(ctx, section["client_secret"], k("client_secret"), secret=True)
+            if "client_secret" in section
+            else None
+        ),
+        client_secret_command=(
+            _string(ctx, section["client_secret_command"], k("client_secret_command"))
+            if "client_secret_command" in section
+            else None
+        ),
+        token_store=_choice(
+            ctx, section.get("token_store", "file"), k("token_store"), _TOKEN_STORES
+        ),
+        device_url=device_url,
+        auth_url=auth_url,
+    )
+
+
+def _connection_settings(
+    ctx: _Ctx, section: dict[str, object], key: str, tls: str
+) -> dict[str, Any]:
+    """The settings every remote has, whatever its way of signing in."""
+    k = functools.partial(_join, key)
     ca_file = None
     if "ca_file" in section:
         if tls == "none":
@@ -461,22 +617,12 @@ def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
         given_prefix = _string(ctx, section["namespace_prefix"], k("namespace_prefix"))
         if given_prefix != "auto":
             namespace_prefix = "" if given_prefix == "none" else given_prefix
-
-    return RemoteConfig(
-        host=host,
-        username=username,
-        port=port,
-        tls=tls,
-        password=password,
-        password_command=password_command,
-        password_env=password_env,
-        ca_file=ca_file,
-        timeout=timeout,
-        max_connections=max_connections,
-        namespace_prefix=namespace_prefix,
-        source_file=ctx.file,
-        source_key=key,
-    )
+    return {
+        "ca_file": ca_file,
+        "timeout": timeout,
+        "max_connections": max_connections,
+        "namespace_prefix": namespace_prefix,
+    }
 
 
 def _load_local(ctx: _Ctx, value: object, key: str) -> LocalConfig:
@@ -696,6 +842,11 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         state_dir = _expand_path(ctx, section["state_dir"], f"{key}.state_dir")
     else:
         state_dir = _xdg_dir(ctx.env, "XDG_STATE_HOME", ".local/state") / "mirrorsync" / name
+    if remote.oauth2 is not None:
+        oauth2 = dataclasses.replace(
+            remote.oauth2, token_file=state_dir / REFRESH_TOKEN_FILE, account=name
+        )
+        remote = dataclasses.replace(remote, oauth2=oauth2)
     folders = (
         _load_folders(ctx, section["folders"], f"{key}.folders")
         if "folders" in section
@@ -839,6 +990,12 @@ def resolve_password(
     def fail(key: str, message: str, hint: str = "") -> NoReturn:
         raise ConfigError(message, path=remote.source_file, key=_join(base, key), hint=hint)
 
+    if remote.auth != "password":
+        from mirrorsync import oauth
+
+        # The token of the moment, which also proves the token source works before
+        # anything starts; each login asks mirrorsync.oauth again (it may have expired).
+        return oauth.access_token(remote, env)
     if remote.password is not None:
         return remote.password
     if remote.password_env is not None:
@@ -850,15 +1007,17 @@ def resolve_password(
             fail("password_env", f"environment variable {name} is empty")
         return value
     if remote.password_command is not None:
-        return _run_password_command(remote.password_command, env, timeout, fail)
+        return run_secret_command(remote.password_command, env, timeout, fail)
     fail("password", "no password source", "set one of password, password_command, password_env")
 
 
-def _run_password_command(
+def run_secret_command(
     command: str,
     env: Mapping[str, str],
     timeout: float,
     fail: Callable[[str, str, str], NoReturn],
+    key: str = "password_command",
+    what: str = "password",
 ) -> str:
     """Run through the shell (users write pipelines). stdin and stderr are inherited so
     a prompting tool still works and its complaints reach the user; stdout is captured
@@ -867,7 +1026,6 @@ def _run_password_command(
     import signal
     import subprocess
 
-    key = "password_command"
     try:
         # A process group of its own, so that a hung command is ended whole: killing
         # only the shell would leave its children (a `sleep`, a stuck agent) orphaned.
@@ -904,5 +1062,5 @@ def _run_password_command(
         fail(key, "the command printed something that is not UTF-8", "")
     first = text.split("\n", 1)[0].removesuffix("\r")
     if not first:
-        fail(key, "the command exited with status 0 but printed no password", "")
+        fail(key, f"the command exited with status 0 but printed no {what}", "")
     return first

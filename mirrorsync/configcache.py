@@ -129,6 +129,11 @@ def store(
     the whole environment. Never raises: the cache is an optimisation."""
     if not settled or recorded.enumerated:
         return
+    if any(
+        a.remote.oauth2 is not None and a.remote.oauth2.client_secret is not None
+        for a in cfg.accounts.values()
+    ):
+        return  # an OAuth2 client secret is never copied anywhere: parsed every run
     import pickle
 
     try:

@@ -50,7 +50,7 @@ from imapclient.datetime_util import datetime_to_INTERNALDATE, parse_to_datetime
 from imapclient.imap_utf7 import decode as utf7_decode
 from imapclient.response_parser import parse_response
 
-from mirrorsync import quickimap
+from mirrorsync import oauth, quickimap
 from mirrorsync.config import RemoteConfig
 from mirrorsync.content import message_id
 from mirrorsync.errors import (
@@ -910,27 +910,15 @@ class ImapStore:
                 )
             refused = AuthenticationFailed(
                 f"login refused for {remote.username} at {address}",
-                hint="check username and password",
+                hint=oauth.refusal_hint(remote),
             )
             if (remote.host, remote.port, remote.username) in quickimap.refused_logins:
                 raise refused  # the quick check was just refused: do not ask again
-            try:
-                client.login(remote.username, password)
-            except imapclient.exceptions.LoginError as exc:
-                # imapclient wraps every IMAP4.error, a dropped connection included
-                if isinstance(exc.__context__, imaplib.IMAP4.abort):
-                    raise ConnectionFailed(
-                        f"connection to {address} lost during login "
-                        f"({_server_text(exc.__context__)})",
-                        hint="check the network and the tls setting, and run again",
-                    ) from exc
-                text = _server_text(exc)
-                if "[UNAVAILABLE]" in text.upper():
-                    raise ConnectionFailed(
-                        f"{address} cannot log in {remote.username} right now ({text})",
-                        hint="try again later",
-                    ) from exc
-                raise refused from exc
+            oauth.sign_in(
+                remote,
+                password,
+                lambda mech, secret: _log_in(client, remote, mech, secret, refused),
+            )
             offered = frozenset(_text(c).upper() for c in client.capabilities())
             unwanted = {d.upper() for d in disable}
             if "CONDSTORE" in unwanted:
@@ -2345,6 +2333,50 @@ def _connect_error(exc: BaseException, remote: RemoteConfig) -> ConnectionFailed
         f"cannot connect to {address} ({type(exc).__name__}: {_server_text(exc)})",
         hint="check host, port and the tls setting",
     )
+
+
+def _log_in(
+    client: Any,
+    remote: RemoteConfig,
+    mechanism: str | None,
+    secret: str,
+    refused: AuthenticationFailed,
+) -> None:
+    """One login attempt for `oauth.sign_in`: LOGIN with a password, or AUTHENTICATE
+    with a token (through imapclient's own call, as its oauth2_login makes it, but
+    answering the error challenge with an empty response)."""
+    address = f"{remote.host}:{remote.port}"
+    try:
+        if mechanism is None:
+            client.login(remote.username, secret)
+        else:
+            initial = oauth.initial_response(
+                mechanism, remote.username, secret, remote.host, remote.port
+            )
+            # imaplib logs the continuation line, which is the token, in full, and
+            # imapclient's redaction only knows the command line: silence it meanwhile
+            debug, client._imap.debug = client._imap.debug, 0
+            try:
+                client._command_and_check("authenticate", mechanism, oauth.responder(initial))
+            except imapclient.exceptions.IMAPClientError as exc:
+                raise imapclient.exceptions.LoginError(str(exc)) from exc
+            finally:
+                client._imap.debug = debug
+    except imapclient.exceptions.LoginError as exc:
+        # imapclient wraps every IMAP4.error, a dropped connection included
+        cause = exc.__context__
+        if isinstance(cause, imaplib.IMAP4.abort):
+            raise ConnectionFailed(
+                f"connection to {address} lost during login ({_server_text(cause)})",
+                hint="check the network and the tls setting, and run again",
+            ) from exc
+        text = _server_text(exc)
+        if "[UNAVAILABLE]" in text.upper():
+            raise ConnectionFailed(
+                f"{address} cannot log in {remote.username} right now ({text})",
+                hint="try again later",
+            ) from exc
+        raise refused from exc
 
 
 def _enable(client: Any, caps: frozenset[str]) -> frozenset[str]:

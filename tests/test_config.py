@@ -1062,6 +1062,8 @@ def test_sample_config_mentions_every_key() -> None:
         "local", "path", "layout", "state_dir", "folders", "include", "exclude", "sync",
         "max_delete_share", "guard_min", "local_only", "mode", "folder_modes", "archive",
         "folder", "older_than", "larger_than", "keep_flagged", "keep_unread", "to",
+        "auth", "oauth2_token_command", "oauth2", "token_url", "client_id", "scope",
+        "client_secret", "client_secret_command", "device_url", "auth_url", "token_store",
     ]  # fmt: skip
     for key in keys:
         assert re.search(rf"^\s*#?\s*(?:-\s*)?{key}:", text, re.MULTILINE), key
