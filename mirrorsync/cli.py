@@ -336,6 +336,10 @@ def _select_accounts(cfg: Config, names: Sequence[str]) -> list[AccountConfig]:
 
 
 def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    import functools
+    import logging
+
+    from mirrorsync import throttle
     from mirrorsync.model import canonical_folder
 
     cfg = _load_config(args, env)
@@ -355,7 +359,12 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     worst = ExitStatus.OK
     for account in accounts:
         try:
-            status = sync_account(account, options, env, archive=args.archive)
+            # a server that throttles (Outlook) gets the run again after a wait
+            status = throttle.run_patiently(
+                functools.partial(sync_account, account, options, env, archive=args.archive),
+                logging.getLogger("mirrorsync").warning,
+                f"[{account.name}]",
+            )
         except MirrorsyncError as e:
             status = report_error(e, env, verbose=bool(args.verbose))
         worst = max(worst, status)

@@ -50,7 +50,7 @@ from imapclient.datetime_util import datetime_to_INTERNALDATE, parse_to_datetime
 from imapclient.imap_utf7 import decode as utf7_decode
 from imapclient.response_parser import parse_response
 
-from mirrorsync import oauth, quickimap
+from mirrorsync import oauth, quickimap, throttle
 from mirrorsync.config import RemoteConfig
 from mirrorsync.content import message_id
 from mirrorsync.errors import (
@@ -2132,12 +2132,16 @@ class ImapStore:
                 hint="mirrorsync needs write access; check the folder's permissions",
             ) from exc
         except imaplib.IMAP4.abort as exc:
+            if throttle.is_throttled(_server_text(exc)):
+                raise throttle.Throttled(self._address, _server_text(exc)) from exc
             raise ConnectionFailed(
                 f"connection to {self._address} lost during {where} ({_server_text(exc)})",
                 hint="check the network and run mirrorsync again",
             ) from exc
         except imaplib.IMAP4.error as exc:
             text = _server_text(exc)
+            if throttle.is_throttled(text):  # NO or BAD "Request is throttled" (Outlook)
+                raise throttle.Throttled(self._address, text) from exc
             raise ServerError(
                 f"{where} failed on {self._address}: {text}", hint=_code_hint(text)
             ) from exc
@@ -2371,6 +2375,8 @@ def _log_in(
                 hint="check the network and the tls setting, and run again",
             ) from exc
         text = _server_text(exc)
+        if throttle.is_throttled(text):
+            raise throttle.Throttled(address, text) from exc
         if "[UNAVAILABLE]" in text.upper():
             raise ConnectionFailed(
                 f"{address} cannot log in {remote.username} right now ({text})",
