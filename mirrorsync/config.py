@@ -225,6 +225,7 @@ _REMOTE_KEYS = (
     "namespace_prefix",
     "auth",
     *_TOKEN_SOURCES,
+    "provider",  # applied before the section is read (see mirrorsync.providers)
 )
 _OAUTH2_KEYS = (
     "token_url",
@@ -836,7 +837,13 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         # The name becomes a directory name (state_dir) and a command-line argument.
         ctx.fail(key, "an account name may only use letters, digits, '_', '.' and '-'")
     section = _section(ctx, value, key, _ACCOUNT_KEYS, required=("remote", "local"))
-    remote = _load_remote(ctx, section["remote"], f"{key}.remote")
+    raw_remote, raw_folders = section["remote"], section.get("folders")
+    if isinstance(raw_remote, dict) and "provider" in raw_remote:
+        from mirrorsync import providers
+
+        _choice(ctx, raw_remote["provider"], f"{key}.remote.provider", tuple(providers.PRESETS))
+        raw_remote, raw_folders = providers.apply(raw_remote, raw_folders)
+    remote = _load_remote(ctx, raw_remote, f"{key}.remote")
     local = _load_local(ctx, section["local"], f"{key}.local")
     if "state_dir" in section:
         state_dir = _expand_path(ctx, section["state_dir"], f"{key}.state_dir")
@@ -848,8 +855,8 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         )
         remote = dataclasses.replace(remote, oauth2=oauth2)
     folders = (
-        _load_folders(ctx, section["folders"], f"{key}.folders")
-        if "folders" in section
+        _load_folders(ctx, raw_folders, f"{key}.folders")
+        if raw_folders is not None
         else FolderFilter()
     )
     sync = _load_sync(ctx, section["sync"], f"{key}.sync") if "sync" in section else SyncConfig()

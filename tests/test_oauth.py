@@ -274,3 +274,74 @@ def test_keyring_store(tmp_path: Path, provider: Provider, monkeypatch: pytest.M
     assert oauth.access_token(remote, {}) in provider.access
     assert kept[("mirrorsync", "work")] in provider.refresh  # rotated in place
     assert not remote.oauth2.token_file.exists()
+
+
+def _load_with(tmp_path: Path, remote: dict[str, Any], **account: Any) -> Any:
+    path = tmp_path / "config.yaml"
+    data = _config(remote)
+    if "host" not in remote:
+        del data["accounts"]["work"]["remote"]["host"]  # the preset's
+    data["accounts"]["work"].update(account)
+    path.write_text(yaml.safe_dump(data))
+    return load(path, {"HOME": str(tmp_path)}).accounts["work"]
+
+
+def test_gmail_preset(tmp_path: Path) -> None:
+    account = _load_with(
+        tmp_path, {"provider": "gmail", "oauth2": {"client_id": "id", "client_secret": "s"}}
+    )
+    remote = account.remote
+    assert (remote.host, remote.port, remote.tls, remote.auth) == (
+        "imap.gmail.com",
+        993,
+        "imaps",
+        "xoauth2",
+    )
+    assert remote.oauth2.token_url == "https://oauth2.googleapis.com/token"
+    assert remote.oauth2.auth_url == "https://accounts.google.com/o/oauth2/v2/auth"
+    assert remote.oauth2.device_url is None  # Google's device flow has no mail scope
+    assert remote.oauth2.scope == "https://mail.google.com/"
+    assert (remote.oauth2.client_id, remote.oauth2.client_secret) == ("id", "s")
+    assert account.folders.exclude == ("[Gmail]/Important", "[Gmail]/Starred")
+    assert account.folders.matches("[Gmail]/All Mail")
+
+
+def test_a_preset_gives_way_to_what_is_set(tmp_path: Path) -> None:
+    account = _load_with(
+        tmp_path,
+        {
+            "provider": "outlook",
+            "host": "imap.example.net",
+            "oauth2": {"client_id": "id", "scope": "mine"},
+        },
+        folders={"exclude": ["Junk"]},
+    )
+    assert account.remote.host == "imap.example.net"
+    assert account.remote.oauth2.scope == "mine"
+    assert account.remote.oauth2.device_url.endswith("/common/oauth2/v2.0/devicecode")
+    assert account.folders.exclude == ("Junk",)
+
+
+def test_a_password_with_an_oauth_preset_is_an_app_password(tmp_path: Path) -> None:
+    remote = _load_with(tmp_path, {"provider": "gmail", "password_env": "APP_PW"}).remote
+    assert (remote.host, remote.auth, remote.oauth2) == ("imap.gmail.com", "password", None)
+
+
+@pytest.mark.parametrize(
+    ("remote", "key", "fragment"),
+    [
+        ({"provider": "aol", "password": "x"}, "remote.provider", "expected one of gmail, "),
+        ({"provider": "fastmail"}, "remote.password", "no password source"),
+        ({"provider": "outlook"}, "remote.oauth2", "no token source"),
+    ],
+)
+def test_preset_errors(tmp_path: Path, remote: dict[str, Any], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _load_with(tmp_path, remote)
+    assert f"{ACC}.{key}: " in str(e.value) and fragment in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("name", ["fastmail", "icloud", "yahoo"])
+def test_password_presets(tmp_path: Path, name: str) -> None:
+    remote = _load_with(tmp_path, {"provider": name, "password": "app-password"}).remote
+    assert remote.host.startswith("imap.") and remote.port == 993 and remote.auth == "password"
