@@ -101,10 +101,12 @@ class FolderFilter:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
-    def matches(self, name: str) -> bool:
+    def matches(self, name: str, special: str = "") -> bool:
         """IMAP-style patterns over canonical names ("/"-separated): `*` matches
-        anything, `%` anything but "/". Included and not excluded."""
-        return included(self.include, self.exclude, name)
+        anything, `%` anything but "/". Included and not excluded. A pattern such as
+        "\\Junk" matches the folder whose special use (`special`, from the server's
+        listing; see names.SPECIAL_USES) it names."""
+        return included(self.include, self.exclude, name, special)
 
 
 SYNC_MODES = ("mirror", "pull", "backup")
@@ -649,11 +651,26 @@ def _load_local(ctx: _Ctx, value: object, key: str) -> LocalConfig:
     return LocalConfig(path=path, layout=layout, local_only=local_only, folder_names=folder_names)
 
 
+def _folder_patterns(ctx: _Ctx, value: object, key: str) -> tuple[str, ...]:
+    """`_patterns`, where a pattern may also name a special use ("\\Junk")."""
+    from mirrorsync.names import SPECIAL_USES
+
+    patterns = _patterns(ctx, value, key)
+    for i, pattern in enumerate(patterns):
+        if pattern.startswith("\\") and pattern.lower() not in {u.lower() for u in SPECIAL_USES}:
+            ctx.fail(
+                f"{key}[{i}]",
+                f"{pattern!r} is not a special-use attribute",
+                f'use one of {", ".join(SPECIAL_USES)} (in YAML double quotes: "\\\\Junk")',
+            )
+    return patterns
+
+
 def _load_folders(ctx: _Ctx, value: object, key: str) -> FolderFilter:
     section = _section(ctx, value, key, _FOLDERS_KEYS)
     include = FolderFilter.include
     if "include" in section:
-        include = _patterns(ctx, section["include"], _join(key, "include"))
+        include = _folder_patterns(ctx, section["include"], _join(key, "include"))
         if not include:
             ctx.fail(
                 _join(key, "include"),
@@ -662,7 +679,7 @@ def _load_folders(ctx: _Ctx, value: object, key: str) -> FolderFilter:
             )
     exclude = FolderFilter.exclude
     if "exclude" in section:
-        exclude = _patterns(ctx, section["exclude"], _join(key, "exclude"))
+        exclude = _folder_patterns(ctx, section["exclude"], _join(key, "exclude"))
     return FolderFilter(include=include, exclude=exclude)
 
 

@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterator, Mapping
 
 from mirrorsync import xdg
+from mirrorsync.names import special_use_patterns
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
@@ -96,8 +97,12 @@ def _account_facts(account: AccountConfig) -> Facts:
     return {
         "name": account.name,
         # The quick check lists folders as the layout spells them in UTF-8; with
-        # modified UTF-7 names every run takes the full path.
-        "quick": literal and account.local.folder_names == "utf-8",
+        # modified UTF-7 names every run takes the full path. So does one whose
+        # folder patterns name a special use ("\\Junk"), which the quick check's
+        # listing does not resolve.
+        "quick": literal
+        and account.local.folder_names == "utf-8"
+        and not special_use_patterns(account.folders.include + account.folders.exclude),
         "host": remote.host,
         "port": remote.port,
         "tls": remote.tls,

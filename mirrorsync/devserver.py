@@ -55,6 +55,8 @@ class Dovecot:
     # An OAuth2 provider's introspection endpoint (RFC 7662): when set, Dovecot also
     # takes XOAUTH2 and OAUTHBEARER and asks there whether a token is live and whose.
     oauth2_introspection: str | None = None
+    # Special-use folders (RFC 6154) as "name": "\\Junk", marked in LIST answers.
+    special_use: dict[str, str] = field(default_factory=dict)
     port: int = 0
     imaps_port: int = 0
     _proc_started: bool = False
@@ -114,6 +116,11 @@ class Dovecot:
             "  inbox = yes",
             f"  separator = {self.separator}",
             *([f"  prefix = {self.prefix}"] if self.prefix else []),
+            *(
+                line
+                for name, use in self.special_use.items()
+                for line in (f'  mailbox "{name}" {{', f"    special_use = {use}", "  }")
+            ),
             "}",
             "service imap-login {",
             "  chroot =",

@@ -75,7 +75,7 @@ from mirrorsync.model import (
 )
 
 # In the import-light `names`, shared with `mirrorsync.quick`'s LIST-STATUS reader.
-from mirrorsync.names import server_spelling
+from mirrorsync.names import server_spelling, special_use_of
 from mirrorsync.names import server_to_canonical as server_to_canonical
 from mirrorsync.remote import FETCH_CHUNK, ByteSink, append_each, append_refused, batches
 
@@ -832,6 +832,7 @@ class ImapStore:
         self._listing: list[RemoteFolder] | None = None
         # The folders the last `statuses()` listed but got no numbers for: name -> why.
         self._status_failures: dict[str, str] = {}
+        self._special: dict[str, str] = {}  # see special_use()
 
     # -- connecting ---------------------------------------------------------------
 
@@ -986,11 +987,25 @@ class ImapStore:
             delimiter = _text(delim) if delim is not None else None
             canonical = self._canonical(_text(name), delimiter)
             if canonical is not None:
-                folders.append(RemoteFolder(canonical, frozenset(_text(a) for a in attrs)))
+                folders.append(
+                    self._noted(RemoteFolder(canonical, frozenset(_text(a) for a in attrs)))
+                )
                 if folders[-1].selectable:
                     names.append((_text(name), canonical))
         self._note_collisions(names)
         return folders
+
+    def _noted(self, folder: RemoteFolder) -> RemoteFolder:
+        """`folder`, its special use remembered for `special_use()`."""
+        special = special_use_of(folder.attributes)
+        if special:
+            self._special[folder.name] = special
+        else:
+            self._special.pop(folder.name, None)
+        return folder
+
+    def special_use(self) -> dict[str, str]:
+        return dict(self._special)
 
     def _note_collisions(self, names: list[tuple[str, str]]) -> None:
         """Two selectable server folders whose names map to one canonical name
@@ -1040,8 +1055,10 @@ class ImapStore:
         options = f"STATUS ({' '.join(items)})"
         if "LIST-EXTENDED" in self._capabilities:
             # the \HasChildren/\HasNoChildren a plain LIST gives, so the listing
-            # kept for list_folders() reads the same
-            options = "CHILDREN " + options
+            # kept for list_folders() reads the same; and \Junk, \Sent, ... (RFC 6154),
+            # which a plain LIST gives too but LIST-STATUS only when asked
+            special = "SPECIAL-USE " if "SPECIAL-USE" in self._capabilities else ""
+            options = f"CHILDREN {special}{options}"
         imap = self._client._imap
         with self._translate("list folders with status"):
             for stale in ("LIST", "STATUS"):
@@ -1060,7 +1077,7 @@ class ImapStore:
             canonical = self._canonical(_text(server_name), entry.delimiter)
             if canonical is None:
                 continue
-            folder = RemoteFolder(canonical, entry.attributes)
+            folder = self._noted(RemoteFolder(canonical, entry.attributes))
             folders.append(folder)
             if not folder.selectable:
                 continue
