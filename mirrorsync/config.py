@@ -89,6 +89,9 @@ class LocalConfig:
     # Folder patterns (as in `folders`) of folders that exist only in the Maildir:
     # never created on the server, never synced. Moving mail into one frees server space.
     local_only: tuple[str, ...] = ()
+    # folders.rename: (server name, local name) pairs, both canonical; a folder not
+    # named here has the same name on both sides (see Maildir.dir_name).
+    rename: tuple[tuple[str, str], ...] = ()
 
     def is_local_only(self, name: str) -> bool:
         """Whether `name` (canonical) is a local-only folder; same patterns as
@@ -243,7 +246,7 @@ _TOKEN_STORES = ("file", "keyring")
 # The refresh token's file in the account's state directory (mode 0600).
 REFRESH_TOKEN_FILE = "oauth2-refresh-token"
 _LOCAL_KEYS = ("path", "layout", "local_only", "folder_names")
-_FOLDERS_KEYS = ("include", "exclude")
+_FOLDERS_KEYS = ("include", "exclude", "rename")
 _SYNC_KEYS = ("max_delete_share", "guard_min", "mode", "folder_modes")
 _ARCHIVE_KEYS = ("folder", "older_than", "larger_than", "keep_flagged", "keep_unread", "to")
 _DAEMON_KEYS = ("idle_folders", "full_check_interval", "debounce", "idle_refresh")
@@ -683,6 +686,36 @@ def _load_folders(ctx: _Ctx, value: object, key: str) -> FolderFilter:
     return FolderFilter(include=include, exclude=exclude)
 
 
+def _load_rename(ctx: _Ctx, value: object, key: str) -> tuple[tuple[str, str], ...]:
+    """`folders.rename`, server name -> local name, checked both ways: two server
+    folders cannot share one local name (their mail would be mixed), and INBOX keeps
+    its name on both sides."""
+    if not isinstance(value, dict):
+        ctx.fail(
+            key,
+            f"expected a mapping of server folder names to local ones, got {_describe(value)}",
+            'e.g. rename: {"[Gmail]/Sent Mail": Sent}',
+        )
+    pairs: list[tuple[str, str]] = []
+    taken: dict[str, str] = {}
+    for server, local in value.items():
+        k = _join(key, str(server))
+        server_name = _folder_name(ctx, server, k)
+        local_name = _folder_name(ctx, local, k)
+        if "INBOX" in (server_name, local_name):
+            ctx.fail(k, "INBOX cannot be renamed, nor another folder renamed to INBOX")
+        if local_name in taken:
+            ctx.fail(
+                k,
+                f"{taken[local_name]!r} and {server_name!r} are both renamed to {local_name!r}",
+                "give each server folder its own local name",
+            )
+        taken[local_name] = server_name
+        if server_name != local_name:
+            pairs.append((server_name, local_name))
+    return tuple(pairs)
+
+
 def _load_sync(ctx: _Ctx, value: object, key: str) -> SyncConfig:
     section = _section(ctx, value, key, _SYNC_KEYS)
     share = SyncConfig.max_delete_share
@@ -862,6 +895,9 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         raw_remote, raw_folders = providers.apply(raw_remote, raw_folders)
     remote = _load_remote(ctx, raw_remote, f"{key}.remote")
     local = _load_local(ctx, section["local"], f"{key}.local")
+    if isinstance(raw_folders, dict) and "rename" in raw_folders:
+        rename = _load_rename(ctx, raw_folders["rename"], f"{key}.folders.rename")
+        local = dataclasses.replace(local, rename=rename)
     if "state_dir" in section:
         state_dir = _expand_path(ctx, section["state_dir"], f"{key}.state_dir")
     else:

@@ -99,9 +99,10 @@ def _account_facts(account: AccountConfig) -> Facts:
         # The quick check lists folders as the layout spells them in UTF-8; with
         # modified UTF-7 names every run takes the full path. So does one whose
         # folder patterns name a special use ("\\Junk"), which the quick check's
-        # listing does not resolve.
+        # listing does not resolve, or renames folders (folders.rename).
         "quick": literal
         and account.local.folder_names == "utf-8"
+        and not account.local.rename
         and not special_use_patterns(account.folders.include + account.folders.exclude),
         "host": remote.host,
         "port": remote.port,
