@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         "'mirrorsync completion fish > ~/.config/fish/completions/mirrorsync.fish'.",
     )
     completion.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL")
+    login = command(
+        "login",
+        help="sign in to an OAuth2 account (Gmail, Microsoft 365) and keep its refresh token",
+        description="For an account with auth: xoauth2 or oauthbearer and an oauth2: "
+        "section: sign in at the provider (the device flow, where you enter a code on "
+        "a page, or a browser sign-in that returns to this machine), keep the refresh "
+        "token (mode 0600 in the state directory, or the keyring) and test the login.",
+    )
+    login.add_argument("account", metavar="ACCOUNT")
     daemon = command(
         "daemon",
         help="keep running: sync on local changes and server push",
@@ -263,6 +272,7 @@ def main(
             "sync": cmd_sync,
             "status": cmd_status,
             "check-config": cmd_check_config,
+            "login": cmd_login,
             "daemon": cmd_daemon,
             "archive": cmd_archive,
             "quota": cmd_quota,
@@ -399,6 +409,10 @@ def _select_accounts(cfg: Config, names: Sequence[str]) -> list[AccountConfig]:
 
 
 def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    import functools
+    import logging
+
+    from mirrorsync import throttle
     from mirrorsync.model import canonical_folder
 
     cfg = _load_config(args, env)
@@ -429,7 +443,14 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
         started = time.monotonic()
         doc = out.documents[account.name]
         try:
-            status = sync_account(account, options, out.env, archive=args.archive, out=out)
+            # a server that throttles (Outlook) gets the run again after a wait
+            status = throttle.run_patiently(
+                functools.partial(
+                    sync_account, account, options, out.env, archive=args.archive, out=out
+                ),
+                logging.getLogger("mirrorsync").warning,
+                f"[{account.name}]",
+            )
         except MirrorsyncError as e:
             status = report_error(e, out.env, verbose=bool(args.verbose))
             doc["error"] = str(e)
@@ -1104,6 +1125,28 @@ def _folders_to_sync(account: AccountConfig, remote: ImapStore) -> str:
     if len(synced) != len(listed):
         text += f" (of {len(listed)} on the server)"
     return text
+
+
+def cmd_login(args: argparse.Namespace, env: Environment) -> ExitStatus:
+    """Get the first refresh token (see `mirrorsync.oauth.login`), then log in with
+    it, so a mistake in the account's other settings shows now."""
+    from mirrorsync import oauth
+    from mirrorsync.imapstore import ImapStore
+
+    (account,) = _select_accounts(_load_config(args, env), [args.account])
+
+    def show(line: str) -> None:
+        env.stdout.write(line + "\n")
+        env.stdout.flush()
+
+    where = oauth.login(account.remote, env.environ, show)
+    env.stdout.write(f"{account.name}: signed in; refresh token kept in {where}\n")
+    ImapStore.connect(account.remote, oauth.access_token(account.remote, env.environ)).close()
+    env.stdout.write(
+        f"{account.name}: logged in to {account.remote.host}:{account.remote.port} "
+        f"as {account.remote.username}\n"
+    )
+    return ExitStatus.OK
 
 
 def cmd_daemon(args: argparse.Namespace, env: Environment) -> ExitStatus:

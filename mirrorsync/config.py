@@ -8,6 +8,7 @@ key path, so a typo stops the run before any mail is touched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -28,6 +29,29 @@ from mirrorsync.model import SEP, canonical_folder
 from mirrorsync.names import included, matches_any
 from mirrorsync.names import match_pattern as _match
 
+AUTH_METHODS = ("password", "xoauth2", "oauthbearer")
+
+
+@dataclass(frozen=True)
+class OAuth2Config:
+    """mirrorsync's own OAuth2 client (see mirrorsync.oauth): the provider's endpoints
+    and the app's registration. The refresh token itself is not configuration: it is
+    kept in `token_file` (or the system keyring), written by `mirrorsync login`."""
+
+    token_url: str
+    client_id: str
+    scope: str
+    client_secret: str | None = field(default=None, repr=False)
+    client_secret_command: str | None = None
+    # RFC 8628's device authorization endpoint, where the provider has one
+    # (Microsoft); without it `mirrorsync login` uses the authorization code flow.
+    device_url: str | None = None
+    auth_url: str | None = None  # the authorization endpoint (code flow)
+    token_store: str = "file"  # "file" | "keyring"
+    # Filled in from the account: where the refresh token lives, and whose it is.
+    token_file: Path = field(default=Path(), compare=False)
+    account: str = field(default="", compare=False)
+
 
 @dataclass(frozen=True)
 class RemoteConfig:
@@ -44,6 +68,11 @@ class RemoteConfig:
     # The personal namespace prefix left out of folder names (Courier's "INBOX."):
     # None is "auto" (the server's NAMESPACE answer), "" is "none".
     namespace_prefix: str | None = None
+    # How to sign in (AUTH_METHODS); the OAuth2 ones take an access token from
+    # `oauth2_token_command` or from mirrorsync's own client (`oauth2`).
+    auth: str = "password"
+    oauth2_token_command: str | None = None
+    oauth2: OAuth2Config | None = None
     # Where this was configured, so password errors can name the file and key path.
     source_file: str = field(default="", compare=False, repr=False)
     source_key: str = field(default="", compare=False, repr=False)
@@ -60,6 +89,9 @@ class LocalConfig:
     # Folder patterns (as in `folders`) of folders that exist only in the Maildir:
     # never created on the server, never synced. Moving mail into one frees server space.
     local_only: tuple[str, ...] = ()
+    # folders.rename: (server name, local name) pairs, both canonical; a folder not
+    # named here has the same name on both sides (see Maildir.dir_name).
+    rename: tuple[tuple[str, str], ...] = ()
 
     def is_local_only(self, name: str) -> bool:
         """Whether `name` (canonical) is a local-only folder; same patterns as
@@ -72,10 +104,12 @@ class FolderFilter:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
-    def matches(self, name: str) -> bool:
+    def matches(self, name: str, special: str = "") -> bool:
         """IMAP-style patterns over canonical names ("/"-separated): `*` matches
-        anything, `%` anything but "/". Included and not excluded."""
-        return included(self.include, self.exclude, name)
+        anything, `%` anything but "/". Included and not excluded. A pattern such as
+        "\\Junk" matches the folder whose special use (`special`, from the server's
+        listing; see names.SPECIAL_USES) it names."""
+        return included(self.include, self.exclude, name, special)
 
 
 SYNC_MODES = ("mirror", "pull", "backup")
@@ -210,6 +244,7 @@ _ACCOUNT_KEYS = (
     "archive",
     "hooks",
 )
+_TOKEN_SOURCES = ("oauth2_token_command", "oauth2")
 _HOOK_KEYS = ("pre_sync", "post_sync", "new_mail", "timeout")
 _REMOTE_KEYS = (
     "host",
@@ -221,9 +256,25 @@ _REMOTE_KEYS = (
     "timeout",
     "max_connections",
     "namespace_prefix",
+    "auth",
+    *_TOKEN_SOURCES,
+    "provider",  # applied before the section is read (see mirrorsync.providers)
 )
+_OAUTH2_KEYS = (
+    "token_url",
+    "client_id",
+    "client_secret",
+    "client_secret_command",
+    "scope",
+    "device_url",
+    "auth_url",
+    "token_store",
+)
+_TOKEN_STORES = ("file", "keyring")
+# The refresh token's file in the account's state directory (mode 0600).
+REFRESH_TOKEN_FILE = "oauth2-refresh-token"
 _LOCAL_KEYS = ("path", "layout", "local_only", "folder_names")
-_FOLDERS_KEYS = ("include", "exclude")
+_FOLDERS_KEYS = ("include", "exclude", "rename")
 _SYNC_KEYS = ("max_delete_share", "guard_min", "mode", "folder_modes")
 _ARCHIVE_KEYS = ("folder", "older_than", "larger_than", "keep_flagged", "keep_unread", "to")
 _DAEMON_KEYS = ("idle_folders", "full_check_interval", "debounce", "idle_refresh")
@@ -437,7 +488,28 @@ def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
         else _DEFAULT_PORTS[tls]
     )
     username = _string(ctx, section["username"], k("username"))
+    auth = _choice(ctx, section.get("auth", "password"), k("auth"), AUTH_METHODS)
+    sign_in = (
+        _password_source(ctx, section, key)
+        if auth == "password"
+        else _token_source(ctx, section, key, auth)
+    )
+    return RemoteConfig(
+        host=host,
+        username=username,
+        port=port,
+        tls=tls,
+        auth=auth,
+        **sign_in,
+        **_connection_settings(ctx, section, key, tls),
+        source_file=ctx.file,
+        source_key=key,
+    )
 
+
+def _password_source(ctx: _Ctx, section: dict[str, object], key: str) -> dict[str, Any]:
+    """Exactly one of password, password_command, password_env."""
+    k = functools.partial(_join, key)
     given = [name for name in _PASSWORD_SOURCES if name in section]
     if not given:
         ctx.fail(
@@ -466,7 +538,97 @@ def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
                 f"expected an environment variable name, got {password_env!r}",
                 "give the name only, without $",
             )
+    for name in _TOKEN_SOURCES:
+        if name in section:
+            ctx.fail(k(name), "is only used with auth: xoauth2 or auth: oauthbearer")
+    return {
+        "password": password,
+        "password_command": password_command,
+        "password_env": password_env,
+    }
 
+
+def _token_source(ctx: _Ctx, section: dict[str, object], key: str, auth: str) -> dict[str, Any]:
+    """A remote that signs in with an OAuth2 access token: from exactly one of a
+    token command or mirrorsync's own client, and no password."""
+    k = functools.partial(_join, key)
+    for name in _PASSWORD_SOURCES:
+        if name in section:
+            ctx.fail(
+                k(name),
+                f"auth: {auth} signs in with a token, not a password",
+                "remove it, or set auth: password",
+            )
+    given = [name for name in _TOKEN_SOURCES if name in section]
+    if len(given) != 1:
+        ctx.fail(
+            key if given else k("oauth2"),
+            "oauth2_token_command and oauth2 are both set" if given else "no token source",
+            "set exactly one of oauth2_token_command, oauth2 (see mirrorsync login)",
+        )
+    command = oauth2 = None
+    if "oauth2_token_command" in section:
+        command = _string(ctx, section["oauth2_token_command"], k("oauth2_token_command"))
+    else:
+        oauth2 = _load_oauth2(ctx, section["oauth2"], k("oauth2"))
+    return {"oauth2_token_command": command, "oauth2": oauth2}
+
+
+def _url(ctx: _Ctx, value: object, key: str) -> str:
+    """An endpoint: https, or http only on loopback (a local test provider), since
+    tokens and client secrets travel in these requests."""
+    import urllib.parse  # only for a configuration that names endpoints
+
+    url = _string(ctx, value, key)
+    parsed = urllib.parse.urlsplit(url)
+    loopback = parsed.hostname in ("127.0.0.1", "::1", "localhost")
+    if not parsed.hostname or not (
+        parsed.scheme == "https" or (parsed.scheme == "http" and loopback)
+    ):
+        ctx.fail(key, f"expected an https:// URL, got {url!r}")
+    return url
+
+
+def _load_oauth2(ctx: _Ctx, value: object, key: str) -> OAuth2Config:
+    section = _section(ctx, value, key, _OAUTH2_KEYS, required=("token_url", "client_id", "scope"))
+    k = functools.partial(_join, key)
+    if "client_secret" in section and "client_secret_command" in section:
+        ctx.fail(
+            key,
+            "client_secret and client_secret_command are both set",
+            "set at most one of them (a public client has neither)",
+        )
+    device_url, auth_url = (
+        _url(ctx, section[name], k(name)) if name in section else None
+        for name in ("device_url", "auth_url")
+    )
+    return OAuth2Config(
+        token_url=_url(ctx, section["token_url"], k("token_url")),
+        client_id=_string(ctx, section["client_id"], k("client_id")),
+        scope=_string(ctx, section["scope"], k("scope")),
+        client_secret=(
+            _string(ctx, section["client_secret"], k("client_secret"), secret=True)
+            if "client_secret" in section
+            else None
+        ),
+        client_secret_command=(
+            _string(ctx, section["client_secret_command"], k("client_secret_command"))
+            if "client_secret_command" in section
+            else None
+        ),
+        token_store=_choice(
+            ctx, section.get("token_store", "file"), k("token_store"), _TOKEN_STORES
+        ),
+        device_url=device_url,
+        auth_url=auth_url,
+    )
+
+
+def _connection_settings(
+    ctx: _Ctx, section: dict[str, object], key: str, tls: str
+) -> dict[str, Any]:
+    """The settings every remote has, whatever its way of signing in."""
+    k = functools.partial(_join, key)
     ca_file = None
     if "ca_file" in section:
         if tls == "none":
@@ -489,22 +651,12 @@ def _load_remote(ctx: _Ctx, value: object, key: str) -> RemoteConfig:
         given_prefix = _string(ctx, section["namespace_prefix"], k("namespace_prefix"))
         if given_prefix != "auto":
             namespace_prefix = "" if given_prefix == "none" else given_prefix
-
-    return RemoteConfig(
-        host=host,
-        username=username,
-        port=port,
-        tls=tls,
-        password=password,
-        password_command=password_command,
-        password_env=password_env,
-        ca_file=ca_file,
-        timeout=timeout,
-        max_connections=max_connections,
-        namespace_prefix=namespace_prefix,
-        source_file=ctx.file,
-        source_key=key,
-    )
+    return {
+        "ca_file": ca_file,
+        "timeout": timeout,
+        "max_connections": max_connections,
+        "namespace_prefix": namespace_prefix,
+    }
 
 
 def _load_local(ctx: _Ctx, value: object, key: str) -> LocalConfig:
@@ -530,11 +682,26 @@ def _load_local(ctx: _Ctx, value: object, key: str) -> LocalConfig:
     return LocalConfig(path=path, layout=layout, local_only=local_only, folder_names=folder_names)
 
 
+def _folder_patterns(ctx: _Ctx, value: object, key: str) -> tuple[str, ...]:
+    """`_patterns`, where a pattern may also name a special use ("\\Junk")."""
+    from mirrorsync.names import SPECIAL_USES
+
+    patterns = _patterns(ctx, value, key)
+    for i, pattern in enumerate(patterns):
+        if pattern.startswith("\\") and pattern.lower() not in {u.lower() for u in SPECIAL_USES}:
+            ctx.fail(
+                f"{key}[{i}]",
+                f"{pattern!r} is not a special-use attribute",
+                f'use one of {", ".join(SPECIAL_USES)} (in YAML double quotes: "\\\\Junk")',
+            )
+    return patterns
+
+
 def _load_folders(ctx: _Ctx, value: object, key: str) -> FolderFilter:
     section = _section(ctx, value, key, _FOLDERS_KEYS)
     include = FolderFilter.include
     if "include" in section:
-        include = _patterns(ctx, section["include"], _join(key, "include"))
+        include = _folder_patterns(ctx, section["include"], _join(key, "include"))
         if not include:
             ctx.fail(
                 _join(key, "include"),
@@ -543,8 +710,38 @@ def _load_folders(ctx: _Ctx, value: object, key: str) -> FolderFilter:
             )
     exclude = FolderFilter.exclude
     if "exclude" in section:
-        exclude = _patterns(ctx, section["exclude"], _join(key, "exclude"))
+        exclude = _folder_patterns(ctx, section["exclude"], _join(key, "exclude"))
     return FolderFilter(include=include, exclude=exclude)
+
+
+def _load_rename(ctx: _Ctx, value: object, key: str) -> tuple[tuple[str, str], ...]:
+    """`folders.rename`, server name -> local name, checked both ways: two server
+    folders cannot share one local name (their mail would be mixed), and INBOX keeps
+    its name on both sides."""
+    if not isinstance(value, dict):
+        ctx.fail(
+            key,
+            f"expected a mapping of server folder names to local ones, got {_describe(value)}",
+            'e.g. rename: {"[Gmail]/Sent Mail": Sent}',
+        )
+    pairs: list[tuple[str, str]] = []
+    taken: dict[str, str] = {}
+    for server, local in value.items():
+        k = _join(key, str(server))
+        server_name = _folder_name(ctx, server, k)
+        local_name = _folder_name(ctx, local, k)
+        if "INBOX" in (server_name, local_name):
+            ctx.fail(k, "INBOX cannot be renamed, nor another folder renamed to INBOX")
+        if local_name in taken:
+            ctx.fail(
+                k,
+                f"{taken[local_name]!r} and {server_name!r} are both renamed to {local_name!r}",
+                "give each server folder its own local name",
+            )
+        taken[local_name] = server_name
+        if server_name != local_name:
+            pairs.append((server_name, local_name))
+    return tuple(pairs)
 
 
 def _load_sync(ctx: _Ctx, value: object, key: str) -> SyncConfig:
@@ -729,15 +926,29 @@ def _load_account(ctx: _Ctx, name: object, value: object) -> AccountConfig:
         # The name becomes a directory name (state_dir) and a command-line argument.
         ctx.fail(key, "an account name may only use letters, digits, '_', '.' and '-'")
     section = _section(ctx, value, key, _ACCOUNT_KEYS, required=("remote", "local"))
-    remote = _load_remote(ctx, section["remote"], f"{key}.remote")
+    raw_remote, raw_folders = section["remote"], section.get("folders")
+    if isinstance(raw_remote, dict) and "provider" in raw_remote:
+        from mirrorsync import providers
+
+        _choice(ctx, raw_remote["provider"], f"{key}.remote.provider", tuple(providers.PRESETS))
+        raw_remote, raw_folders = providers.apply(raw_remote, raw_folders)
+    remote = _load_remote(ctx, raw_remote, f"{key}.remote")
     local = _load_local(ctx, section["local"], f"{key}.local")
+    if isinstance(raw_folders, dict) and "rename" in raw_folders:
+        rename = _load_rename(ctx, raw_folders["rename"], f"{key}.folders.rename")
+        local = dataclasses.replace(local, rename=rename)
     if "state_dir" in section:
         state_dir = _expand_path(ctx, section["state_dir"], f"{key}.state_dir")
     else:
         state_dir = _xdg_dir(ctx.env, "XDG_STATE_HOME", ".local/state") / "mirrorsync" / name
+    if remote.oauth2 is not None:
+        oauth2 = dataclasses.replace(
+            remote.oauth2, token_file=state_dir / REFRESH_TOKEN_FILE, account=name
+        )
+        remote = dataclasses.replace(remote, oauth2=oauth2)
     folders = (
-        _load_folders(ctx, section["folders"], f"{key}.folders")
-        if "folders" in section
+        _load_folders(ctx, raw_folders, f"{key}.folders")
+        if raw_folders is not None
         else FolderFilter()
     )
     sync = _load_sync(ctx, section["sync"], f"{key}.sync") if "sync" in section else SyncConfig()
@@ -899,6 +1110,12 @@ def resolve_password(
     def fail(key: str, message: str, hint: str = "") -> NoReturn:
         raise ConfigError(message, path=remote.source_file, key=_join(base, key), hint=hint)
 
+    if remote.auth != "password":
+        from mirrorsync import oauth
+
+        # The token of the moment, which also proves the token source works before
+        # anything starts; each login asks mirrorsync.oauth again (it may have expired).
+        return oauth.access_token(remote, env)
     if remote.password is not None:
         return remote.password
     if remote.password_env is not None:
@@ -910,15 +1127,17 @@ def resolve_password(
             fail("password_env", f"environment variable {name} is empty")
         return value
     if remote.password_command is not None:
-        return _run_password_command(remote.password_command, env, timeout, fail)
+        return run_secret_command(remote.password_command, env, timeout, fail)
     fail("password", "no password source", "set one of password, password_command, password_env")
 
 
-def _run_password_command(
+def run_secret_command(
     command: str,
     env: Mapping[str, str],
     timeout: float,
     fail: Callable[[str, str, str], NoReturn],
+    key: str = "password_command",
+    what: str = "password",
 ) -> str:
     """Run through the shell (users write pipelines). stdin and stderr are inherited so
     a prompting tool still works and its complaints reach the user; stdout is captured
@@ -927,7 +1146,6 @@ def _run_password_command(
     import signal
     import subprocess
 
-    key = "password_command"
     try:
         # A process group of its own, so that a hung command is ended whole: killing
         # only the shell would leave its children (a `sleep`, a stuck agent) orphaned.
@@ -964,5 +1182,5 @@ def _run_password_command(
         fail(key, "the command printed something that is not UTF-8", "")
     first = text.split("\n", 1)[0].removesuffix("\r")
     if not first:
-        fail(key, "the command exited with status 0 but printed no password", "")
+        fail(key, f"the command exited with status 0 but printed no {what}", "")
     return first

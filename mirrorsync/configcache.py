@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterator, Mapping
 
 from mirrorsync import xdg
+from mirrorsync.names import special_use_patterns
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
@@ -96,10 +97,16 @@ def _account_facts(account: AccountConfig) -> Facts:
     return {
         "name": account.name,
         # The quick check lists folders as the layout spells them in UTF-8; with
-        # modified UTF-7 names every run takes the full path.
-        # A pre_sync or post_sync hook runs at every sync, which the quick check
-        # does not do (mirrorsync/hooks.py).
-        "quick": literal and account.local.folder_names == "utf-8" and not account.hooks.every_run,
+        # modified UTF-7 names every run takes the full path. So does one whose
+        # folder patterns name a special use ("\\Junk"), which the quick check's
+        # listing does not resolve, or renames folders (folders.rename). A pre_sync
+        # or post_sync hook runs at every sync, which the quick check does not do
+        # (mirrorsync/hooks.py).
+        "quick": literal
+        and account.local.folder_names == "utf-8"
+        and not account.local.rename
+        and not special_use_patterns(account.folders.include + account.folders.exclude)
+        and not account.hooks.every_run,
         "host": remote.host,
         "port": remote.port,
         "tls": remote.tls,
@@ -131,6 +138,11 @@ def store(
     the whole environment. Never raises: the cache is an optimisation."""
     if not settled or recorded.enumerated:
         return
+    if any(
+        a.remote.oauth2 is not None and a.remote.oauth2.client_secret is not None
+        for a in cfg.accounts.values()
+    ):
+        return  # an OAuth2 client secret is never copied anywhere: parsed every run
     import pickle
 
     try:

@@ -503,12 +503,21 @@ class AccountLoop(threading.Thread):
             self._watcher = None
         root = self.account.local.path
         queue_folder = self.queue.folder
+        if self.account.local.rename:
+            back = {local: server for server, local in self.account.local.rename}
+
+            def queue_folder(name: str | None, why: str) -> None:
+                # a renamed folder's directory -> the folder's name (folders.rename)
+                self.queue.folder(name and back.get(name, name), why)
+
         if self.account.local.folder_names == "modified-utf-7":
             from mirrorsync.adopt import decode_name
 
+            renamed = queue_folder
+
             def queue_folder(name: str | None, why: str) -> None:
                 # the directory's spelling -> the folder's name
-                self.queue.folder(name and (decode_name(name) or name), why)
+                renamed(name and (decode_name(name) or name), why)
 
         router = EventRouter(
             root,

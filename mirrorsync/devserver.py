@@ -52,6 +52,11 @@ class Dovecot:
     # Dovecot's own Maildir layout: maildir++ (the default) refuses "." in names with
     # the "/" separator; LAYOUT=fs allows it, for folders such as "lists.debian.org".
     layout_fs: bool = False
+    # An OAuth2 provider's introspection endpoint (RFC 7662): when set, Dovecot also
+    # takes XOAUTH2 and OAUTHBEARER and asks there whether a token is live and whose.
+    oauth2_introspection: str | None = None
+    # Special-use folders (RFC 6154) as "name": "\\Junk", marked in LIST answers.
+    special_use: dict[str, str] = field(default_factory=dict)
     port: int = 0
     imaps_port: int = 0
     _proc_started: bool = False
@@ -80,7 +85,8 @@ class Dovecot:
             "protocols = imap",
             f"listen = {HOST}",
             "disable_plaintext_auth = no",
-            "auth_mechanisms = plain login",
+            "auth_mechanisms = plain login"
+            + (" xoauth2 oauthbearer" if self.oauth2_introspection else ""),
             "default_login_user = dovenull",
             "default_internal_user = dovecot",
             "default_internal_group = dovecot",
@@ -98,7 +104,9 @@ class Dovecot:
             "passdb {",
             "  driver = passwd-file",
             f"  args = scheme=PLAIN {self.passwd}/%u",
+            *(["  mechanisms = plain login"] if self.oauth2_introspection else []),
             "}",
+            *(self._oauth2_passdb() if self.oauth2_introspection else []),
             "userdb {",
             "  driver = passwd-file",
             f"  args = {self.passwd}/%u",
@@ -108,6 +116,11 @@ class Dovecot:
             "  inbox = yes",
             f"  separator = {self.separator}",
             *([f"  prefix = {self.prefix}"] if self.prefix else []),
+            *(
+                line
+                for name, use in self.special_use.items()
+                for line in (f'  mailbox "{name}" {{', f"    special_use = {use}", "  }")
+            ),
             "}",
             "service imap-login {",
             "  chroot =",
@@ -145,6 +158,33 @@ class Dovecot:
                 "}",
             ]
         return "\n".join(lines) + "\n"
+
+    def _oauth2_passdb(self) -> list[str]:
+        """Dovecot's oauth2 passdb, posting each token to the introspection URL and
+        taking it when the answer says active and names the user logging in."""
+        conf = self.base / "oauth2.conf.ext"
+        conf.write_text(
+            "introspection_mode = post\n"
+            f"introspection_url = {self.oauth2_introspection}\n"
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+        )
+        return [
+            # Refused tokens are what these tests are about: without this, Dovecot's
+            # auth penalty slows every later login from 127.0.0.1 by seconds.
+            "service anvil {",
+            "  unix_listener anvil-auth-penalty {",
+            "    mode = 0",
+            "  }",
+            "}",
+            "passdb {",
+            "  driver = oauth2",
+            "  mechanisms = xoauth2 oauthbearer",
+            f"  args = {conf}",
+            "}",
+        ]
 
     def start(self) -> Dovecot:
         if shutil.which("dovecot") is None and not Path("/usr/sbin/dovecot").exists():

@@ -48,7 +48,7 @@ from mirrorsync.maildir import (
     Stamp,
 )
 from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
-from mirrorsync.names import DELIMITER_META, stored_delimiter
+from mirrorsync.names import DELIMITER_META, SPECIAL_USE_META, stored_delimiter
 from mirrorsync.naming import kept_local, settle_prefix
 from mirrorsync.progress import Reporter
 from mirrorsync.state import FolderState, Pair, PairRow, State
@@ -163,6 +163,8 @@ class AccountSync:
         self._pair_counts: dict[str, int] | None = None
         self._first_run = False
         self._server_names: set[str] = set()
+        # the server's special-use folders (name -> "\\Junk"), for `folders:` patterns
+        self._special: dict[str, str] = {}
         # Tests only: every fast path checked against the full path before its plan is
         # carried out (mirrorsync/oracle.py). Off, this lookup is all it costs.
         self._oracle: Oracle | None = None
@@ -212,6 +214,7 @@ class AccountSync:
         settle_prefix(self.account, self.remote, self.state, record, self._local_listing)
         every = self.remote.statuses()
         self._server_names = set(every)  # excluded ones too: their directories stay theirs
+        self._special = self.remote.special_use()
         self.statuses = {n: s for n, s in every.items() if n in self._wanted([n])}
         # A folder the server lists but will not give the numbers of is there, in an
         # unknown state: it must not look deleted (that would delete it here), nor
@@ -222,6 +225,7 @@ class AccountSync:
         known -= set(unknown)
         remote_names = set(self.statuses)
         self._record_delimiter()
+        self._record_special_use()
         self._local_names_all = self.maildir.list_folders() if self.maildir.exists() else []
         local_names = self._wanted(self._local_names_all) - set(unknown)
         if remote_names - local_names - set(known):
@@ -386,6 +390,14 @@ class AccountSync:
             with self.state.transaction():
                 self.state.set_meta(DELIMITER_META, value)
 
+    def _record_special_use(self) -> None:
+        """Remember which folders are the server's special-use ones, for `status`,
+        which works offline."""
+        value = "\n".join(f"{n}\t{a}" for n, a in sorted(self._special.items()))
+        if not self.options.dry_run and (self.state.get_meta(SPECIAL_USE_META) or "") != value:
+            with self.state.transaction():
+                self.state.set_meta(SPECIAL_USE_META, value)
+
     def _gather_order(self, names: list[str]) -> list[str]:
         """Folders that received mail on the server (their UIDNEXT moved) last: move
         detection and the downloads then find the last of them still selected. On
@@ -402,7 +414,8 @@ class AccountSync:
         """The folders this run syncs: those the config includes, never a local-only
         one (it exists only on disk), and with --folder only those named."""
         local_only = self.account.local.is_local_only
-        chosen = {n for n in names if self.account.folders.matches(n) and not local_only(n)}
+        matches, special = self.account.folders.matches, self._special
+        chosen = {n for n in names if matches(n, special.get(n, "")) and not local_only(n)}
         if self.options.folders:
             chosen &= set(self.options.folders)
         return chosen

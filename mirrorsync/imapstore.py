@@ -51,7 +51,7 @@ from imapclient.datetime_util import datetime_to_INTERNALDATE, parse_to_datetime
 from imapclient.imap_utf7 import decode as utf7_decode
 from imapclient.response_parser import parse_response
 
-from mirrorsync import quickimap
+from mirrorsync import oauth, quickimap, throttle
 from mirrorsync.config import RemoteConfig
 from mirrorsync.content import message_id
 from mirrorsync.errors import (
@@ -76,7 +76,7 @@ from mirrorsync.model import (
 )
 
 # In the import-light `names`, shared with `mirrorsync.quick`'s LIST-STATUS reader.
-from mirrorsync.names import server_spelling
+from mirrorsync.names import server_spelling, special_use_of
 from mirrorsync.names import server_to_canonical as server_to_canonical
 from mirrorsync.remote import FETCH_CHUNK, ByteSink, append_each, append_refused, batches
 
@@ -843,6 +843,7 @@ class ImapStore:
         self._status_failures: dict[str, str] = {}
         # How to log in again on a new connection (set by `connect`); None: cannot.
         self._reconnect: Callable[[], ImapStore] | None = None
+        self._special: dict[str, str] = {}  # see special_use()
 
     # -- connecting ---------------------------------------------------------------
 
@@ -937,27 +938,15 @@ class ImapStore:
                 )
             refused = AuthenticationFailed(
                 f"login refused for {remote.username} at {address}",
-                hint="check username and password",
+                hint=oauth.refusal_hint(remote),
             )
             if (remote.host, remote.port, remote.username) in quickimap.refused_logins:
                 raise refused  # the quick check was just refused: do not ask again
-            try:
-                client.login(remote.username, password)
-            except imapclient.exceptions.LoginError as exc:
-                # imapclient wraps every IMAP4.error, a dropped connection included
-                if isinstance(exc.__context__, imaplib.IMAP4.abort):
-                    raise ConnectionFailed(
-                        f"connection to {address} lost during login "
-                        f"({_server_text(exc.__context__)})",
-                        hint="check the network and the tls setting, and run again",
-                    ) from exc
-                text = _server_text(exc)
-                if "[UNAVAILABLE]" in text.upper():
-                    raise ConnectionFailed(
-                        f"{address} cannot log in {remote.username} right now ({text})",
-                        hint="try again later",
-                    ) from exc
-                raise refused from exc
+            oauth.sign_in(
+                remote,
+                password,
+                lambda mech, secret: _log_in(client, remote, mech, secret, refused),
+            )
             offered = frozenset(_text(c).upper() for c in client.capabilities())
             unwanted = {d.upper() for d in disable}
             if "CONDSTORE" in unwanted:
@@ -1025,11 +1014,25 @@ class ImapStore:
             delimiter = _text(delim) if delim is not None else None
             canonical = self._canonical(_text(name), delimiter)
             if canonical is not None:
-                folders.append(RemoteFolder(canonical, frozenset(_text(a) for a in attrs)))
+                folders.append(
+                    self._noted(RemoteFolder(canonical, frozenset(_text(a) for a in attrs)))
+                )
                 if folders[-1].selectable:
                     names.append((_text(name), canonical))
         self._note_collisions(names)
         return folders
+
+    def _noted(self, folder: RemoteFolder) -> RemoteFolder:
+        """`folder`, its special use remembered for `special_use()`."""
+        special = special_use_of(folder.attributes)
+        if special:
+            self._special[folder.name] = special
+        else:
+            self._special.pop(folder.name, None)
+        return folder
+
+    def special_use(self) -> dict[str, str]:
+        return dict(self._special)
 
     def _note_collisions(self, names: list[tuple[str, str]]) -> None:
         """Two selectable server folders whose names map to one canonical name
@@ -1079,8 +1082,10 @@ class ImapStore:
         options = f"STATUS ({' '.join(items)})"
         if "LIST-EXTENDED" in self._capabilities:
             # the \HasChildren/\HasNoChildren a plain LIST gives, so the listing
-            # kept for list_folders() reads the same
-            options = "CHILDREN " + options
+            # kept for list_folders() reads the same; and \Junk, \Sent, ... (RFC 6154),
+            # which a plain LIST gives too but LIST-STATUS only when asked
+            special = "SPECIAL-USE " if "SPECIAL-USE" in self._capabilities else ""
+            options = f"CHILDREN {special}{options}"
         imap = self._client._imap
         with self._translate("list folders with status"):
             for stale in ("LIST", "STATUS"):
@@ -1099,7 +1104,7 @@ class ImapStore:
             canonical = self._canonical(_text(server_name), entry.delimiter)
             if canonical is None:
                 continue
-            folder = RemoteFolder(canonical, entry.attributes)
+            folder = self._noted(RemoteFolder(canonical, entry.attributes))
             folders.append(folder)
             if not folder.selectable:
                 continue
@@ -2203,12 +2208,16 @@ class ImapStore:
                 hint="mirrorsync needs write access; check the folder's permissions",
             ) from exc
         except imaplib.IMAP4.abort as exc:
+            if throttle.is_throttled(_server_text(exc)):
+                raise throttle.Throttled(self._address, _server_text(exc)) from exc
             raise ConnectionFailed(
                 f"connection to {self._address} lost during {where} ({_server_text(exc)})",
                 hint="check the network and run mirrorsync again",
             ) from exc
         except imaplib.IMAP4.error as exc:
             text = _server_text(exc)
+            if throttle.is_throttled(text):  # NO or BAD "Request is throttled" (Outlook)
+                raise throttle.Throttled(self._address, text) from exc
             raise ServerError(
                 f"{where} failed on {self._address}: {text}", hint=_code_hint(text)
             ) from exc
@@ -2404,6 +2413,52 @@ def _connect_error(exc: BaseException, remote: RemoteConfig) -> ConnectionFailed
         f"cannot connect to {address} ({type(exc).__name__}: {_server_text(exc)})",
         hint="check host, port and the tls setting",
     )
+
+
+def _log_in(
+    client: Any,
+    remote: RemoteConfig,
+    mechanism: str | None,
+    secret: str,
+    refused: AuthenticationFailed,
+) -> None:
+    """One login attempt for `oauth.sign_in`: LOGIN with a password, or AUTHENTICATE
+    with a token (through imapclient's own call, as its oauth2_login makes it, but
+    answering the error challenge with an empty response)."""
+    address = f"{remote.host}:{remote.port}"
+    try:
+        if mechanism is None:
+            client.login(remote.username, secret)
+        else:
+            initial = oauth.initial_response(
+                mechanism, remote.username, secret, remote.host, remote.port
+            )
+            # imaplib logs the continuation line, which is the token, in full, and
+            # imapclient's redaction only knows the command line: silence it meanwhile
+            debug, client._imap.debug = client._imap.debug, 0
+            try:
+                client._command_and_check("authenticate", mechanism, oauth.responder(initial))
+            except imapclient.exceptions.IMAPClientError as exc:
+                raise imapclient.exceptions.LoginError(str(exc)) from exc
+            finally:
+                client._imap.debug = debug
+    except imapclient.exceptions.LoginError as exc:
+        # imapclient wraps every IMAP4.error, a dropped connection included
+        cause = exc.__context__
+        if isinstance(cause, imaplib.IMAP4.abort):
+            raise ConnectionFailed(
+                f"connection to {address} lost during login ({_server_text(cause)})",
+                hint="check the network and the tls setting, and run again",
+            ) from exc
+        text = _server_text(exc)
+        if throttle.is_throttled(text):
+            raise throttle.Throttled(address, text) from exc
+        if "[UNAVAILABLE]" in text.upper():
+            raise ConnectionFailed(
+                f"{address} cannot log in {remote.username} right now ({text})",
+                hint="try again later",
+            ) from exc
+        raise refused from exc
 
 
 def _enable(client: Any, caps: frozenset[str]) -> frozenset[str]:

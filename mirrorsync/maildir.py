@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 from mirrorsync import flags as flagmod
 from mirrorsync.dirstamp import read_stamp
-from mirrorsync.errors import LocalStoreError, abridged
+from mirrorsync.errors import FolderNameError, LocalStoreError, abridged
 from mirrorsync.layout import MAILDIR_SUBDIRS, MAILDIRPP, NESTED, check_layout, folder_path
 from mirrorsync.layout import list_folders as _list_folders
 from mirrorsync.model import Flags, LocalMessage, canonical_folder
@@ -303,7 +303,13 @@ class Maildir:
     """A tree of Maildir folders under `root`, in one of the `layout` module's layouts."""
 
     def __init__(
-        self, root: Path, layout: str = NESTED, *, info_sep: str = ":", folder_names: str = "utf-8"
+        self,
+        root: Path,
+        layout: str = NESTED,
+        *,
+        info_sep: str = ":",
+        folder_names: str = "utf-8",
+        rename: Iterable[tuple[str, str]] = (),
     ) -> None:
         check_layout(layout)
         if info_sep not in INFO_SEPARATORS:
@@ -316,16 +322,41 @@ class Maildir:
         self.aliases: dict[str, Path] = {}
         # local.folder_names: directories named in modified UTF-7 (see `adopt`)
         self.utf7 = folder_names == "modified-utf-7"
+        # folders.rename: folder (its server name) -> its name here, and back
+        self.rename = dict(rename)
+        self.renamed_from = {local: server for server, local in self.rename.items()}
 
     @classmethod
     def of(cls, local: LocalConfig) -> Maildir:
         """The Maildir an account's `local:` settings describe."""
-        return cls(local.path, local.layout, folder_names=local.folder_names)
+        return cls(local.path, local.layout, folder_names=local.folder_names, rename=local.rename)
 
     def exists(self) -> bool:
         return self.root.is_dir()
 
     def list_folders(self) -> list[str]:
+        found = self._listed()
+        if not self.rename:
+            return found
+        names = []
+        for local in found:
+            if local in self.rename and local not in self.renamed_from:
+                log.warning(
+                    "ignoring Maildir %s: folders.rename keeps server folder %r in %r",
+                    display_path(folder_path(self.root, self.layout, local)),
+                    local,
+                    self.rename[local],
+                )
+                continue
+            names.append(self.renamed_from.get(local, local))
+        return sorted(names)
+
+    def server_name(self, local: str) -> str:
+        """The folder whose directory is called `local` (folders.rename undone)."""
+        return self.renamed_from.get(local, local)
+
+    def _listed(self) -> list[str]:
+        """The folders by their names here (before folders.rename is undone)."""
         found = _list_folders(self.root, self.layout)
         if not self.utf7:
             return found
@@ -345,7 +376,16 @@ class Maildir:
         return sorted(names)
 
     def dir_name(self, name: str) -> str:
-        """Folder `name` as its directory spells it."""
+        """Folder `name` as its directory spells it: renamed by folders.rename, and
+        in modified UTF-7 with local.folder_names so."""
+        local = self.rename.get(name)
+        if local is None and name in self.renamed_from:
+            raise FolderNameError(
+                f"folder {name!r} would be kept in the local folder {name!r}, which "
+                f"folders.rename gives to {self.renamed_from[name]!r}",
+                f"rename {name!r} too in folders.rename",
+            )
+        name = local or name
         if not self.utf7:
             return name
         from mirrorsync.adopt import encode_name

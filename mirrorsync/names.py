@@ -64,15 +64,51 @@ def match_pattern(pattern: str, name: str) -> bool:
     return len(pattern) in states
 
 
-def matches_any(patterns: Iterable[str], name: str) -> bool:
-    """Whether any of `patterns` matches folder `name` (canonicalised first)."""
+# The special-use attributes (RFC 6154, and \Important from RFC 8457) a pattern may
+# name instead of a folder: `exclude: ["\\Junk"]` leaves out whichever folder the
+# server marks as the junk folder, whatever its name in the user's language.
+SPECIAL_USES = (
+    "\\All",
+    "\\Archive",
+    "\\Drafts",
+    "\\Flagged",
+    "\\Important",
+    "\\Junk",
+    "\\Sent",
+    "\\Trash",
+)
+SPECIAL_USE_META = "special_use"  # the server's special-use folders: "name\tattribute" lines
+
+
+def special_use_of(attributes: Iterable[str]) -> str:
+    """The folder's special-use attribute, spelled as in SPECIAL_USES, or ""."""
+    wanted = {a.lower(): a for a in SPECIAL_USES}
+    for attribute in attributes:
+        found = wanted.get(attribute.lower())
+        if found is not None:
+            return found
+    return ""
+
+
+def matches_any(patterns: Iterable[str], name: str, special: str = "") -> bool:
+    """Whether any of `patterns` matches folder `name` (canonicalised first), or,
+    for a special-use pattern such as "\\Junk", its special use `special`."""
     name = canonical_folder(name)
-    return any(match_pattern(p, name) for p in patterns)
+    return any(
+        p.lower() == special.lower() if p.startswith("\\") else match_pattern(p, name)
+        for p in patterns
+    )
 
 
-def included(include: Iterable[str], exclude: Iterable[str], name: str) -> bool:
-    """The `folders:` filter: matched by an include pattern and by no exclude one."""
-    return matches_any(include, name) and not matches_any(exclude, name)
+def included(include: Iterable[str], exclude: Iterable[str], name: str, special: str = "") -> bool:
+    """The `folders:` filter: matched by an include pattern and by no exclude one;
+    `special` is the folder's special-use attribute, for patterns that name one."""
+    return matches_any(include, name, special) and not matches_any(exclude, name, special)
+
+
+def special_use_patterns(patterns: Iterable[str]) -> bool:
+    """Whether any pattern names a special use (which only a listing can resolve)."""
+    return any(p.startswith("\\") for p in patterns)
 
 
 def server_to_canonical(name: str, delimiter: str | None, prefix: str = "") -> str | None:

@@ -27,6 +27,7 @@ were never announced.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import logging
@@ -42,6 +43,7 @@ from typing import Any
 from imapclient import imap_utf7
 from imapclient.response_parser import parse_response
 
+from mirrorsync import oauth
 from mirrorsync.config import AccountConfig, RemoteConfig
 from mirrorsync.errors import (
     AuthenticationFailed,
@@ -342,13 +344,34 @@ class ImapConnection:
             return
         if "LOGINDISABLED" in self.capabilities:
             raise ConnectionLost(f"{self.address} refuses to log in without TLS")
-        done = self.command(b"LOGIN", _astring(remote.username), _astring(password))
-        if done.kind != "OK":
-            raise AuthenticationFailed(
-                f"login refused for {remote.username} at {self.address}",
-                "check username and password",
-            )
+
+        def attempt(mechanism: str | None, secret: str) -> None:
+            if mechanism is None:
+                done = self.command(b"LOGIN", _astring(remote.username), _astring(secret))
+            else:
+                initial = oauth.initial_response(
+                    mechanism, remote.username, secret, remote.host, remote.port
+                )
+                done = self._authenticate(mechanism, initial)
+            if done.kind != "OK":
+                raise AuthenticationFailed(
+                    f"login refused for {remote.username} at {self.address}",
+                    oauth.refusal_hint(remote),
+                )
+
+        oauth.sign_in(remote, password, attempt)
         self.capabilities = self._capability()
+
+    def _authenticate(self, mechanism: str, initial: bytes) -> Response:
+        """AUTHENTICATE: the initial response at the first continuation, an empty one
+        at any further (the error challenge of a refused token, RFC 7628 3.2.3)."""
+        tag = f"M{next(self._tags)}".encode()
+        self.send(tag + b" AUTHENTICATE " + mechanism.encode("ascii") + b"\r\n")
+        answer = base64.b64encode(initial)
+        while (done := self._await_continuation(tag, None)) is None:
+            self.send(answer + b"\r\n")
+            answer = b""
+        return done
 
     def _capability(self) -> frozenset[str]:
         found: list[str] = []

@@ -145,6 +145,12 @@ class RemoteStore(Protocol):
         them for deleted, only skip them (and say so)."""
         ...
 
+    def special_use(self) -> dict[str, str]:
+        """The special-use folders (RFC 6154: \\Junk, \\Sent, ...) seen in the
+        listings so far, canonical name -> attribute as in names.SPECIAL_USES; {} on
+        a server without SPECIAL-USE. For `folders:` patterns that name one."""
+        ...
+
     def select_changes(
         self,
         name: str,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mirrorsync.config import AccountConfig
 from mirrorsync.errors import LocalRootMissing
 from mirrorsync.maildir import Maildir
-from mirrorsync.names import KEPT_LOCAL_META
+from mirrorsync.names import KEPT_LOCAL_META, SPECIAL_USE_META
 from mirrorsync.state import State
 from mirrorsync.words import counted
 
@@ -21,6 +21,7 @@ from mirrorsync.words import counted
 @dataclass(frozen=True)
 class FolderLine:
     name: str
+    special: str  # its special use on the server ("\\Junk"), "" for none
     local: int
     server: int
     new: int
@@ -49,8 +50,9 @@ def folder_lines(account: AccountConfig) -> tuple[list[FolderLine], float]:
         names = set(known) | (set(maildir.list_folders()) if maildir.exists() else set())
         # folders the server cannot hold stay local (`naming.kept_local`): nothing pending
         names -= set((state.get_meta(KEPT_LOCAL_META) or "").split("\n")) - set(known)
+        special = special_use(state)
         lines = []
-        for name in sorted(n for n in names if account.folders.matches(n)):
+        for name in sorted(n for n in names if account.folders.matches(n, special.get(n, ""))):
             folder = maildir.folder(name)
             local = folder.scan() if folder.exists() else {}
             pairs = state.pairs(name)
@@ -58,6 +60,7 @@ def folder_lines(account: AccountConfig) -> tuple[list[FolderLine], float]:
             lines.append(
                 FolderLine(
                     name,
+                    special.get(name, ""),
                     local=len(local),
                     server=len(pairs),
                     new=sum(1 for k in local if k not in paired),
@@ -75,6 +78,12 @@ def folder_lines(account: AccountConfig) -> tuple[list[FolderLine], float]:
         state.close()
 
 
+def special_use(state: State) -> dict[str, str]:
+    """The special-use folders the last sync saw: name -> attribute."""
+    text = state.get_meta(SPECIAL_USE_META) or ""
+    return dict(line.split("\t", 1) for line in text.split("\n") if "\t" in line)
+
+
 def account_status(account: AccountConfig) -> str:
     lines, account_sync = folder_lines(account)
     last = _when(account_sync)
@@ -87,7 +96,7 @@ def account_status(account: AccountConfig) -> str:
     for f in lines:
         rows.append(
             (
-                f.name,
+                f"{f.name} ({f.special})" if f.special else f.name,
                 str(f.local),
                 str(f.server),
                 str(f.new),

@@ -216,3 +216,27 @@ def fault_proxy(dovecot: Dovecot) -> Iterator[Any]:
     p = FaultProxy(dovecot.host, dovecot.port)
     yield p
     p.close()
+
+
+@pytest.fixture(scope="session")
+def oauth_provider() -> Iterator[Any]:
+    """The local OAuth2 provider (tests/oauthprovider.py) the sign-in tests use."""
+    from tests.oauthprovider import Provider
+
+    provider = Provider().start()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
+def dovecot_oauth(oauth_provider: Any) -> Iterator[Dovecot]:
+    """A Dovecot whose oauth2 passdb asks the local provider about each token
+    (XOAUTH2, OAUTHBEARER); passwords work as on the others."""
+    server = Dovecot(oauth2_introspection=oauth_provider.url + "/introspect").start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def oauth_account(dovecot_oauth: Dovecot) -> Account:
+    return _new_account(dovecot_oauth)

@@ -153,6 +153,8 @@ class FakeRemoteStore:
         self.closed = False
         # folders whose STATUS the fake refuses, as a server with [SERVERBUG] would
         self.refuse_status: set[str] = set()
+        # canonical name -> special-use attribute ("\\Junk"), for special_use()
+        self.special: dict[str, str] = {}
         self.calls: list[str] = []  # protocol method names, in call order
         self.append_commands = 0
         self._failures: dict[str, list[MirrorsyncError]] = {}
@@ -388,6 +390,10 @@ class FakeRemoteStore:
             name: f"status {name!r} failed: [SERVERBUG] refused by the test"
             for name in sorted(self.refuse_status & set(self.folders))
         }
+
+    def special_use(self) -> dict[str, str]:
+        """As ImapStore; `special` names the fake's special-use folders."""
+        return {n: a for n, a in self.special.items() if n in self.folders}
 
     def select_changes(
         self,

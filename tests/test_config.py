@@ -1063,6 +1063,9 @@ def test_sample_config_mentions_every_key() -> None:
         "max_delete_share", "guard_min", "local_only", "mode", "folder_modes", "archive",
         "folder", "older_than", "larger_than", "keep_flagged", "keep_unread", "to",
         "hooks", "pre_sync", "post_sync", "new_mail",
+        "auth", "oauth2_token_command", "oauth2", "token_url", "client_id", "scope",
+        "client_secret", "client_secret_command", "device_url", "auth_url", "token_store",
+        "provider", "rename",
     ]  # fmt: skip
     for key in keys:
         assert re.search(rf"^\s*#?\s*(?:-\s*)?{key}:", text, re.MULTILINE), key
