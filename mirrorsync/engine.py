@@ -294,8 +294,18 @@ class AccountSync:
         for action in after:
             self._folder_action(action, report)
         if not self.options.dry_run and not report.failed and not self.options.folders:
+            from mirrorsync import proof
+
             with self.state.transaction():
                 self.state.set_meta("last_sync", str(time.time()))
+                # what this run proved, for the next run's quick check (see `proof`)
+                proof.record(
+                    self.account,
+                    self.state,
+                    self._server_names,
+                    self._local_names_all,
+                    self._wanted,
+                )
         return report
 
     def _adopt(self, remote_names: set[str], local_names: set[str], known: set[str]) -> set[str]:
