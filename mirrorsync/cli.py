@@ -388,7 +388,7 @@ def _session(account: AccountConfig, env: Environment, quick: Outcome | None) ->
 
     with AccountLock(account.state_dir, account.name):
         # this session may change the state: the last sync's proof no longer holds
-        proof.void(account.state_dir)
+        proof.void_for_work(account.state_dir)
         password = quick.password(account.name) if quick else None
         if password is None:
             password = resolve_password(account.remote, env.environ)
@@ -437,7 +437,7 @@ def sync_account(
             from mirrorsync import proof
             from mirrorsync.archive import run_archive
 
-            proof.void(account.state_dir)  # the sync's proof is not the archive's
+            proof.void_for_work(account.state_dir)  # the sync's proof is not the archive's
             # printed after the sync's summary line, in the order things happened
             archived = run_archive(
                 account,

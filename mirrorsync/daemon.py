@@ -385,7 +385,7 @@ class AccountLoop(threading.Thread):
 
         account = self.account
         with AccountLock(account.state_dir, account.name):
-            proof.void(account.state_dir)  # see `proof`: this sync may change the state
+            proof.void_for_work(account.state_dir)  # see `proof`: this sync may change the state
             store, self._store = self._store, None
             if store is None:
                 store = ImapStore.connect(account.remote, self.password)

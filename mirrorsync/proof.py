@@ -24,6 +24,8 @@ from __future__ import annotations
 import marshal
 import os
 
+from mirrorsync.configcache import fingerprint
+from mirrorsync.names import DELIMITER_META, KEPT_LOCAL_META, PREFIX_META, loaded_delimiter
 from mirrorsync.xdg import read_private, replace_private
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
@@ -121,12 +123,26 @@ def read(state_dir: str | os.PathLike[str]) -> Proof | None:
 
 
 def void(state_dir: str | os.PathLike[str]) -> None:
-    """Delete the account's proof: called, under the account's lock, by every
-    session about to open the state for work, before anything changes."""
+    """Delete the account's proof (OSError when it cannot be deleted)."""
     try:  # noqa: SIM105 (contextlib.suppress would cost the quick check an import)
         os.unlink(path_of(state_dir))
     except FileNotFoundError:
         pass
+
+
+def void_for_work(state_dir: str | os.PathLike[str]) -> None:
+    """`void`, for a session about to open the state for work, under the account's
+    lock: a proof that cannot be removed stops it, since it would go on vouching for
+    a state it no longer describes."""
+    try:
+        void(state_dir)
+    except OSError as e:
+        from mirrorsync.errors import StateError
+
+        raise StateError(
+            f"cannot remove {path_of(state_dir)}: {e.strerror or e}",
+            "remove it by hand (it only speeds up a sync with nothing to do) and re-run",
+        ) from e
 
 
 def record(
@@ -136,18 +152,19 @@ def record(
     local: Iterable[str],
     wanted: Callable[[Iterable[str]], set[str]],
 ) -> bool:
-    """Write the proof after a successful full sync of `account`, inside the
-    transaction that records the sync (the proof's token goes with it), which listed the
+    """Write the proof of a successful full sync of `account`, which listed the
     folders `server` (every selectable one) and `local` (every one on disk) and
-    syncs `wanted` of them; whether one was written. None is when the next full
-    run could still have work to do whatever happens meanwhile: a folder without a
-    trusted row (matching pending, no HIGHESTMODSEQ, no settled stamp), or folder
-    sets that do not agree (this run created or deleted folders, so its listings
-    are not the ones it leaves)."""
-    from mirrorsync.configcache import fingerprint
-    from mirrorsync.names import DELIMITER_META, KEPT_LOCAL_META, PREFIX_META
-
-    void(account.state_dir)
+    syncs `wanted` of them; called inside the transaction that records the sync,
+    which then records the proof's token too. Whether one was written: none when
+    the next full run could still have work to do whatever happens meanwhile (a
+    folder without a trusted row: matching pending, no HIGHESTMODSEQ, no settled
+    stamp), when the folder sets do not agree (this run created or deleted
+    folders, so its listings are not the ones it leaves), or when the file cannot
+    be written (the proof is an optimisation: it never fails a sync)."""
+    try:
+        void(account.state_dir)
+    except OSError:
+        return False
     rows = {n: r for n, r in state.folders().items() if n in wanted([n])}
     delimiter, prefix = state.get_meta(DELIMITER_META), state.get_meta(PREFIX_META)
     kept = set(filter(None, (state.get_meta(KEPT_LOCAL_META) or "").split("\n")))
@@ -160,8 +177,6 @@ def record(
         or wanted(local) - kept != set(rows)
     ):
         return False
-    from mirrorsync.names import loaded_delimiter
-
     remote = account.remote
     token = os.urandom(8).hex()
     data = {
@@ -188,7 +203,10 @@ def record(
     }
     # the file first: a crash before the state's commit leaves a proof whose token
     # the state does not hold, which no quick check accepts
-    replace_private(path_of(account.state_dir), marshal.dumps(data))
+    try:
+        replace_private(path_of(account.state_dir), marshal.dumps(data))
+    except OSError:
+        return False  # an optimisation: a full, read-only or failing disk is the sync's
     state.set_meta(TOKEN_META, token)
     return True
 

@@ -742,3 +742,25 @@ def test_every_session_voids_the_proof_first(quiet: Mirror, runs: Runs) -> None:
     r, took_quick = runs.sync(quiet)
     assert not took_quick and "no changes" in r.out, r
     assert (quiet.state_dir / proof.FILE_NAME).exists()
+
+
+def test_a_proof_that_cannot_be_written_never_fails_a_sync(quiet: Mirror, runs: Runs) -> None:
+    # the in-process run writes the proof through a temporary file of this name
+    (quiet.state_dir / f"{proof.FILE_NAME}.{os.getpid()}.tmp").mkdir()
+    quiet.client.append("INBOX", message(40), flags=[])
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick and r.status == 0 and "1 downloaded" in r.out, r
+    assert not (quiet.state_dir / proof.FILE_NAME).exists()
+
+
+def test_a_proof_that_cannot_be_removed_stops_a_run_in_one_line(quiet: Mirror) -> None:
+    """It would go on vouching for a state that the run changes."""
+    (quiet.state_dir / proof.FILE_NAME).unlink()
+    (quiet.state_dir / proof.FILE_NAME).mkdir()
+    quiet.client.append("INBOX", message(40), flags=[])
+    r = quiet.run("sync")
+    assert r.status == 1 and r.out == "", r  # the account failed, as for any state error
+    assert r.err == (
+        f"mirrorsync: cannot remove {quiet.state_dir / proof.FILE_NAME}: Is a directory; "
+        "remove it by hand (it only speeds up a sync with nothing to do) and re-run\n"
+    )
