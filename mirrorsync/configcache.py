@@ -14,8 +14,9 @@ cache directory is often backed up or synced.
 Every full run that loads the configuration leaves the digest in
 ``$XDG_CACHE_HOME/mirrorsync/config-<crc32 of the path>.marshal`` (mode 0600, in a
 0700 directory, replaced atomically; plain values in `marshal`, which costs no
-import), the file name the parsed-config cache of earlier versions used, so that the
-first run replaces such a file and the password it held.
+import). That is the file name the parsed-config cache of earlier versions used,
+which held the password: writing a digest replaces such a file, and removes those
+left for other configuration files (`_remove_old_caches`).
 
 It is used only while the configuration file is provably the one it was made from
 (same device, inode, size, mtime and ctime, taken *before* the file was read, and
@@ -247,8 +248,26 @@ def store(
         if os.stat(directory).st_mode & 0o077:
             os.chmod(directory, 0o700)
         xdg.replace_private(path, data)
+        _remove_old_caches(directory)
     except Exception:
         return
+
+
+def _remove_old_caches(directory: str) -> None:
+    """Delete the parsed-config caches of earlier versions (format 2 and before), of
+    any configuration file: they held the whole configuration, password included.
+    Run whenever a digest is written, which is rare."""
+    for name in os.listdir(directory):
+        if not (name.startswith("config-") and name.endswith(".marshal")):
+            continue
+        path = os.path.join(directory, name)
+        raw = xdg.read_private(path)
+        try:
+            old = raw is not None and marshal.loads(raw).get("version") < FORMAT_VERSION
+        except Exception:
+            continue  # not one of ours to judge
+        if old:
+            os.unlink(path)
 
 
 def load(key: str, identity: Identity, env: Mapping[str, str]) -> list[Entry] | None:

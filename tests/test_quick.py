@@ -203,6 +203,22 @@ def test_the_digest_points_at_a_secret_only_where_it_reads_back_exactly(
         assert configcache.scalar_at(path.read_text(), at) == "pw"
 
 
+def test_writing_a_digest_removes_the_password_caches_of_earlier_versions(
+    setup: Any, trusted: None, tmp_path: Path
+) -> None:
+    import marshal
+
+    cache = tmp_path / "cache" / "mirrorsync"
+    cache.mkdir(parents=True)
+    old = cache / "config-00000001.marshal"  # another file's, written by version 2
+    old.write_bytes(marshal.dumps({"version": 2, "accounts": [{"password": "pw"}]}))
+    other = cache / "config-00000002.marshal"  # not ours to judge
+    other.write_bytes(b"something else")
+    path, env = setup()
+    load_config(path, env)
+    assert not old.exists() and other.exists() and cached(path, env) is not None
+
+
 def test_the_fingerprint_follows_every_setting_but_the_password_source(
     setup: Any, tmp_path: Path
 ) -> None:
