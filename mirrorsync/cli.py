@@ -301,13 +301,15 @@ def _load_config(args: argparse.Namespace, env: Environment) -> Config:
 
             check_config(cfg, Path(given), env.environ)
     else:
-        if outcome:
-            outcome.forget_passwords()  # they are for the file it read, not this one
         with contextlib.suppress(OSError):  # load() words the problem
             key = configcache.key_for(given)
             before = settle_now()
             # before reading: an edit made after this must not match the digest
             found = (key, os.stat(key), before)
+        if outcome and (
+            found is None or outcome.read != (key, configcache.file_identity(found[1]))
+        ):
+            outcome.forget_passwords()  # they are for the file it read, not this one
         cfg = config.load(Path(given), recorder)
     if found is not None:
         key, st, before = found

@@ -79,15 +79,18 @@ class Loaded:
 class Outcome:
     """What the quick check found. `status` is the exit status of a run it finished,
     None when the full path must run; `why` says why (for tests and debugging). The rest is
-    what it learned on the way, for that full path: `loaded` (the configuration
-    file, when it read it), `learned` (a refused login, a timed-out connection) and
-    each account's password or password error (`password`), kept in memory only."""
+    what it learned on the way, for that full path: `read` (the configuration file's
+    key and identity, when the digest described it), `loaded` (the file, when it
+    parsed it), `learned` (a refused login, a timed-out connection) and each
+    account's password or password error (`password`), kept in memory only and good
+    only for that very file."""
 
-    __slots__ = ("_passwords", "learned", "loaded", "status", "why")
+    __slots__ = ("_passwords", "learned", "loaded", "read", "status", "why")
 
     def __init__(self) -> None:
         self.status: int | None = None
         self.why = ""
+        self.read: tuple[str, configcache.Identity] | None = None
         self.loaded: Loaded | None = None
         self.learned = quickimap.Learned()
         self._passwords: dict[str, str | Exception] = {}
@@ -187,6 +190,7 @@ def try_quick(argv: Sequence[str], env: Environment) -> Outcome:
         chosen = select(entries, names) if entries is not None else None
         if not chosen or not all(a["quick"] is True for a in chosen):
             raise NotQuick("no digest of this configuration, or an account it cannot serve")
+        outcome.read = (key, configcache.file_identity(st))
         for entry in chosen:
             checked.append(_check_account(entry, outcome, (key, st, before), env.environ))
         if os.environ.get(ORACLE_ENV) == "1":
