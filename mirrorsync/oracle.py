@@ -16,8 +16,9 @@ before the sync carries out a plan of its own, checks that the plan is the same:
   messages that differ from the state (`engine._differing`);
 * the moves across folders (`check_moves`), found among the folders held in memory;
 * the files `MaildirFolder.locate` finds under their likely names (`check_located`);
-* a run the quick check finishes as a no-op (`verify_quick`), and the parsed-config
-  cache (`check_config`, and the cached facts in `verify_quick`).
+* a run the quick check finishes as a no-op (`verify_quick`: the config digest's
+  entries, the password, the no-op proof against the state, the full plan), and a
+  configuration made from the quick check's read of the file (`check_config`).
 
 A difference raises `PlanMismatch` with both plans. Plans are compared as multisets
 (the order of actions is the executor's business); steady messages need no action,
