@@ -7,8 +7,9 @@ so `--help` and config errors stay instant.
 
 A `sync` that finds nothing to do is the common case (cron, a mail reader's hook),
 and most of its time used to go to imports. So the `mirrorsync` command starts in
-`mirrorsync.quick.main`, which decides whether the run is provably a no-op before
-this module (and `errors`, whose enum alone costs 4 ms) is imported; `main` here
+`mirrorsync.__main__`, whose quick check (`mirrorsync.quick`) decides whether the run
+is provably a no-op before this module (and `errors`, whose enum alone costs 4 ms) is
+imported, and hands what it learned to `main` (an `Outcome`); `main` here
 asks the same question for callers that start here (tests, mostly). Argparse,
 logging, dataclasses, pathlib and typing wait for the full path.
 """
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.model import FolderStatus
+    from mirrorsync.quick import Outcome
     from mirrorsync.state import State
 
 
@@ -250,21 +252,24 @@ def _add_rule_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(
-    argv: Sequence[str] | None = None, env: Environment | None = None, quick: bool = True
+    argv: Sequence[str] | None = None,
+    env: Environment | None = None,
+    outcome: Outcome | None = None,
 ) -> int:
-    """Run one command. `quick=False` when `mirrorsync.quick.main` already found the
-    run is not a provable no-op."""
+    """Run one command. `outcome` is the quick check's, when `mirrorsync.__main__`
+    already found the run is not a provable no-op; without it, the check runs here."""
     env = env or Environment()
     args: argparse.Namespace | None = None
     try:
-        if quick:
+        if outcome is None:
             from mirrorsync.quick import try_quick
 
             # A sync that is provably a no-op ends here, before the imports below.
-            status = try_quick(sys.argv[1:] if argv is None else list(argv), env)
-            if status is not None:
-                return status
+            outcome = try_quick(sys.argv[1:] if argv is None else list(argv), env)
+            if outcome.status is not None:
+                return outcome.status
         args = plain_sync(argv) or build_parser().parse_args(argv)
+        args.quick = outcome  # what the full path takes over from the quick check
         _setup_logging(env, args.verbose, args.quiet)
         if not args.command:
             raise UsageError("no command given", "try 'mirrorsync sync' or 'mirrorsync --help'")
@@ -355,35 +360,42 @@ def _setup_logging(env: Environment, verbose: int, quiet: bool) -> None:
 
 
 def _load_config(args: argparse.Namespace, env: Environment) -> Config:
-    """Load and validate the file, and leave it in the parsed-config cache (see
-    `configcache`) for `mirrorsync.quick` and for the next run, which then takes it
-    from there while the file is provably unchanged, without YAML."""
+    """Load and validate the file, and leave its digest (see `configcache`) for the
+    quick check of the next run. The file as the quick check read it, when it did,
+    is not read again."""
     import contextlib
     from pathlib import Path
 
     from mirrorsync import config, configcache, xdg
 
     given = args.config or xdg.default_config(env.environ)
-    found: tuple[str, os.stat_result, float] | None = None
-    with contextlib.suppress(OSError):  # load() words the problem
-        key = configcache.key_for(given)
-        cached = configcache.load_config(key, env.environ)
-        if cached is not None:
-            if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/oracle.py
-                from mirrorsync.oracle import check_config
-
-                check_config(cached, Path(given), env.environ)
-            config.check_files(cached)
-            return cached
-        before = settle_now()
-        # before reading: an edit made after this must not match the cache
-        found = (key, os.stat(key), before)
     recorder = configcache.RecordingEnv(env.environ)
-    cfg = config.load(Path(given), recorder)
+    found: tuple[str, os.stat_result, float] | None = None
+    outcome: Outcome | None = getattr(args, "quick", None)
+    loaded = outcome.loaded if outcome else None
+    if outcome and loaded is not None and loaded.key == configcache.key_for(given):
+        outcome.loaded = None  # taken: a reload reads the file again
+        found = (loaded.key, loaded.st, loaded.before)
+        cfg = config.load(Path(given), recorder, (loaded.text, loaded.document))
+        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/oracle.py
+            from mirrorsync.oracle import check_config
+
+            check_config(cfg, Path(given), env.environ)
+    else:
+        with contextlib.suppress(OSError):  # load() words the problem
+            key = configcache.key_for(given)
+            before = settle_now()
+            # before reading: an edit made after this must not match the digest
+            found = (key, os.stat(key), before)
+        if outcome and (
+            found is None or outcome.read != (key, configcache.file_identity(found[1]))
+        ):
+            outcome.forget_passwords()  # they are for the file it read, not this one
+        cfg = config.load(Path(given), recorder)
     config.check_files(cfg)
     if found is not None:
         key, st, before = found
-        # the cache is an optimisation: it never fails a run
+        # the digest is an optimisation: it never fails a run
         with contextlib.suppress(Exception):
             configcache.store(
                 cfg,
@@ -446,7 +458,13 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
             # a server that throttles (Outlook) gets the run again after a wait
             status = throttle.run_patiently(
                 functools.partial(
-                    sync_account, account, options, out.env, archive=args.archive, out=out
+                    sync_account,
+                    account,
+                    options,
+                    out.env,
+                    archive=args.archive,
+                    out=out,
+                    quick=args.quick,
                 ),
                 logging.getLogger("mirrorsync").warning,
                 f"[{account.name}]",
@@ -586,19 +604,23 @@ class SyncOutput:
         self.env.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
-def account_session(account: AccountConfig, env: Environment) -> AbstractContextManager[Session]:
+def account_session(
+    account: AccountConfig, env: Environment, quick: Outcome | None = None
+) -> AbstractContextManager[Session]:
     """The account's lock, a logged-in server connection, the state and the Maildir,
     for one run; all released whatever happens. A state database found damaged
     mid-run becomes one clear line (the file is moved aside at the next start); a
-    full, read-only or failing file system under it, another (the state is kept)."""
+    full, read-only or failing file system under it, another (the state is kept).
+    `quick` is the quick check's outcome: the password it got, what it learned."""
     import contextlib  # here, not at the top: the quick path does without it
 
-    return contextlib.contextmanager(_session)(account, env)
+    return contextlib.contextmanager(_session)(account, env, quick)
 
 
-def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
+def _session(account: AccountConfig, env: Environment, quick: Outcome | None) -> Iterator[Session]:
     import sqlite3
 
+    from mirrorsync import proof
     from mirrorsync.config import resolve_password
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
@@ -608,7 +630,13 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
 
     check_account_paths(account)
     with AccountLock(account.state_dir, account.name):
-        remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
+        # this session may change the state: the last sync's proof no longer holds
+        proof.void_for_work(account.state_dir)
+        password = quick.password(account.name) if quick else None
+        if password is None:
+            password = resolve_password(account.remote, env.environ)
+        learned = quick.learned if quick else None
+        remote = ImapStore.connect(account.remote, password, learned=learned)
         try:
             state = State.open(account.state_dir)
             try:
@@ -631,10 +659,12 @@ def sync_account(
     env: Environment,
     archive: bool = False,
     out: SyncOutput | None = None,
+    quick: Outcome | None = None,
 ) -> ExitStatus:
     """Lock, connect, run, report. Returns the account's exit status. With `archive`,
     the account's archive rules are applied after the sync, under the same lock and
-    on the same connection, so they act on freshly synced folders."""
+    on the same connection, so they act on freshly synced folders. `quick` is the
+    quick check's outcome (see `account_session`)."""
     from mirrorsync.engine import AccountSync, SyncOptions
     from mirrorsync.progress import ProgressReporter, Reporter
 
@@ -659,12 +689,14 @@ def sync_account(
     archived = None
     archive_lines: list[str] = []
     try:
-        with account_session(account, env) as s:
+        with account_session(account, env, quick) as s:
             run = AccountSync(account, s.remote, s.maildir, s.state, options, emit, reporter)
             report = run.run()
             if archive and account.archive:
+                from mirrorsync import proof
                 from mirrorsync.archive import run_archive
 
+                proof.void_for_work(account.state_dir)  # the sync's proof is not the archive's
                 # printed after the sync's summary line, in the order things happened
                 archived = run_archive(
                     account,

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mirrorsync import proof
 from mirrorsync.config import AccountConfig, HooksConfig, resolve_password
 from mirrorsync.errors import (
     ConnectionFailed,
@@ -403,6 +404,7 @@ class AccountLoop(threading.Thread):
 
         account = self.account
         with AccountLock(account.state_dir, account.name):
+            proof.void_for_work(account.state_dir)  # see `proof`: this sync may change the state
             store, self._store = self._store, None
             if store is None:
                 store = ImapStore.connect(account.remote, self.password)

@@ -312,8 +312,18 @@ class AccountSync:
         for action in after:
             self._folder_action(action, report)
         if not self.options.dry_run and not report.failed and not self.options.folders:
+            from mirrorsync import proof
+
             with self.state.transaction():
                 self.state.set_meta("last_sync", str(time.time()))
+                # what this run proved, for the next run's quick check (see `proof`)
+                proof.record(
+                    self.account,
+                    self.state,
+                    self._server_names,
+                    self._local_names_all,
+                    self._wanted,
+                )
         return report
 
     def _recover(self, names: list[str], reports: dict[str, FolderReport]) -> None:

@@ -849,13 +849,21 @@ class ImapStore:
 
     @classmethod
     def connect(
-        cls, remote: RemoteConfig, password: str, *, disable: Iterable[str] = ()
+        cls,
+        remote: RemoteConfig,
+        password: str,
+        *,
+        disable: Iterable[str] = (),
+        learned: quickimap.Learned | None = None,
     ) -> ImapStore:
         """Connect, secure, log in and ENABLE QRESYNC (or CONDSTORE) when offered.
 
         `disable` names extensions not to use even when the server offers them (as
         "QRESYNC", "ESEARCH"): a way around a server's broken implementation, and how
-        the tests run the CONDSTORE-only paths against a server that has QRESYNC."""
+        the tests run the CONDSTORE-only paths against a server that has QRESYNC.
+        `learned` is what the quick check just learned the hard way (a timed-out
+        connection, a refused login): reported again, not tried again."""
+        learned = learned or quickimap.Learned()
         if remote.tls not in ("imaps", "starttls", "none"):
             raise ConfigError(
                 f"unknown tls setting {remote.tls!r}",
@@ -871,10 +879,12 @@ class ImapStore:
                 remote.host,
             )
         disabled = frozenset(disable)
-        store = cls._open(remote, password, context, disabled)
+        store = cls._open(remote, password, context, disabled, learned)
         # A read whose answer had to be refused unread (`_renew`) goes on over a new
         # connection; the password stays in this closure, never in a log or error.
-        store._reconnect = lambda: cls._open(remote, password, context, disabled)
+        store._reconnect = lambda: cls._open(
+            remote, password, context, disabled, quickimap.Learned()
+        )
         return store
 
     @classmethod
@@ -884,11 +894,12 @@ class ImapStore:
         password: str,
         context: ssl.SSLContext | None,
         disable: frozenset[str],
+        learned: quickimap.Learned,
     ) -> ImapStore:
         """Connect, secure and log in (the checks and warnings are `connect`'s)."""
         timeout = imapclient.SocketTimeout(connect=remote.timeout, read=remote.timeout)
         try:
-            waited = quickimap.timed_out.get((remote.host, remote.port))
+            waited = learned.timed_out.get((remote.host, remote.port))
             if waited is not None:
                 raise waited  # the quick check just waited for it in vain: once is enough
             client = imapclient.IMAPClient(
@@ -901,7 +912,7 @@ class ImapStore:
         except _TRANSPORT_ERRORS as exc:
             raise _connect_error(exc, remote) from exc
         try:
-            return cls._login(client, remote, password, context, disable)
+            return cls._login(client, remote, password, context, disable, learned)
         except BaseException:
             _shutdown(client)
             raise
@@ -914,6 +925,7 @@ class ImapStore:
         password: str,
         context: ssl.SSLContext | None,
         disable: frozenset[str] = frozenset(),
+        learned: quickimap.Learned | None = None,
     ) -> ImapStore:
         address = f"{remote.host}:{remote.port}"
         if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
@@ -940,7 +952,7 @@ class ImapStore:
                 f"login refused for {remote.username} at {address}",
                 hint=oauth.refusal_hint(remote),
             )
-            if (remote.host, remote.port, remote.username) in quickimap.refused_logins:
+            if learned and (remote.host, remote.port, remote.username) in learned.refused:
                 raise refused  # the quick check was just refused: do not ask again
             oauth.sign_in(
                 remote,

@@ -16,8 +16,9 @@ before the sync carries out a plan of its own, checks that the plan is the same:
   messages that differ from the state (`engine._differing`);
 * the moves across folders (`check_moves`), found among the folders held in memory;
 * the files `MaildirFolder.locate` finds under their likely names (`check_located`);
-* a run the quick check finishes as a no-op (`verify_quick`), and the parsed-config
-  cache (`check_config`, and the cached facts in `verify_quick`).
+* a run the quick check finishes as a no-op (`verify_quick`: the config digest's
+  entries, the password, the no-op proof against the state, the full plan), and a
+  configuration made from the quick check's read of the file (`check_config`).
 
 A difference raises `PlanMismatch` with both plans. Plans are compared as multisets
 (the order of actions is the executor's business); steady messages need no action,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from mirrorsync.engine import AccountSync, FolderInputs, FolderReport
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.model import RemoteMessage
+    from mirrorsync.quick import Outcome
     from mirrorsync.remote import RemoteStore
 
 ENV = "MIRRORSYNC_PLAN_ORACLE"
@@ -471,6 +473,25 @@ class Oracle:
         _compare(self.sync, "the moves (quick check: no-op)", [], moves)
 
 
+def _check_proof(state_dir: Path, state: State, wanted: set[str]) -> None:
+    """The proof the quick check went by says what the state says: its folders are
+    the state's wanted ones, each with the numbers and stamp of a trusted row."""
+    from mirrorsync import proof
+
+    made = proof.read(state_dir)
+    rows = state.folders()
+    facts = {
+        n: (r.uidvalidity, r.uidnext, r.highestmodseq, r.local_stamp)
+        for n, r in rows.items()
+        if n in wanted and not r.needs_match
+    }
+    if made is None or made.folders != facts or state.get_meta(proof.TOKEN_META) != made.token:
+        raise PlanMismatch(
+            f"plan oracle: the no-op proof in {state_dir} is not the state's\n"
+            f"  proof: {made.folders if made else None!r}\n  state: {facts!r}"
+        )
+
+
 def _connect_quietly(remote: configmod.RemoteConfig, password: str) -> ImapStore:
     """The oracle's own connection, without CONDSTORE (a plain EXAMINE, no unsolicited
     MODSEQs to read). What connecting warns of (tls: none) the run has said already."""
@@ -521,45 +542,61 @@ def _describe(action: Any) -> str:
     return f"{describe()}  {action!r}" if describe else repr(action)
 
 
-# -- the quick check and the parsed-config cache ---------------------------------------
+# -- the quick check and the config digest ------------------------------------------
 
 
-def check_config(cached: Config, path: Path, env: Mapping[str, str]) -> None:
-    """The configuration taken from the cache is the one the file gives now."""
+def check_config(loaded: Config, path: Path, env: Mapping[str, str]) -> None:
+    """The configuration made from the quick check's read of the file is the one a
+    fresh, strict parse of the file gives."""
     fresh = _parse(path, env)
-    if fresh != cached:
+    if fresh != loaded:
         raise PlanMismatch(
-            f"plan oracle: the cached configuration of {path} differs from a fresh parse\n"
-            f"  cached: {cached!r}\n  fresh:  {fresh!r}"
+            f"plan oracle: the configuration from the quick check's read of {path} differs "
+            f"from a fresh parse\n  quick: {loaded!r}\n  fresh: {fresh!r}"
         )
 
 
-def verify_quick(key: str, chosen: Sequence[Mapping[str, object]], env: Mapping[str, str]) -> None:
-    """The quick check found the accounts `chosen` (their cached facts) unchanged:
-    the cached facts must be the configuration file's, and each account's full plan
-    must do nothing. Runs under the quick check's account locks."""
+def verify_quick(
+    key: str, chosen: Sequence[Mapping[str, object]], outcome: Outcome, env: Mapping[str, str]
+) -> None:
+    """The quick check found the accounts `chosen` (their digest entries) unchanged:
+    the entries must be the configuration file's, the password the one the full path
+    would use, the proof the state's, and each account's full plan must do nothing.
+    Runs under the quick check's account locks."""
     from mirrorsync import configcache
     from mirrorsync.engine import AccountSync, SyncOptions
     from mirrorsync.maildir import Maildir
     from mirrorsync.state import State
 
     cfg = _parse(Path(key), env)
-    for facts in chosen:
-        account = cfg.accounts.get(str(facts["name"]))
-        fresh = configcache._account_facts(account) if account is not None else None
-        if account is None or fresh != dict(facts):
+    for entry in chosen:
+        name = str(entry["name"])
+        account = cfg.accounts.get(name)
+        found = entry.get("source_at")
+        at = found if isinstance(found, int) else None
+        fresh = configcache.entry(account, at) if account is not None else None
+        if account is None or fresh != dict(entry):
             raise PlanMismatch(
-                f"plan oracle: the cached facts of {facts['name']} differ from a fresh parse "
-                f"of {key}\n  cached: {dict(facts)!r}\n  fresh:  {fresh!r}"
+                f"plan oracle: the digest's entry of {name} differs from a fresh parse "
+                f"of {key}\n  digest: {dict(entry)!r}\n  fresh:  {fresh!r}"
             )
         remote = account.remote
-        store = _connect_quietly(remote, configmod.resolve_password(remote, env))
+        secret = remote.password if remote.password is not None else remote.password_command
+        if at is not None and configcache.scalar_at(Path(key).read_text(), at) != secret:
+            raise PlanMismatch(f"plan oracle: the digest's position of {name}'s secret is wrong")
+        password = outcome.password(name)
+        # a command is not run twice, even here
+        if remote.password_command is None and password != configmod.resolve_password(remote, env):
+            raise PlanMismatch(f"plan oracle: the quick check's password of {name} is wrong")
+        assert password is not None
+        store = _connect_quietly(remote, password)
         try:
             state = State.open(account.state_dir)
             try:
                 maildir = Maildir.of(account.local)
                 sync = AccountSync(account, store, maildir, state, SyncOptions(), lambda _: None)
                 sync.prior = state.folders()
+                _check_proof(account.state_dir, state, sync._wanted(sync.prior))
                 # folder names as the run's own store gives them (a namespace left out)
                 from mirrorsync.naming import settle_prefix
 

@@ -1,36 +1,35 @@
 """The quick check: finish a `mirrorsync sync` that has nothing to do, fast.
 
 Most runs (cron, a mail reader's hook) find both sides unchanged. The full path then
-does about 30 ms of real work (connect, LOGIN, one LIST-STATUS, two `stat` calls per
-folder) but spends over 100 ms importing argparse, logging, YAML, imapclient and the
-engine first. `try_quick` runs before any of that, importing almost nothing, and
-decides whether the run is provably a no-op by the very tests `AccountSync.run` and
-`AccountSync.gather` apply, with the same code wherever code decides:
+does little real work (connect, LOGIN, one LIST-STATUS, two `stat` calls per folder)
+but spends most of its time importing argparse, logging, imapclient and the engine
+first. `try_quick` runs before any of that, importing almost nothing, and decides
+whether the run is provably a no-op without knowing the full path's rules: the last
+full sync wrote down what it proved (`proof`), and the check only compares.
 
-* the command is a plain ``sync`` (only ``-c FILE`` and account names);
-* the configuration comes from the parsed-config cache (`configcache`), which a full
-  run wrote and which still provably describes the file; every account selected
-  has its password in the file;
-* per account, under the account's lock (`statefiles.AccountLock`): the state opens
-  (`statefiles.connect`) at this schema with nothing in the archive journal; the
-  Maildir root exists; the state records the server's delimiter and namespace
-  prefix (`naming`), which the listing must confirm; the folders wanted
-  (`names.included`, not local-only, not kept local for a name the server cannot
-  hold, that set as recorded) are the same in the state, on disk
-  (`layout.list_folders`, which must have nothing to warn about) and on the server;
-  every one of them has a trusted state row (no `needs_match`, a non-zero
-  HIGHESTMODSEQ, a recorded local stamp) whose UIDVALIDITY, UIDNEXT and
-  HIGHESTMODSEQ equal the server's LIST-STATUS numbers (`quickimap`) and whose
-  local stamp equals the folder's stamp now (`dirstamp.read_stamp`, as
-  `MaildirFolder.stamp`).
+* The command is a plain ``sync`` (only ``-c FILE`` and account names).
+* The configuration file is provably the one the config digest (`configcache`) was
+  made from; it names each account's state directory and settings.
+* Per account, under the account's lock (`statefiles.AccountLock`): its no-op
+  proof was made under these settings, for the state as it is (the proof's token
+  is the state's); the local folders (`layout.list_folders`, with nothing to warn
+  about) and the server's (LIST-STATUS, `quickimap`) are the ones the proof lists;
+  every folder it vouches for has its stamp (`dirstamp.read_stamp`) and its
+  UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ as the proof has them.
+
+The password comes from where the full path takes it: the file (``password:``, read
+at the position the digest gives, or with PyYAML's C loader), the environment, or
+the account's password command, run by `config.resolve_password` itself. Nothing
+secret is ever written down.
 
 Only then does it do what the full path does for such a run: record `last_sync` in
 each account's state, in a transaction, and print the same summary line. Whenever it
-is not sure (a check fails, something is odd, anything raises), it returns None
-having printed and changed nothing, and the full path runs exactly as it would have,
-so it reports problems in its own words and picks up every change. The checks are
-what the full path would find anyway; the only cost of a failed quick check is its
-own few milliseconds (and the LIST-STATUS round trip, when only the server changed).
+is not sure (a check fails, something is odd, anything raises), it returns an
+`Outcome` without a status, having printed and changed nothing, and the full path
+runs exactly as it would have. The outcome hands over what the check learned so
+that the full path does not pay for it twice: the file as read and parsed, each
+password (or the error its command gave), and a refused login or a timed-out
+connection.
 """
 
 from __future__ import annotations
@@ -39,40 +38,78 @@ import os
 import stat
 import time
 
-from mirrorsync import configcache, xdg
-from mirrorsync.dirstamp import read_stamp
+from mirrorsync import configcache, proof, quickimap, xdg
+from mirrorsync.dirstamp import read_stamp, settle_now
 from mirrorsync.layout import folder_dir, list_folders
-from mirrorsync.names import (
-    DELIMITER_META,
-    KEPT_LOCAL_META,
-    PREFIX_META,
-    included,
-    loaded_delimiter,
-    matches_any,
-    server_spelling,
-)
-from mirrorsync.statefiles import DB_NAME, KILL_ENV, SCHEMA_VERSION, AccountLock, connect
+from mirrorsync.statefiles import DB_NAME, KILL_ENV, AccountLock, connect
 from mirrorsync.words import counted
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Mapping, Sequence
 
-    from mirrorsync import quickimap
-    from mirrorsync.configcache import Facts
+    from mirrorsync.configcache import Entry
     from mirrorsync.environment import Environment
 
-# How many runs the quick check finished (so tests can tell which path ran).
-finished = 0
-
-# The tables `state._SCHEMA` creates: a state missing one would be changed by the full
-# path's open, so it is not a state the quick check may vouch for.
-_TABLES = frozenset({"meta", "folders", "messages", "archive_journal"})
+ORACLE_ENV = "MIRRORSYNC_PLAN_ORACLE"  # as `oracle.ENV`, which costs an import
 
 
 class NotQuick(Exception):
     """A check failed: the run is (or may be) more than a no-op."""
+
+
+class Loaded:
+    """The configuration file as the quick check read it: its identity (taken
+    before the read, with the settle clock's time) and its text, parsed. The full
+    path takes it from here instead of reading the file again, so that both work
+    from the very same bytes."""
+
+    __slots__ = ("before", "document", "key", "st", "text")
+
+    def __init__(
+        self, key: str, st: os.stat_result, before: float, text: str, document: object
+    ) -> None:
+        self.key = key
+        self.st = st
+        self.before = before
+        self.text = text
+        self.document = document
+
+
+class Outcome:
+    """What the quick check found. `status` is the exit status of a run it finished,
+    None when the full path must run; `why` says why (for tests and debugging). The rest is
+    what it learned on the way, for that full path: `read` (the configuration file's
+    key and identity, when the digest described it), `loaded` (the file, when it
+    parsed it), `learned` (a refused login, a timed-out connection) and each
+    account's password or password error (`password`), kept in memory only and good
+    only for that very file."""
+
+    __slots__ = ("_passwords", "learned", "loaded", "read", "status", "why")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.why = ""
+        self.read: tuple[str, configcache.Identity] | None = None
+        self.loaded: Loaded | None = None
+        self.learned = quickimap.Learned()
+        self._passwords: dict[str, str | Exception] = {}
+
+    def password(self, account: str) -> str | None:
+        """The password the check obtained for `account`, as `config.resolve_password`
+        gave it; None when it did not ask. Raises the error the account's password
+        command gave, so that a failing (or prompting) command is not run twice."""
+        value = self._passwords.get(account)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def forget_passwords(self) -> None:
+        self._passwords.clear()
+
+    def __repr__(self) -> str:  # never the passwords
+        return f"Outcome(status={self.status!r}, why={self.why!r})"
 
 
 def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str]] | None:
@@ -102,7 +139,7 @@ def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str]] | None:
     return config, names
 
 
-def select(accounts: list[Facts], names: list[str]) -> list[Facts] | None:
+def select(accounts: list[Entry], names: list[str]) -> list[Entry] | None:
     """The accounts named (in the order given), or all of them in the file's order,
     as `cli._select_accounts` picks them; None when a name is unknown (an error the
     full path words)."""
@@ -133,59 +170,38 @@ class _Checked:
             self.lock.__exit__(None, None, None)
 
 
-def main() -> int:
-    """The `mirrorsync` command (`bin/mirrorsync`, `python -m mirrorsync`): the quick
-    check, then, unless it finished the run, the full CLI."""
-    import sys
-
-    from mirrorsync.environment import Environment
-
-    env = Environment()
-    try:
-        status = try_quick(sys.argv[1:], env)
-    except KeyboardInterrupt:
-        from mirrorsync.cli import interrupted
-
-        return interrupted(env)
-    if status is not None:
-        return status
-    from mirrorsync import cli
-
-    return cli.main(env=env, quick=False)
-
-
-def try_quick(argv: Sequence[str], env: Environment) -> int | None:
-    """The exit status of a provably no-op `sync`, done as the full path would do
-    it; None (nothing printed, nothing changed) when it is not sure."""
-    global finished
-    from mirrorsync import quickimap
-
-    # what an earlier run in this process (tests, mostly) learned is not this run's
-    quickimap.refused_logins.clear()
-    quickimap.timed_out.clear()
+def try_quick(argv: Sequence[str], env: Environment) -> Outcome:
+    """Finish a provably no-op `sync` as the full path would (the outcome's status),
+    or find out that it cannot (no status; nothing printed, nothing changed)."""
+    outcome = Outcome()
     if os.environ.get(KILL_ENV):
-        return None  # the crash tests count the full path's commits
+        outcome.why = "crash test"  # they count the full path's commits
+        return outcome
     # `-q` (cron's usual spelling), before or after the command, prints nothing
     rest = [a for a in argv if a not in ("-q", "--quiet")]
     quiet = len(rest) == len(argv) - 1
     gate = parse_argv(rest if quiet else argv)
     if gate is None:
-        return None
+        outcome.why = "not a plain sync"
+        return outcome
     config, names = gate
     checked: list[_Checked] = []
     try:
         key = configcache.key_for(config or xdg.default_config(env.environ))
-        facts = configcache.load(key, env.environ)
-        chosen = select(facts, names) if facts is not None else None
+        before = settle_now()
+        st = os.stat(key)
+        entries = configcache.load(key, configcache.file_identity(st), env.environ)
+        chosen = select(entries, names) if entries is not None else None
         if not chosen or not all(a["quick"] is True for a in chosen):
-            return None
-        for account in chosen:
-            checked.append(check_account(account))
-        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":
+            raise NotQuick("no digest of this configuration, or an account it cannot serve")
+        outcome.read = (key, configcache.file_identity(st))
+        for entry in chosen:
+            checked.append(_check_account(entry, outcome, (key, st, before), env.environ))
+        if os.environ.get(ORACLE_ENV) == "1":
             # tests only: a no-op must be one by the full path's plan too (oracle.py)
             from mirrorsync.oracle import verify_quick
 
-            verify_quick(key, chosen, env.environ)
+            verify_quick(key, chosen, outcome, env.environ)
         # All unchanged: record the sync as `AccountSync.run` does at its end. Every
         # transaction is opened before any is committed, so a failure leaves no
         # account half done.
@@ -206,12 +222,13 @@ def try_quick(argv: Sequence[str], env: Environment) -> int | None:
                     c.db.execute("ROLLBACK")
             except Exception:
                 pass
-        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":
+        if os.environ.get(ORACLE_ENV) == "1":
             from mirrorsync.oracle import PlanMismatch
 
             if isinstance(e, PlanMismatch):
                 raise  # a wrong no-op must fail the test, not fall back to the full path
-        return None
+        outcome.why = f"{type(e).__name__}: {e}"
+        return outcome
     finally:
         for c in checked:
             try:  # noqa: SIM105 (contextlib.suppress would cost an import)
@@ -223,44 +240,48 @@ def try_quick(argv: Sequence[str], env: Environment) -> int | None:
         env.stdout.write(
             f"{c.name}: {counted(c.folders, 'folder')}, no changes ({c.took + commit_took:.1f}s)\n"
         )
-    finished += 1
-    return 0
+    outcome.status = 0
+    return outcome
 
 
-def check_account(account: Facts) -> _Checked:
-    """Lock the account and check that a sync would find nothing to do (see the
-    module's docstring); NotQuick (or any other error) otherwise, with the lock
-    released and the state closed."""
-    from mirrorsync import quickimap
-
+def _check_account(
+    entry: Entry,
+    outcome: Outcome,
+    found: tuple[str, os.stat_result, float],
+    environ: Mapping[str, str],
+) -> _Checked:
+    """Lock the account and check that its proof still holds (see the module's
+    docstring); NotQuick (or any other error) otherwise, with the lock released and
+    the state closed."""
     started = time.monotonic()
-    name = str(account["name"])
-    state_dir = str(account["state_dir"])
+    name = str(entry["name"])
+    state_dir = str(entry["state_dir"])
+    made = proof.read(state_dir)
+    if made is None or made.account != name or made.settings != entry["settings"]:
+        raise NotQuick("no proof, or one made under other settings")
     db_path = os.path.join(state_dir, DB_NAME)
-    st = os.stat(db_path)  # none yet: the full path creates it
+    st = os.stat(db_path)
     # the full path's open would chmod it
     if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o600:
         raise NotQuick("state file")
-    ca_file = account["ca_file"]
     # Connected first: the server's greeting (its login process) is on its way while
-    # the state is opened, and the LOGIN is answered while the Maildir is looked at.
-    # Nothing the server does for it changes anything.
-    session = quickimap.Session(
-        str(account["host"]),
-        _integer(account["port"]),
-        str(account["tls"]),
-        None if ca_file is None else str(ca_file),
-        _number(account["timeout"]),
-        str(account["username"]),
-        str(account["password"]),
-    )
+    # the password is found and the state opened, and the LOGIN is answered while the
+    # Maildir is looked at. Nothing the server does for it changes anything.
     try:
+        session = quickimap.Session(
+            made.host, made.port, made.tls, made.ca_file, made.timeout, made.username
+        )
+    except TimeoutError as e:
+        outcome.learned.timed_out[made.host, made.port] = e
+        raise
+    try:
+        session.begin_login(_password(entry, outcome, found, environ))
         lock = AccountLock(state_dir, name).__enter__()
         try:
             db = connect(db_path)
             try:
-                folders = _check_unchanged(account, db, session)
-                return _Checked(name, lock, db, folders, time.monotonic() - started)
+                _check_unchanged(made, db, session)
+                return _Checked(name, lock, db, len(made.folders), time.monotonic() - started)
             except BaseException:
                 db.close()
                 raise
@@ -269,108 +290,112 @@ def check_account(account: Facts) -> _Checked:
             raise
     finally:
         session.close()
+        if session.refused:
+            outcome.learned.refused.add((made.host, made.port, made.username))
 
 
-def _check_unchanged(account: Facts, db: sqlite3.Connection, session: quickimap.Session) -> int:
-    """The number of folders a sync would report, if it would change nothing."""
-    include = _strings(account["include"])
-    exclude = _strings(account["exclude"])
-    local_only = _strings(account["local_only"])
-
-    def wanted(names: Iterable[str]) -> set[str]:
-        # AccountSync._wanted without --folder
-        return {
-            n for n in names if included(include, exclude, n) and not matches_any(local_only, n)
-        }
-
-    prior = _read_state(db)
-    known = wanted(prior)
-    naming = _naming(account, db)
-    root, layout = str(account["path"]), str(account["layout"])
-    if not os.path.isdir(root):
+def _check_unchanged(made: proof.Proof, db: sqlite3.Connection, session: quickimap.Session) -> None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (proof.TOKEN_META,)).fetchone()
+    if row is None or row[0] != made.token:
+        raise NotQuick("the proof is not this state's")
+    if not os.path.isdir(made.path):
         raise NotQuick("no local root")  # the full path stops, or creates it
-    session.begin_login()
     warnings: list[tuple[object, ...]] = []
-    local = wanted(list_folders(root, layout, warn=lambda *a: warnings.append(a)))
-    # the local folders the server cannot hold stay local (`naming.kept_local`), each
-    # warned about once, by the run that met it first
-    kept = {n for n in local - known if not representable(n, *naming)}
-    if warnings or local - kept != known or kept != _kept_local(db):
+    local = list_folders(made.path, made.layout, warn=lambda *a: warnings.append(a))
+    if warnings or set(local) != made.local:
         raise NotQuick("local folders")
-    for n in known:
-        uidvalidity, uidnext, highestmodseq, needs_match, local_stamp = prior[n]
-        if needs_match or not highestmodseq or not local_stamp:
-            raise NotQuick(f"{n}: not trusted")
-        found = read_stamp(folder_dir(root, layout, n))
-        if found is None or found[0] != local_stamp:
+    for n, (_validity, _next, _modseq, stamp) in made.folders.items():
+        found = read_stamp(folder_dir(made.path, made.layout, n))
+        if found is None or found[0] != stamp:
             raise NotQuick(f"{n}: changed locally")
-    numbers = session.list_status(naming)
-    if wanted(numbers) != known:
+    numbers = session.list_status((made.delimiter, made.prefix))
+    if set(numbers) != made.server:
         raise NotQuick("server folders")
-    for n in known:
-        uidvalidity, uidnext, highestmodseq, _needs_match, _stamp = prior[n]
+    for n, (uidvalidity, uidnext, highestmodseq, _stamp) in made.folders.items():
         now_validity, now_next, _messages, now_modseq = numbers[n]
         if (now_validity, now_next, now_modseq) != (uidvalidity, uidnext, highestmodseq):
             raise NotQuick(f"{n}: changed on the server")
-    return len(known)
 
 
-def _meta(db: sqlite3.Connection, key: str) -> str | None:
-    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])
+def _password(
+    entry: Entry,
+    outcome: Outcome,
+    found: tuple[str, os.stat_result, float],
+    environ: Mapping[str, str],
+) -> str:
+    """The account's password, from where the full path takes it (see the module's
+    docstring), kept in the outcome for the full path."""
+    name = str(entry["name"])
+    source = entry["password_source"]
+    if source == "password_env":
+        value = environ.get(str(entry["password_env"]))
+        if not value:
+            raise NotQuick("password_env: not set")  # the full path words it
+        return value
+    if source == "password":
+        password = _from_file(entry, outcome, found, "password")
+    elif source == "password_command":
+        # As the full path runs it, with its words for a failure, which the full
+        # path then reports without running the command a second time.
+        from mirrorsync.config import RemoteConfig, resolve_password
+
+        command = _from_file(entry, outcome, found, "password_command")
+        where = entry["password_from"]
+        if not isinstance(command, str) or not isinstance(where, tuple) or len(where) != 2:
+            raise NotQuick("password_command")
+        config = RemoteConfig(
+            host="",
+            username="",
+            port=0,
+            password_command=command,
+            source_file=str(where[0]),
+            source_key=str(where[1]),
+        )
+        try:
+            password = resolve_password(config, environ)
+        except Exception as e:
+            outcome._passwords[name] = e
+            raise
+    else:
+        raise NotQuick(f"password source {source!r}")
+    if not isinstance(password, str):
+        raise NotQuick("password")
+    outcome._passwords[name] = password
+    return password
 
 
-def _naming(account: Facts, db: sqlite3.Connection) -> tuple[str | None, str]:
-    """(delimiter, namespace prefix) as the last full sync used them (`naming`)."""
-    delimiter, prefix = _meta(db, DELIMITER_META), _meta(db, PREFIX_META)
-    configured = account.get("namespace_prefix")
-    if delimiter is None or prefix is None or configured not in (None, prefix):
-        raise NotQuick("folder naming not recorded, or configured otherwise")
-    return loaded_delimiter(delimiter), prefix
+def _from_file(
+    entry: Entry, outcome: Outcome, found: tuple[str, os.stat_result, float], field: str
+) -> object:
+    """The account's ``remote.<field>`` in the configuration file, which is the one
+    the digest was made from: read at the position the digest gives, where the full
+    path found that `configcache.scalar_at` reads it back exactly; else (an unusual
+    spelling) read with PyYAML's C loader, once per run, for the full path too."""
+    key, st, before = found
+    at = entry["source_at"]
+    if isinstance(at, int) and not isinstance(at, bool):
+        value = configcache.scalar_at(_read_unchanged(key, st).decode("utf-8"), at)
+        if value is None:
+            raise NotQuick(field)
+        return value
+    if outcome.loaded is None:
+        import yaml
+
+        text = _read_unchanged(key, st).decode("utf-8")
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        outcome.loaded = Loaded(key, st, before, text, yaml.load(text, Loader=loader))
+    document = outcome.loaded.document
+    remote = document["accounts"][entry["name"]]["remote"]  # type: ignore[index]
+    if not isinstance(remote, dict):
+        raise NotQuick("remote")
+    return remote[field]
 
 
-def _kept_local(db: sqlite3.Connection) -> set[str]:
-    return set(filter(None, (_meta(db, KEPT_LOCAL_META) or "").split("\n")))
-
-
-def representable(name: str, delimiter: str | None, prefix: str) -> bool:
-    try:
-        server_spelling(name, delimiter, prefix)
-    except ValueError:
-        return False
-    return True
-
-
-def _read_state(db: sqlite3.Connection) -> dict[str, tuple[int, int, int, bool, str]]:
-    """The folder rows, after checking that the state is one the full path would
-    open without changing it and that no archive is half done."""
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not tables >= _TABLES:
-        raise NotQuick("state schema")
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None or str(row[0]) != str(SCHEMA_VERSION):
-        raise NotQuick("state schema version")
-    if db.execute("SELECT COUNT(*) FROM archive_journal").fetchone()[0]:
-        raise NotQuick("an archive to finish")
-    rows = db.execute(
-        "SELECT name, uidvalidity, uidnext, highestmodseq, needs_match, local_stamp FROM folders"
-    ).fetchall()
-    return {r[0]: (r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows}
-
-
-def _strings(value: object) -> tuple[str, ...]:
-    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-        raise NotQuick("cache")
-    return value
-
-
-def _number(value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise NotQuick("cache")
-    return float(value)
-
-
-def _integer(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise NotQuick("cache")
-    return value
+def _read_unchanged(key: str, st: os.stat_result) -> bytes:
+    """The file's bytes, provided it is still the file `st` describes (an edit while
+    it was read would make the value read another's)."""
+    with open(key, "rb") as f:
+        data = f.read()
+        if configcache.file_identity(os.fstat(f.fileno())) != configcache.file_identity(st):
+            raise NotQuick("the configuration file changed")
+    return data

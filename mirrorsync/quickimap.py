@@ -324,12 +324,18 @@ class _Connection:
                 raise Unsure(f"unexpected line {data[:80]!r}")
 
 
-# What the quick check learned the hard way in this process, so that the full path,
-# which runs next, does not pay it twice: a login the server refused (a second failed
-# LOGIN per run would double the server's failure count, and its delay), and a
-# connection attempt that timed out (a second one would wait as long again).
-refused_logins: set[tuple[str, int, str]] = set()
-timed_out: dict[tuple[str, int], OSError] = {}
+class Learned:
+    """What a quick look learned the hard way, handed to the full path that runs next
+    (`ImapStore.connect`) so that it does not pay twice: the logins a server refused
+    (a second failed LOGIN per run would double the server's failure count, and its
+    delay), and the connection attempts that timed out (a second one would wait as
+    long again)."""
+
+    __slots__ = ("refused", "timed_out")
+
+    def __init__(self) -> None:
+        self.refused: set[tuple[str, int, str]] = set()  # (host, port, username)
+        self.timed_out: dict[tuple[str, int], OSError] = {}  # (host, port)
 
 
 class Answered(Unsure):
@@ -348,66 +354,57 @@ class Session:
     """One quick look at the server, in three steps, so that the server works while
     the caller does: the connection is made first (as `ImapStore.connect` does, tls
     "none" or "imaps"), and the server's greeting (a few milliseconds of its login
-    process) is on its way while the caller opens its state; `begin_login` reads the
-    greeting and sends LOGIN without waiting, and the server logs in while the caller
-    checks the local side; `list_status` then reads the answer and returns what
-    `ImapStore.statuses` would: canonical name -> numbers of every selectable folder.
-    Unsure (or OSError) whenever the full path would do more than this (STARTTLS, a
-    STATUS per folder, a warning) or fail."""
+    process) is on its way while the caller finds the password and opens its state;
+    `begin_login` reads the greeting and sends LOGIN without waiting, and the server
+    logs in while the caller checks the local side; `list_status` then reads the
+    answer and returns what `ImapStore.statuses` would: canonical name -> numbers of
+    every selectable folder. Unsure (or OSError) whenever the full path would do more
+    than this (STARTTLS, a STATUS per folder, a warning) or fail; `refused` tells,
+    once the session is closed, whether the server refused the LOGIN."""
 
     def __init__(
-        self,
-        host: str,
-        port: int,
-        tls: str,
-        ca_file: str | None,
-        timeout: float,
-        username: str,
-        password: str,
+        self, host: str, port: int, tls: str, ca_file: str | None, timeout: float, username: str
     ) -> None:
-
-        quoted = quote(password)
-        if tls not in ("none", "imaps") or quoted is None or not is_atom(username):
+        if tls not in ("none", "imaps") or not is_atom(username):
             raise Unsure("a connection or login the quick check does not make")
         if tls == "none" and not is_loopback(host):
             # the full path warns of the clear-text password on every such run
             raise Unsure("a connection or login the quick check does not make")
-        self._host, self._port, self._username, self._quoted = host, port, username, quoted
+        self._username = username
+        self.refused = False
         # An ASCII host name goes to getaddrinfo as bytes: the same lookup, without the
         # IDNA codec (and the unicodedata it imports) that a str costs.
         address = host.encode("ascii") if host.isascii() else host
-        try:
-            if tls == "imaps":
-                import socket
-                import ssl
+        if tls == "imaps":
+            import socket
+            import ssl
 
-                plain = socket.create_connection((address, port), timeout=timeout)  # type: ignore[arg-type]
-                try:
-                    context = ssl.create_default_context(cafile=ca_file)
-                    self._conn = _Connection(context.wrap_socket(plain, server_hostname=host))
-                except BaseException:
-                    plain.close()
-                    raise
-            else:
-                self._conn = _Connection(_connect(address, port, timeout))
-        except TimeoutError as e:
-            timed_out[host, port] = e
-            raise
+            plain = socket.create_connection((address, port), timeout=timeout)  # type: ignore[arg-type]
+            try:
+                context = ssl.create_default_context(cafile=ca_file)
+                self._conn = _Connection(context.wrap_socket(plain, server_hostname=host))
+            except BaseException:
+                plain.close()
+                raise
+        else:
+            self._conn = _Connection(_connect(address, port, timeout))
         self._login: bytes | None = None  # the LOGIN's tag while its answer is unread
 
-    def begin_login(self) -> None:
-        if self._login is None:
-            self._login = _greet_and_login(self._conn, self._username, self._quoted)
+    def begin_login(self, password: str) -> None:
+        quoted = quote(password)
+        if quoted is None:
+            raise Unsure("a login the quick check does not make")
+        self._login = _greet_and_login(self._conn, self._username, quoted)
 
     def list_status(self, naming: tuple[str | None, str] | None = None) -> dict[str, Numbers]:
         """See `folder_numbers` for `naming`."""
-        self.begin_login()
-        assert self._login is not None
+        if self._login is None:
+            raise Unsure("not logged in")
         tag, self._login = self._login, None
         try:
             after = _logged_in(self._conn, tag)
         except LoginRefused:
-            refused_logins.add((self._host, self._port, self._username))
+            self.refused = True
             raise
         return _list_status(self._conn, after, naming)
 
@@ -419,7 +416,7 @@ class Session:
                 tag, self._login = self._login, None
                 _logged_in(self._conn, tag)
         except LoginRefused:
-            refused_logins.add((self._host, self._port, self._username))
+            self.refused = True
         except (Unsure, OSError):
             pass  # the full path finds out for itself
         finally:

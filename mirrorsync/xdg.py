@@ -64,3 +64,39 @@ def private_makedirs(path: str | os.PathLike[str]) -> None:
         except FileExistsError:
             if not os.path.isdir(directory):
                 raise
+
+
+def replace_private(path: str, data: bytes) -> None:
+    """`data` in the file `path`, mode 0600, replacing it whole or not at all (a
+    reader sees the old file or the new one)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        import contextlib  # only here: the quick check reads this module too
+
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_private(path: str) -> bytes | None:
+    """The bytes of the file `path` if it is the user's own and nobody else can
+    write it (such a file could point a run at another server); else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -31,7 +31,7 @@ _user_ids = itertools.count(1)
 def _private_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The parsed-config cache (see mirrorsync.configcache) of every run a test makes
+    """The config digest (see mirrorsync.configcache) of every run a test makes
     goes to a directory of the test's own, never to the user's ~/.cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 

@@ -204,3 +204,23 @@ class Mirror:
         server, local = self.server(), self.local()
         assert server == local, (server, local)
         return server
+
+
+class QuickRuns:
+    """Counts the runs the quick check finished (its outcome had a status), by a spy
+    on `quick.try_quick`, which the CLI looks up at every run."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        from mirrorsync import quick
+
+        self.finished = 0
+        self.outcomes: list[Any] = []
+        real = quick.try_quick
+
+        def spy(argv: Any, env: Any) -> Any:
+            outcome = real(argv, env)
+            self.outcomes.append(outcome)
+            self.finished += outcome.status is not None
+            return outcome
+
+        monkeypatch.setattr(quick, "try_quick", spy)

@@ -32,7 +32,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     monkeypatch.setattr(maildir_mod.Stamp, "SETTLE_COARSE", -1.0)
     # what the engine costs is counted here; the quick check (which finishes a no-op
     # run before the engine) is tested in test_quick_e2e.py
-    monkeypatch.setattr(quick, "try_quick", lambda argv, env: None)
+    monkeypatch.setattr(quick, "try_quick", lambda argv, env: quick.Outcome())
     return seen
 
 

@@ -17,7 +17,7 @@ from mirrorsync.engine import AccountSync
 from mirrorsync.maildir import MaildirFolder
 from mirrorsync.model import LocalMessage
 from tests.conftest import SettleClock
-from tests.harness import Mirror, Result, message
+from tests.harness import Mirror, QuickRuns, Result, message
 
 SEEN = b"\\Seen"
 
@@ -60,9 +60,9 @@ def test_the_steady_fixture_takes_the_fast_paths(
 ) -> None:
     """What the tests below break is really taken: the quick check finishes a no-op,
     and a server change is gathered as a delta with the local side from the state."""
-    before = quick.finished
+    runs = QuickRuns(monkeypatch)
     steady.sync()
-    assert quick.finished == before + 1
+    assert runs.finished == 1
     seen: list[bool] = []
     real = AccountSync.gather
 
@@ -117,7 +117,7 @@ def test_a_changed_folder_skipped_is_caught(
     steady: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(AccountSync, "gather", lambda self, name: None)
-    monkeypatch.setattr(quick, "try_quick", lambda argv, env: None)
+    monkeypatch.setattr(quick, "try_quick", lambda argv, env: quick.Outcome())
     steady.client.append("B", message("B-new"), flags=[])
     err = caught(steady.run("sync"))
     assert "B (skipped as unchanged)" in err and "download UID 3" in err
@@ -148,25 +148,37 @@ def test_a_move_not_looked_for_is_caught(steady: Mirror, monkeypatch: pytest.Mon
 
 
 def test_a_wrong_quick_no_op_is_caught(steady: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(quick, "_check_unchanged", lambda account, db, session: 3)
+    monkeypatch.setattr(quick, "_check_unchanged", lambda made, db, session: None)
     steady.client.append("B", message("B-new"), flags=[])
     err = caught(steady.run("sync"))
     assert "B (quick check: no-op)" in err and "download UID 3" in err
 
 
-def test_a_stale_cached_config_is_caught(steady: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = configcache.load_config
+def test_a_stale_config_digest_is_caught(steady: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = configcache.load
 
-    def stale(key: str, env: Any) -> Any:
-        cfg = real(key, env)
-        assert cfg is not None  # the fixture's runs left it there
-        account = dataclasses.replace(cfg.accounts["test"], state_dir=Path("/elsewhere"))
-        return dataclasses.replace(cfg, accounts={"test": account})
+    def stale(*args: Any) -> Any:
+        entries = real(*args)
+        assert entries  # the fixture's runs left it there
+        return [{**e, "password_from": ("/elsewhere", "")} for e in entries]
 
-    monkeypatch.setattr(configcache, "load_config", stale)
-    monkeypatch.setattr(quick, "try_quick", lambda argv, env: None)
+    monkeypatch.setattr(configcache, "load", stale)
     err = caught(steady.run("sync"))
-    assert "cached configuration" in err and "/elsewhere" in err
+    assert "the digest's entry of test differs" in err and "/elsewhere" in err
+
+
+def test_a_proof_that_is_not_the_states_is_caught(
+    steady: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The oracle holds the proof the quick check went by against the state: a state
+    changed behind the proof's back (no session voided it) is caught."""
+    import sqlite3
+
+    with sqlite3.connect(steady.state_dir / "state.sqlite3") as db:
+        db.execute("UPDATE folders SET uidnext = uidnext + 1 WHERE name = 'B'")
+    monkeypatch.setattr(quick, "_check_unchanged", lambda made, db, session: None)
+    err = caught(steady.run("sync"))
+    assert "the no-op proof in" in err and "is not the state's" in err
 
 
 def test_the_oracle_changes_nothing(steady: Mirror) -> None:
@@ -368,8 +380,8 @@ def test_every_change_in_steady_state_plans_as_the_full_path(
 
         real = ImapStore.connect.__func__  # type: ignore[attr-defined]
 
-        def connect(cls: Any, remote: Any, password: str, *, disable: Any = ()) -> Any:
-            store = real(cls, remote, password, disable=(*disable, "QRESYNC"))
+        def connect(cls: Any, remote: Any, password: str, *, disable: Any = (), **kw: Any) -> Any:
+            store = real(cls, remote, password, disable=(*disable, "QRESYNC"), **kw)
             capabilities.append(store.capabilities)
             return store
 
@@ -381,11 +393,11 @@ def test_every_change_in_steady_state_plans_as_the_full_path(
         engine_caps = capabilities[0]  # the oracle's own connection, opened after, has neither
         assert "CONDSTORE" in engine_caps and "QRESYNC" not in engine_caps
     steady.assert_mirrored()
-    before = quick.finished
+    runs = QuickRuns(monkeypatch)
     for _ in range(3):
         settle_clock.advance()
         steady.sync()
-    assert quick.finished > before  # the oracle verified a quick no-op too
+    assert runs.finished > 0  # the oracle verified a quick no-op too
     steady.assert_mirrored()
 
 

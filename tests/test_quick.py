@@ -129,31 +129,27 @@ def load_config(path: Path, env: cli.Environment) -> None:
 
 
 def cached(path: Path, env: cli.Environment) -> list[dict[str, Any]] | None:
-    return configcache.load(configcache.key_for(str(path)), env.environ)  # type: ignore[return-value]
+    key = configcache.key_for(str(path))
+    identity = configcache.file_identity(os.stat(key))
+    return configcache.load(key, identity, env.environ)  # type: ignore[return-value]
 
 
-def test_cache_holds_what_the_quick_check_needs(setup: Any, trusted: None, tmp_path: Path) -> None:
+def test_digest_holds_what_the_quick_check_needs_and_no_secret(
+    setup: Any, trusted: None, tmp_path: Path
+) -> None:
     path, env = setup()
-    load_config(path, env)
+    cfg = cli._load_config(argparse.Namespace(config=str(path)), env)
     facts = cached(path, env)
     assert facts == [
         {
             "name": "work",
             "quick": True,
-            "host": "127.0.0.1",
-            "port": 1143,
-            "tls": "none",
-            "username": "u",
-            "password": "pw",
-            "ca_file": None,
-            "timeout": 60.0,
-            "namespace_prefix": None,
             "state_dir": str(tmp_path / "state"),
-            "path": str(tmp_path / "Mail"),
-            "layout": "nested",
-            "include": ("*",),
-            "exclude": ("Junk",),
-            "local_only": ("Archive", "Archive/*"),
+            "settings": configcache.fingerprint(cfg.accounts["work"]),
+            "password_source": "password",
+            "password_env": None,
+            "password_from": (str(path), "accounts.work.remote"),
+            "source_at": path.read_text().index("password: pw") + len("password: "),
         }
     ]
     cache = Path(configcache.cache_file(env.environ, configcache.key_for(str(path))))
@@ -161,36 +157,116 @@ def test_cache_holds_what_the_quick_check_needs(setup: Any, trusted: None, tmp_p
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
     assert stat.S_IMODE(cache.parent.stat().st_mode) == 0o700
     assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
+    assert b"pw" not in cache.read_bytes().replace(b"password", b"")
 
 
-def test_the_next_full_run_takes_the_whole_config_from_the_cache(
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        ("plain", "plain"),
+        ("plain with spaces  ", "plain with spaces"),
+        ("plain # a comment", "plain"),
+        ("pl#in", "pl#in"),  # not a comment without the space
+        ("'single'", "single"),
+        ("'it''s # not a comment'", "it's # not a comment"),
+        ('"double # not a comment"', "double # not a comment"),
+        ('"back\\slash"', None),  # escapes are not read here
+        ("'unterminated", None),
+        ("", None),
+    ],
+)
+def test_a_one_line_scalar_is_read_the_simple_way(line: str, value: str | None) -> None:
+    text = f"remote:\n  password: {line}\r\n  port: 1\n"
+    assert configcache.scalar_at(text, text.index("password: ") + len("password: ")) == value
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["pw", "'pw'", '"pw"', "pw  # the password", '"p\\x77"', "|-\n        pw"],
+    ids=["plain", "single", "double", "comment", "escaped", "block"],
+)
+def test_the_digest_points_at_a_secret_only_where_it_reads_back_exactly(
+    setup: Any, trusted: None, tmp_path: Path, spelling: str
+) -> None:
+    """What the strict parse gave is the test: a spelling `scalar_at` reads otherwise
+    (an escape, a block scalar) gets no position, and the quick check parses."""
+    path, env = setup()
+    path.write_text(path.read_text().replace("password: pw", f"password: {spelling}"))
+    cfg = cli._load_config(argparse.Namespace(config=str(path)), env)
+    assert cfg.accounts["work"].remote.password == "pw"
+    facts = cached(path, env)
+    assert facts is not None
+    at = facts[0]["source_at"]
+    if "\\" in spelling or spelling.startswith("|"):
+        assert at is None
+    else:
+        assert configcache.scalar_at(path.read_text(), at) == "pw"
+
+
+def test_writing_a_digest_removes_the_password_caches_of_earlier_versions(
+    setup: Any, trusted: None, tmp_path: Path
+) -> None:
+    import marshal
+
+    cache = tmp_path / "cache" / "mirrorsync"
+    cache.mkdir(parents=True)
+    old = cache / "config-00000001.marshal"  # another file's, written by version 2
+    old.write_bytes(marshal.dumps({"version": 2, "accounts": [{"password": "pw"}]}))
+    other = cache / "config-00000002.marshal"  # not ours to judge
+    other.write_bytes(b"something else")
+    path, env = setup()
+    load_config(path, env)
+    assert not old.exists() and other.exists() and cached(path, env) is not None
+
+
+def test_the_fingerprint_follows_every_setting_but_the_password_source(
+    setup: Any, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    path, env = setup()
+    account = cli._load_config(argparse.Namespace(config=str(path)), env).accounts["work"]
+    fingerprint = configcache.fingerprint(account)
+    for remote in (
+        dataclasses.replace(account.remote, password="other"),
+        dataclasses.replace(account.remote, password=None, password_command="pass show x"),
+    ):
+        assert configcache.fingerprint(dataclasses.replace(account, remote=remote)) == fingerprint
+    for changed in (
+        dataclasses.replace(account, remote=dataclasses.replace(account.remote, port=993)),
+        dataclasses.replace(account, folders=dataclasses.replace(account.folders, exclude=())),
+        dataclasses.replace(account, sync=dataclasses.replace(account.sync, mode="pull")),
+    ):
+        assert configcache.fingerprint(changed) != fingerprint
+
+
+def test_a_full_run_reads_the_file_the_quick_check_read_once(
     setup: Any, trusted: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The full path after a quick check that parsed the file takes its read and
+    parse, and gives the very configuration a fresh parse gives (the oracle checks
+    that too)."""
     from mirrorsync import config
 
     path, env = setup()
     first = cli._load_config(argparse.Namespace(config=str(path)), env)
-    real_load = config.load
-    parsed: list[Path] = []
-
-    def load(*args: Any) -> Any:
-        parsed.append(args[0])
-        return real_load(*args)
-
-    monkeypatch.setattr(config, "load", load)
-    again = cli._load_config(argparse.Namespace(config=str(path)), env)
-    assert again == first and parsed == []  # no YAML
-    # only the code that pickled it may unpickle it
-    monkeypatch.setattr(configcache, "code_identity", lambda: ("another", 0, 0))
-    assert cli._load_config(argparse.Namespace(config=str(path)), env) == first
-    assert parsed == [path]
-    # and an edited file is parsed again
-    monkeypatch.undo()
-    monkeypatch.setattr(config, "load", load)
-    path.write_text(path.read_text().replace("Junk", "Spam"))
-    edited = cli._load_config(argparse.Namespace(config=str(path)), env)
-    assert edited.accounts["work"].folders.exclude == ("Spam",)
-    assert parsed == [path, path]
+    outcome = quick.Outcome()
+    key = configcache.key_for(str(path))
+    facts = cached(path, env)
+    assert facts is not None
+    # a password the digest has no position for is read with PyYAML, once per run
+    entry = {**facts[0], "source_at": None}
+    found = (key, os.stat(key), 0.0)
+    assert quick._from_file(entry, outcome, found, "password") == "pw"
+    assert outcome.loaded is not None
+    read: list[Path] = []
+    monkeypatch.setattr(config, "_read", lambda p: read.append(p) or p.read_text())
+    monkeypatch.setenv("MIRRORSYNC_PLAN_ORACLE", "")  # its fresh parse reads the file too
+    again = cli._load_config(argparse.Namespace(config=str(path), quick=outcome), env)
+    assert again == first and read == [] and outcome.loaded is None
+    # a reload (the daemon's) reads the file again
+    assert cli._load_config(argparse.Namespace(config=str(path), quick=outcome), env) == first
+    assert read == [path]
 
 
 @pytest.mark.parametrize(
@@ -243,19 +319,25 @@ def test_default_config_path_is_honoured(setup: Any, trusted: None, tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "source",
-    [{"password_command": "echo pw"}, {"password_env": "PW"}],
+    ("source", "kind"),
+    [
+        ({"password_command": "printf secret"}, "password_command"),
+        ({"password_env": "PW"}, "password_env"),
+    ],
     ids=["password_command", "password_env"],
 )
-def test_an_account_without_a_literal_password_is_not_quick(
-    setup: Any, trusted: None, tmp_path: Path, source: dict[str, str]
+def test_the_digest_says_where_the_password_comes_from_not_what_it_is(
+    setup: Any, trusted: None, tmp_path: Path, source: dict[str, str], kind: str
 ) -> None:
     path, env = setup({"work": _account(tmp_path, **source)}, PW="secret")
     load_config(path, env)
     facts = cached(path, env)
-    assert facts is not None and facts[0]["quick"] is False and facts[0]["password"] is None
-    assert "secret" not in Path(configcache.cache_file(env.environ, str(path))).read_text("latin-1")
-    assert quick.try_quick(["-c", str(path), "sync"], env) is None
+    assert facts is not None and facts[0]["quick"] is True
+    assert facts[0]["password_source"] == kind
+    assert facts[0]["password_env"] == source.get("password_env")
+    data = Path(configcache.cache_file(env.environ, str(path))).read_bytes()
+    assert b"secret" not in data and b"printf" not in data
+    assert quick.try_quick(["-c", str(path), "sync"], env).status is None  # no state
 
 
 def test_a_just_written_config_is_not_cached(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,7 +385,7 @@ def test_cache_is_refused_when_a_variable_the_config_used_changed(
     assert cached(path, unrelated) is not None
 
 
-def test_cache_of_another_format_version_is_ignored(
+def test_digest_of_another_format_version_is_ignored(
     setup: Any, trusted: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, env = setup()
@@ -344,17 +426,17 @@ def test_an_unwritable_cache_never_fails_a_run(setup: Any, trusted: None, tmp_pa
     path, env = setup(XDG_CACHE_HOME=str(blocker))
     load_config(path, env)  # no error
     assert cached(path, env) is None
-    assert quick.try_quick(["-c", str(path), "sync"], env) is None
+    assert quick.try_quick(["-c", str(path), "sync"], env).status is None
 
 
 def test_quick_check_without_cache_or_state_does_nothing(
     setup: Any, trusted: None, tmp_path: Path
 ) -> None:
     path, env = setup()
-    assert quick.try_quick(["-c", str(path), "sync"], env) is None  # no cache yet
+    assert quick.try_quick(["-c", str(path), "sync"], env).status is None  # no cache yet
     load_config(path, env)
-    assert quick.try_quick(["-c", str(path), "sync"], env) is None  # no state yet
-    assert quick.try_quick(["-c", str(path), "sync", "nobody"], env) is None
+    assert quick.try_quick(["-c", str(path), "sync"], env).status is None  # no state yet
+    assert quick.try_quick(["-c", str(path), "sync", "nobody"], env).status is None
     assert not (tmp_path / "state").exists()  # nothing created, not even the lock
     assert env.stdout.getvalue() == env.stderr.getvalue() == ""  # type: ignore[attr-defined]
 
@@ -408,9 +490,10 @@ def numbers(*lines: bytes) -> dict[str, quickimap.Numbers]:
 
 
 def list_status(*args: Any) -> dict[str, quickimap.Numbers]:
-    """A whole quick look: connect, log in, LIST-STATUS, close."""
-    session = quickimap.Session(*args)
+    """A whole quick look: connect, log in, LIST-STATUS, close (the password last)."""
+    session = quickimap.Session(*args[:-1])
     try:
+        session.begin_login(args[-1])
         return session.list_status()
     finally:
         session.close()
@@ -725,15 +808,14 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
     # tls: none to a host that is not this machine sends the full path to warn; the
     # TEST-NET address only stands in for a server that does not answer
     monkeypatch.setattr(quickimap, "is_loopback", lambda _host: True)
-    quickimap.timed_out.clear()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError) as timeout:
         list_status("192.0.2.1", 143, "none", None, 5.0, "me", "pw")
-    assert ("192.0.2.1", 143) in quickimap.timed_out
+    learned = quickimap.Learned()  # as the quick check hands it to the full path
+    learned.timed_out["192.0.2.1", 143] = timeout.value
     made: list[object] = []
     monkeypatch.setattr(imapclient, "IMAPClient", lambda *a, **kw: made.append(a))
     remote = RemoteConfig(host="192.0.2.1", port=143, tls="none", username="me")
     with pytest.raises(ConnectionFailed) as info:
-        ImapStore.connect(remote, "pw")
+        ImapStore.connect(remote, "pw", learned=learned)
     assert made == []  # no second attempt
     assert "192.0.2.1:143" in str(info.value)
-    quickimap.timed_out.clear()

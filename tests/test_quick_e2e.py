@@ -21,10 +21,11 @@ import pytest
 import yaml
 
 from mirrorsync import maildir as maildir_mod
-from mirrorsync import quick, quickimap
+from mirrorsync import proof, quick, quickimap
 from mirrorsync.engine import AccountSync
 from mirrorsync.state import AccountLock
-from tests.harness import Mirror, Result, message
+from tests.conftest import Account, SettleClock
+from tests.harness import Mirror, QuickRuns, Result, message
 
 SEEN, FLAGGED = b"\\Seen", b"\\Flagged"
 SETTLE = 0.08  # a little more than Stamp.SETTLE_FINE: mtimes here have nanoseconds
@@ -35,6 +36,7 @@ class Runs:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.engine = 0
+        self.quick = QuickRuns(monkeypatch)
         real = AccountSync.run
 
         def run(sync: AccountSync) -> Any:
@@ -46,9 +48,9 @@ class Runs:
     def sync(self, m: Mirror, *args: str) -> tuple[Result, bool]:
         """Run `sync`; (result, whether the quick check finished it). When it did, the
         engine was not even entered."""
-        quick_before, engine_before = quick.finished, self.engine
+        quick_before, engine_before = self.quick.finished, self.engine
         r = m.run("sync", *args)
-        took_quick = quick.finished == quick_before + 1
+        took_quick = self.quick.finished == quick_before + 1
         if took_quick:
             assert self.engine == engine_before
         elif r.status == 0:
@@ -140,10 +142,12 @@ def test_an_unchanged_account_is_done_by_the_quick_check(
 
 def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
     """`python -m mirrorsync` (as `bin/mirrorsync`) finishes a no-op in the quick
-    check without importing the CLI, the errors (and their enum), the engine or the
-    `sqlite3` package; a run with work to do still gets the whole CLI, but not YAML
-    while the configuration file is unchanged, nor argparse for a plain sync."""
+    check without importing the CLI, the errors (and their enum), the engine, the
+    configuration's validation, PyYAML or the `sqlite3` package (the password is read
+    from the file where the digest says it is); a run with work to do still gets the
+    whole CLI, but not argparse for a plain sync."""
     heavy = {"mirrorsync.cli", "mirrorsync.errors", "mirrorsync.engine", "sqlite3.dbapi2"}
+    heavy |= {"mirrorsync.config", "yaml"}
 
     def imported(r: Result) -> set[str]:
         return {
@@ -164,7 +168,6 @@ def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
     r = quiet.run_process("sync", env=env)
     assert r.status == 0 and "1 downloaded" in r.out, r
     assert heavy <= imported(r)
-    assert "yaml" not in imported(r)  # the configuration came from the cache
     assert "argparse" not in imported(r)  # a plain sync is read without it
 
 
@@ -173,7 +176,7 @@ def test_quick_output_equals_the_full_paths(
 ) -> None:
     quick_run, took_quick = runs.sync(quiet)
     assert took_quick
-    monkeypatch.setattr(quick, "try_quick", lambda argv, env: None)
+    monkeypatch.setattr(quick, "try_quick", lambda argv, env: quick.Outcome())
     full_run, took_quick = runs.sync(quiet)
     assert not took_quick
     assert (full_run.status, timeless(full_run.out), full_run.err) == (
@@ -225,11 +228,15 @@ def _local_folder(m: Mirror) -> None:
 
 
 def _needs_match(m: Mirror) -> None:
+    # as an interrupted run leaves it: every session voids the proof before it
+    # changes the state (see mirrorsync/proof.py)
+    proof.void(m.state_dir)
     with sqlite3.connect(m.state_dir / "state.sqlite3") as db:
         db.execute("UPDATE folders SET needs_match = 1 WHERE name = 'Work'")
 
 
 def _journal(m: Mirror) -> None:
+    proof.void(m.state_dir)  # as a killed `mirrorsync archive` leaves it
     with sqlite3.connect(m.state_dir / "state.sqlite3") as db:
         (validity,) = db.execute("SELECT uidvalidity FROM folders WHERE name = 'INBOX'").fetchone()
         db.execute(
@@ -586,10 +593,16 @@ def test_filters_local_only_folders_and_maildirpp_are_honoured(
     assert took_quick and r.out.startswith("test: 2 folders, no changes"), r
     # what no sync looks at does not stop the quick check either
     (root / ".Archive" / "new" / "1700000000.M1P1.kept").write_bytes(message(20))
+    m.client.append("Entwürfe", message(22), flags=[])
+    r, took_quick = runs.sync(m)
+    assert took_quick and r.out.startswith("test: 2 folders, no changes"), r
+    # A folder that appears is compared, not judged: the full path finds that it
+    # does nothing with an excluded one, and its proof lists it from then on.
     for sub in ("cur", "new", "tmp"):
         (root / ".Entwürfe" / sub).mkdir(parents=True)  # excluded
     (root / ".Entwürfe" / "new" / "1700000000.M2P1.kept").write_bytes(message(21))
-    m.client.append("Entwürfe", message(22), flags=[])
+    r, took_quick = runs.sync(m)
+    assert not took_quick and r.out.startswith("test: 2 folders, no changes"), r
     r, took_quick = runs.sync(m)
     assert took_quick and r.out.startswith("test: 2 folders, no changes"), r
     # but the INBOX, which is the root itself here, does
@@ -639,3 +652,119 @@ def test_tls_none_warns_on_every_run_unless_the_host_is_loopback(
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert quickimap.is_loopback(host) is loopback
+
+
+# -- no secret written down, and the proof's bounds -----------------------------------
+
+
+def _files_under(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("source", ["password", "password_command", "password_command-folded"])
+def test_no_password_is_written_to_the_cache_or_the_state(
+    dovecot: Any,
+    tmp_path: Path,
+    runs: Runs,
+    settle_clock: SettleClock,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    """After full runs, a quick no-op and a quick check that hands over to the full
+    path, neither the cache nor the state directory holds the password (nor the
+    password command, which may hold one); the command ran once per run, whether
+    the quick check read it where the digest points or (folded over two lines, as
+    PyYAML writes a long one) with PyYAML."""
+    secret = "Sekrit-" + os.urandom(8).hex()
+    user = "leak-" + os.urandom(4).hex()
+    dovecot.add_user(user, secret)
+    remote: dict[str, Any] = {
+        "host": dovecot.host,
+        "port": dovecot.port,
+        "tls": "none",
+        "username": user,
+        "timeout": 20,
+    }
+    calls = tmp_path / "calls"
+    if source == "password":
+        remote["password"] = secret
+        said = [secret]
+    else:
+        # the command's runs are counted: the plan oracle's own logins would add theirs
+        monkeypatch.setenv("MIRRORSYNC_PLAN_ORACLE", "")
+        (tmp_path / "secret").write_text(secret + "\n")
+        remote["password_command"] = f"echo x >> {calls}; cat {tmp_path / 'secret'}"
+        said = [secret, str(calls)]
+    m = Mirror(Account(dovecot, user, secret), tmp_path / "m", remote=remote)
+    if source != "password_command-folded":
+        m.config.write_text(yaml.safe_dump(yaml.safe_load(m.config.read_text()), width=10**6))
+    fill(m)
+    m.sync()
+    settle_clock.advance()
+    m.sync()
+    settle_clock.advance()
+    r, took_quick = runs.sync(m)
+    assert took_quick and r.status == 0, r
+    m.client.append("INBOX", message(30), flags=[])
+    r, took_quick = runs.sync(m)
+    assert not took_quick and "1 downloaded" in r.out, r
+    settle_clock.advance()
+    runs.sync(m)
+    if source != "password":
+        # three full runs, a quick no-op, a quick check handing over: once each
+        assert calls.read_text().count("x") == 5
+    cache = Path(os.environ["XDG_CACHE_HOME"])
+    files = _files_under(cache, m.state_dir)
+    assert any(p.name == proof.FILE_NAME for p in files)  # something to look into
+    assert any(p.name.startswith("config-") for p in files)
+    for p in files:
+        data = p.read_bytes()
+        for text in said:
+            assert text.encode() not in data, (p, text)
+    m.close()
+
+
+def test_a_proof_that_is_not_the_states_is_not_taken(quiet: Mirror, runs: Runs) -> None:
+    """A state restored from a backup (here: its proof token changed) is not vouched
+    for by a proof written with another state."""
+    with sqlite3.connect(quiet.state_dir / "state.sqlite3") as db:
+        db.execute("UPDATE meta SET value = 'restored' WHERE key = ?", (proof.TOKEN_META,))
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick and r.status == 0 and "no changes" in r.out, r
+    quiet_again(quiet, runs)
+
+
+def test_every_session_voids_the_proof_first(quiet: Mirror, runs: Runs) -> None:
+    """Whatever opens the state for work (archive, migrate, a sync) may change what
+    the proof summarizes: the proof is gone, and the next sync is a full one."""
+    from mirrorsync import cli, config
+
+    assert (quiet.state_dir / proof.FILE_NAME).exists()
+    account = config.load(quiet.config, os.environ).accounts["test"]
+    with cli.account_session(account, cli.Environment()):
+        assert not (quiet.state_dir / proof.FILE_NAME).exists()
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick and "no changes" in r.out, r
+    assert (quiet.state_dir / proof.FILE_NAME).exists()
+
+
+def test_a_proof_that_cannot_be_written_never_fails_a_sync(quiet: Mirror, runs: Runs) -> None:
+    # the in-process run writes the proof through a temporary file of this name
+    (quiet.state_dir / f"{proof.FILE_NAME}.{os.getpid()}.tmp").mkdir()
+    quiet.client.append("INBOX", message(40), flags=[])
+    r, took_quick = runs.sync(quiet)
+    assert not took_quick and r.status == 0 and "1 downloaded" in r.out, r
+    assert not (quiet.state_dir / proof.FILE_NAME).exists()
+
+
+def test_a_proof_that_cannot_be_removed_stops_a_run_in_one_line(quiet: Mirror) -> None:
+    """It would go on vouching for a state that the run changes."""
+    (quiet.state_dir / proof.FILE_NAME).unlink()
+    (quiet.state_dir / proof.FILE_NAME).mkdir()
+    quiet.client.append("INBOX", message(40), flags=[])
+    r = quiet.run("sync")
+    assert r.status == 1 and r.out == "", r  # the account failed, as for any state error
+    assert r.err == (
+        f"mirrorsync: cannot remove {quiet.state_dir / proof.FILE_NAME}: Is a directory; "
+        "remove it by hand (it only speeds up a sync with nothing to do) and re-run\n"
+    )
