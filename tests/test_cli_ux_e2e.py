@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from mirrorsync import cli, quick
+from mirrorsync import cli
 from mirrorsync.environment import Environment
 from mirrorsync.progress import LINE_EVERY, ProgressReporter
 from tests.conftest import SettleClock
-from tests.harness import Mirror, message
+from tests.harness import Mirror, QuickRuns, message
 
 
 def _edit(m: Mirror, **remote: Any) -> None:
@@ -41,18 +41,19 @@ def synced(account: Any, tmp_path: Path) -> Mirror:
 
 
 def test_quiet_prints_nothing_on_the_full_path_and_the_quick_path(
-    synced: Mirror, settle_clock: SettleClock
+    synced: Mirror, settle_clock: SettleClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    runs = QuickRuns(monkeypatch)
     synced.client.append("A", message(2))
     r = synced.run("-q", "sync")
     assert (r.status, r.out, r.err) == (0, "", "")
     assert synced.local()["A"]  # it did sync
     settle_clock.advance()
     assert synced.run("sync", "-q").out == ""  # records the settled stamps
-    before = quick.finished
+    before = runs.finished
     r = synced.run("sync", "-q")  # nothing to do: the quick check finishes it
     assert (r.status, r.out, r.err) == (0, "", "")
-    assert quick.finished == before + 1
+    assert runs.finished == before + 1
 
 
 def test_global_options_are_taken_after_the_command(synced: Mirror) -> None:

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from mirrorsync import quick
 from mirrorsync.config import load
 from mirrorsync.errors import ConfigError
 from tests.conftest import SettleClock
-from tests.harness import Mirror, message
+from tests.harness import Mirror, QuickRuns, message
 from tests.test_daemon import FAST, DaemonProcess, run_daemon  # noqa: F401 (a fixture)
 
 
@@ -115,16 +114,17 @@ def test_post_sync_is_told_when_the_account_failed(account: Any, tmp_path: Path)
 
 
 def test_hooks_that_run_every_time_keep_the_quick_check_away(
-    account: Any, tmp_path: Path, settle_clock: SettleClock
+    account: Any, tmp_path: Path, settle_clock: SettleClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    runs = QuickRuns(monkeypatch)
     post = tmp_path / "post"
     m = Mirror(account, tmp_path / "m", hooks={"post_sync": _record(post)})
     for _ in range(3):
         settle_clock.advance()
         Path(f"{post}.json").unlink(missing_ok=True)
-        before = quick.finished
+        before = runs.finished
         m.sync()
-        assert quick.finished == before and Path(f"{post}.json").exists()
+        assert runs.finished == before and Path(f"{post}.json").exists()
 
 
 def test_hook_settings_are_checked(tmp_path: Path) -> None:
