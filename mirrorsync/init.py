@@ -22,17 +22,19 @@ if TYPE_CHECKING:
     from mirrorsync.environment import Environment
 
 
-# provider -> (IMAP host, what it needs beyond the password, said in the file). Plain
-# tuples: this module is imported with the parser, on every full run.
+# provider -> what it needs beyond the password, said in the file. The servers of the
+# providers with a preset come from `mirrorsync.providers` (read only when init runs:
+# this module is imported with the parser, on every full run); OTHER_HOSTS has the rest.
 PROVIDERS = {
-    "gmail": ("imap.gmail.com", "Gmail needs an app password (Google account > Security)."),
-    "fastmail": ("imap.fastmail.com", "Fastmail needs an app password."),
-    "outlook": ("outlook.office365.com", ""),
-    "icloud": ("imap.mail.me.com", "iCloud needs an app-specific password."),
-    "yahoo": ("imap.mail.yahoo.com", "Yahoo needs an app password."),
-    "posteo": ("posteo.de", ""),
-    "mailbox.org": ("imap.mailbox.org", ""),
+    "gmail": "Gmail needs an app password, or OAuth2: see README, Gmail and Microsoft 365.",
+    "fastmail": "Fastmail needs an app password.",
+    "outlook": "Microsoft 365 needs OAuth2: see README, Gmail and Microsoft 365.",
+    "icloud": "iCloud needs an app-specific password.",
+    "yahoo": "Yahoo needs an app password.",
+    "posteo": "",
+    "mailbox.org": "",
 }
+OTHER_HOSTS = {"posteo": "posteo.de", "mailbox.org": "imap.mailbox.org"}
 
 # address domains that name a provider
 _DOMAINS = {
@@ -54,6 +56,16 @@ _DOMAINS = {
 
 def provider_of(address: str) -> str | None:
     return _DOMAINS.get(address.rpartition("@")[2].lower())
+
+
+def _preset(name: str | None) -> tuple[str | None, str]:
+    """The server and the note for provider `name` (None, "" for none known)."""
+    from mirrorsync.providers import PRESETS
+
+    if name is None or name not in PROVIDERS:
+        return None, ""
+    host = PRESETS[name].remote["host"] if name in PRESETS else OTHER_HOSTS[name]
+    return str(host), PROVIDERS[name]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,7 +98,7 @@ def run(args: argparse.Namespace, env: Environment, path: str) -> None:
     account = args.account or ask("Account name", "mail") or "mail"
     email = args.email or ask("Your address (the login)", None)
     preset_name = args.provider or provider_of(email or "")
-    preset_host, note = PROVIDERS.get(preset_name or "", (None, ""))
+    preset_host, note = _preset(preset_name)
     host = args.host or preset_host or ask("IMAP server", None)
     tls = args.tls or "imaps"
     username = args.username or email or ask("Login name", None)
