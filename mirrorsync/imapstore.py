@@ -47,7 +47,6 @@ from typing import Any
 
 import imapclient
 from imapclient.datetime_util import datetime_to_INTERNALDATE, parse_to_datetime
-from imapclient.imap_utf7 import decode as utf7_decode
 from imapclient.response_parser import parse_response
 
 from mirrorsync import quickimap
@@ -60,6 +59,21 @@ from mirrorsync.errors import (
     FolderNameError,
     MirrorsyncError,
     ServerError,
+)
+from mirrorsync.imap.wire import (
+    LINE_MAX,
+    LITERAL_MAX,
+    MIN_RATE,
+    LiteralRefused,
+    Overdue,
+    decode_mutf7,
+    literal_refused,
+    parse_parts,
+    parse_uid_set,
+    split_responses,
+    uid_list,
+    uid_set,
+    uid_set_chunks,
 )
 from mirrorsync.model import (
     NO_FLAGS,
@@ -91,11 +105,6 @@ _SEND_CHUNK = 256 * 1024
 # `ImapStore._existing` searches UIDs in windows this wide, so that no answer line can
 # reach imaplib's 1 MB line limit (at most 10 bytes per UID).
 _SEARCH_WINDOW = 90_000
-
-# A UID set longer than this is split over several commands. RFC 7162 (section 4) asks
-# clients to keep command lines under 8192 octets; staying far below also suits servers
-# with smaller limits, and compact ranges make long sets rare anyway.
-UID_SET_MAX_LEN = 1000
 
 # \Recent is a session flag that only the server sets; APPEND/STORE with it are errors.
 _RECENT = "\\recent"
@@ -133,23 +142,6 @@ _RESPONSE_CODE_HINTS = {
 
 # -- the reading guard: a bound on literals and a deadline per command -----------------
 
-# After the timeout, a command's answer must keep coming at this rate on average: a
-# server that trickles (5 bytes every 0.5 s) cannot hold a run for longer than the
-# timeout plus what its bytes are worth at this rate.
-_MIN_RATE = 16 * 1024  # bytes per second
-# The largest literal accepted where no body is expected (folder names, header fields).
-_LITERAL_MAX = 1024 * 1024
-# imaplib's own bound on one line (its _MAXLINE).
-_LINE_MAX = 1_000_000
-
-
-class _LiteralRefused(OSError):
-    """The server announced a literal larger than the command can expect."""
-
-
-class _Overdue(TimeoutError):
-    """A command's answer did not come within its deadline."""
-
 
 class _ReadGuard:
     """Every read of one imaplib connection, bounded in size and in time.
@@ -163,9 +155,9 @@ class _ReadGuard:
     imaplib and imapclient's STARTTLS set them).
 
     * Each command gets a deadline when it is sent: the timeout, plus one second per
-      `_MIN_RATE` bytes received for it, checked between socket reads.
+      `MIN_RATE` bytes received for it, checked between socket reads.
     * A literal larger than `limit` (set by the caller for what it asked: bodies of
-      known RFC822.SIZE, a piece of a given size; else `_LITERAL_MAX`) is refused
+      known RFC822.SIZE, a piece of a given size; else `LITERAL_MAX`) is refused
       before any of it is read: the connection is shut, since the answer cannot be
       skipped, and the store fails with a clear line."""
 
@@ -173,7 +165,7 @@ class _ReadGuard:
         self.imap = imap
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
-        self.limit = _LITERAL_MAX
+        self.limit = LITERAL_MAX
         self.expected = ""  # words for the error: what the limit comes from
         self._short = False  # the socket's timeout is below `timeout` (near the deadline)
         if imap is not None:  # None: a stand-in client of a test, with no connection
@@ -187,15 +179,15 @@ class _ReadGuard:
         try:
             yield
         finally:
-            self.limit, self.expected = _LITERAL_MAX, ""
+            self.limit, self.expected = LITERAL_MAX, ""
 
     def send(self, data: bytes) -> None:
         self.deadline = time.monotonic() + self.timeout  # a command goes out
         self._send(data)
 
-    def _overdue(self) -> _Overdue:
-        return _Overdue(
-            f"the answer came slower than {_MIN_RATE // 1024} KiB/s after {self.timeout:g}s"
+    def _overdue(self) -> Overdue:
+        return Overdue(
+            f"the answer came slower than {MIN_RATE // 1024} KiB/s after {self.timeout:g}s"
         )
 
     def _arm(self) -> None:
@@ -234,11 +226,11 @@ class _ReadGuard:
             piece = f.read(end + 1 if end >= 0 else len(buffered))
             pieces.append(piece)
             size += len(piece)
-            self.deadline += len(piece) / _MIN_RATE
+            self.deadline += len(piece) / MIN_RATE
             if end >= 0:
                 break
-            if size > _LINE_MAX:
-                raise imaplib.IMAP4.error(f"got more than {_LINE_MAX} bytes")
+            if size > LINE_MAX:
+                raise imaplib.IMAP4.error(f"got more than {LINE_MAX} bytes")
             self._arm()
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
@@ -246,11 +238,7 @@ class _ReadGuard:
         if size > self.limit:
             with suppress(OSError):
                 self.imap.sock.shutdown(socket.SHUT_RDWR)
-            raise _LiteralRefused(
-                f"the server announced {size} bytes where at most {self.limit} were "
-                f"expected{f' ({self.expected})' if self.expected else ''}; the "
-                "connection was dropped rather than read them"
-            )
+            raise literal_refused(size, self.limit, self.expected)
         f = self.imap.file
         pieces: list[bytes] = []
         got = 0
@@ -261,48 +249,11 @@ class _ReadGuard:
                 break  # EOF: the caller sees a short literal
             pieces.append(piece)
             got += len(piece)
-            self.deadline += len(piece) / _MIN_RATE
+            self.deadline += len(piece) / MIN_RATE
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 # -- pure helpers (tested from tables) -----------------------------------------------
-
-
-def uid_set(uids: Iterable[int]) -> str:
-    """Compact IMAP sequence-set for UIDs: [1, 2, 3, 5, 7, 8] -> "1:3,5,7:8"."""
-    return ",".join(_ranges(sorted(set(uids))))
-
-
-def uid_set_chunks(uids: Iterable[int], max_len: int = UID_SET_MAX_LEN) -> list[str]:
-    """Compact UID sets, each at most `max_len` characters (a single range may exceed
-    it only if one range alone does, which cannot happen for sane limits)."""
-    chunks: list[str] = []
-    current: list[str] = []
-    length = 0
-    for part in _ranges(sorted(set(uids))):
-        extra = len(part) + (1 if current else 0)
-        if current and length + extra > max_len:
-            chunks.append(",".join(current))
-            current, length = [], 0
-            extra = len(part)
-        current.append(part)
-        length += extra
-    if current:
-        chunks.append(",".join(current))
-    return chunks
-
-
-def _ranges(sorted_uids: list[int]) -> Iterator[str]:
-    if not sorted_uids:
-        return
-    start = prev = sorted_uids[0]
-    for uid in sorted_uids[1:]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        yield str(start) if start == prev else f"{start}:{prev}"
-        start = prev = uid
-    yield str(start) if start == prev else f"{start}:{prev}"
 
 
 def canonical_to_server(name: str, delimiter: str | None, prefix: str = "") -> str:
@@ -432,19 +383,6 @@ def _code_hint(text: str) -> str:
 # message instead, anything else one per token (`parse_parts`), and what that does not
 # understand goes to imapclient's parser: odd but valid responses still parse (slowly),
 # garbage still raises ValueError. The same listing now takes 0.09 s.
-
-_TOKEN_RE = re.compile(
-    rb" *(?:"
-    rb"(\()"  # 1: list opens
-    rb"|(\))"  # 2: list closes
-    rb'|"((?:[^"\\]|\\.)*)"'  # 3: quoted string
-    rb"|\{(\d+)\+?\}\Z"  # 4: a literal follows (only at the end of a text)
-    # 5: atom, number or NIL; a [section] may hold spaces and parens, as in
-    # BODY[HEADER.FIELDS (MESSAGE-ID)], and be followed by <partial>
-    rb"|((?:[^ ()\"{\[\x00-\x1f\x7f]|\[[^\[\]]*\])+)"
-    rb")"
-)
-_QUOTED_PAIR_RE = re.compile(rb"\\(.)", re.DOTALL)
 # A FETCH response of simple items only (numbers, lists of atoms, plain quoted strings):
 # what list_messages and select_changes read by the hundred thousand.
 _FETCH_ITEM = rb'[A-Za-z0-9.-]+ (?:\d+|\([^()"{}\x00-\x1f]*\)|"[^"\\\x00-\x1f]*")'
@@ -464,69 +402,6 @@ _FETCH_ITEM_RE = re.compile(
 )
 
 Part = bytes | tuple[bytes, bytes]
-
-
-def split_responses(data: Iterable[Any]) -> Iterator[list[Part]]:
-    """Group imaplib's untagged data of one type into responses (see above); None
-    items (imaplib's "no data") are dropped."""
-    pending: list[Part] = []
-    for item in data:
-        if item is None:
-            continue
-        pending.append(item)
-        if not isinstance(item, tuple):
-            yield pending
-            pending = []
-    if pending:  # a literal without the rest of its line: imaplib never does this
-        yield pending
-
-
-def parse_parts(parts: Sequence[Part]) -> list[Any]:
-    """One response's tokens: atoms and numbers as bytes (folder "007" must stay
-    "007"), NIL as None, quoted strings unescaped, literals as their bytes,
-    parenthesized lists as tuples. ValueError on anything else."""
-    stack: list[list[Any]] = []
-    current: list[Any] = []
-    match = _TOKEN_RE.match
-    for part in parts:
-        if isinstance(part, tuple):
-            text, literal = part
-        else:
-            text, literal = part, None
-        pos, end = 0, len(text)
-        while pos < end:
-            m = match(text, pos)
-            if m is None:
-                if text[pos:].strip(b" "):
-                    raise ValueError(f"cannot parse {text[pos : pos + 40]!r}")
-                break
-            pos = m.end()
-            kind = m.lastindex
-            if kind == 5:
-                atom = m.group(5)
-                current.append(None if atom == b"NIL" else atom)
-            elif kind == 1:
-                stack.append(current)
-                current = []
-            elif kind == 2:
-                if not stack:
-                    raise ValueError(f"unbalanced ')' in {text[:60]!r}")
-                done = tuple(current)
-                current = stack.pop()
-                current.append(done)
-            elif kind == 3:
-                quoted = m.group(3)
-                current.append(_QUOTED_PAIR_RE.sub(rb"\1", quoted) if b"\\" in quoted else quoted)
-            else:
-                if literal is None:
-                    raise ValueError(f"literal announced but missing in {text[:60]!r}")
-                current.append(literal)
-                literal = None
-        if literal is not None:
-            raise ValueError(f"literal without announcement after {text[:60]!r}")
-    if stack:
-        raise ValueError("unbalanced '(' in response")
-    return current
 
 
 def _parse_one(parts: list[Part]) -> list[Any]:
@@ -659,40 +534,6 @@ def parse_listing(data: Iterable[Any]) -> dict[int, RemoteMessage]:
         uid: RemoteMessage(uid, flags.get(uid, NO_FLAGS), size)
         for uid, size in sorted(sizes.items())
     }
-
-
-def parse_uid_set(text: bytes | str, maximum: int | None = None) -> set[int]:
-    """ "1:3,7,9:8" -> {1, 2, 3, 7, 8, 9}. `maximum` clips ranges (and stands for
-    "*"), so a reply like "1:4294967295" cannot make a set of four billion UIDs."""
-    if isinstance(text, bytes):
-        text = text.decode("ascii")
-    out: set[int] = set()
-    for piece in text.split(","):
-        piece = piece.strip()
-        if not piece:
-            continue
-        first, sep, last = piece.partition(":")
-        if not sep:
-            if first == "*":
-                if maximum is None:
-                    raise ValueError("'*' in a UID set needs a maximum")
-                out.add(maximum)
-            else:
-                out.add(int(first))
-            continue
-        ends = []
-        for end in (first, last):
-            if end == "*":
-                if maximum is None:
-                    raise ValueError("'*' in a UID set needs a maximum")
-                ends.append(maximum)
-            else:
-                ends.append(int(end))
-        low, high = min(ends), max(ends)
-        if maximum is not None:
-            high = min(high, maximum)
-        out.update(range(low, high + 1))
-    return out
 
 
 def parse_vanished(data: Iterable[Any], maximum: int | None = None) -> tuple[set[int], set[int]]:
@@ -966,7 +807,7 @@ class ImapStore:
                     personal = self._client.namespace().personal or ()
                 if personal and personal[0] and personal[0][0]:
                     raw = personal[0][0]
-                    self._personal = _text(utf7_decode(raw) if isinstance(raw, bytes) else raw)
+                    self._personal = _text(decode_mutf7(raw) if isinstance(raw, bytes) else raw)
         return self._personal
 
     def use_namespace_prefix(self, prefix: str) -> None:
@@ -1068,7 +909,7 @@ class ImapStore:
         numbers: dict[str, FolderStatus | None] = {}
         names: list[tuple[str, str]] = []
         for entry in listed:
-            server_name = utf7_decode(entry.name) if self._client.folder_encode else entry.name
+            server_name = decode_mutf7(entry.name) if self._client.folder_encode else entry.name
             canonical = self._canonical(_text(server_name), entry.delimiter)
             if canonical is None:
                 continue
@@ -1130,7 +971,7 @@ class ImapStore:
             got = parse_status(imap.untagged_responses.pop("STATUS", []))
         decode = self._client.folder_encode
         by_name = {
-            canonical_folder(_text(utf7_decode(raw) if decode else raw)): numbers
+            canonical_folder(_text(decode_mutf7(raw) if decode else raw)): numbers
             for raw, numbers in got.items()
         }
         out: dict[str, dict[bytes, int]] = {}
@@ -1750,7 +1591,7 @@ class ImapStore:
                 for data in self._response_codes("COPYUID") if told else []:
                     m = _COPYUID_RE.match(data)
                     if m:
-                        old, new = _uid_list(m.group(2)), _uid_list(m.group(3))
+                        old, new = uid_list(m.group(2)), uid_list(m.group(3))
                         found.update(zip(old, new, strict=False))
         if not has_move:
             self.expunge(wanted)
@@ -2128,12 +1969,12 @@ class ImapStore:
             yield
         except MirrorsyncError:
             raise
-        except _LiteralRefused as exc:
+        except LiteralRefused as exc:
             raise ConnectionFailed(
                 f"{where} on {self._address}: {exc}",
                 hint="the server misbehaves; report it to its administrator",
             ) from exc
-        except _Overdue as exc:
+        except Overdue as exc:
             raise ConnectionFailed(
                 f"{self._address} did not finish {where} in time: {exc}",
                 hint="the server or the network is too slow; run again or raise timeout",
@@ -2174,16 +2015,6 @@ class ImapStore:
 
 
 _IDENTITY_ITEMS = "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
-
-
-def _uid_list(text: bytes) -> list[int]:
-    """A UID set in its written order (COPYUID pairs two sets position by position)."""
-    out: list[int] = []
-    for part in text.split(b","):
-        low, _, high = part.partition(b":")
-        a, b = int(low), int(high or low)
-        out.extend(range(a, b + 1) if a <= b else range(a, b - 1, -1))
-    return out
 
 
 def _appended_uids(text: bytes, count: int) -> list[int | None]:

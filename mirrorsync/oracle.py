@@ -145,7 +145,8 @@ class _ImapReader(_Reader):
         return parse_listing(self.store._uid_fetch_data("1:*", "(UID FLAGS RFC822.SIZE)"))
 
     def identities(self, uids: Sequence[int]) -> dict[int, RemoteIdentity]:
-        from mirrorsync.imapstore import _IDENTITY_ITEMS, _identities, uid_set_chunks
+        from mirrorsync.imap.wire import uid_set_chunks
+        from mirrorsync.imapstore import _IDENTITY_ITEMS, _identities
 
         wanted = set(uids)
         out: dict[int, RemoteIdentity] = {}
@@ -154,7 +155,7 @@ class _ImapReader(_Reader):
         return out
 
     def fetch(self, uids: Sequence[int]) -> Iterator[tuple[int, bytes, Flags, None]]:
-        from mirrorsync.imapstore import uid_set_chunks
+        from mirrorsync.imap.wire import uid_set_chunks
 
         for chunk in uid_set_chunks(set(uids)):
             rows = self.store._uid_fetch(chunk, "(UID BODY.PEEK[])")

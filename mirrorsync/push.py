@@ -36,11 +36,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-from imapclient import imap_utf7
-from imapclient.response_parser import parse_response
 
 from mirrorsync.config import AccountConfig, RemoteConfig
 from mirrorsync.errors import (
@@ -48,6 +43,16 @@ from mirrorsync.errors import (
     ConnectionFailed,
     FolderNameError,
     MirrorsyncError,
+)
+from mirrorsync.imap.wire import (
+    LineTooLong,
+    LiteralRefused,
+    Response,
+    decode_mutf7,
+    encode_mutf7,
+    parse_line,
+    quoted,
+    split_response,
 )
 from mirrorsync.imapstore import canonical_to_server, server_to_canonical
 
@@ -76,8 +81,6 @@ RENEW_EVERY = 1.0
 ACTIVE_FOR = 60.0
 # Untagged responses that mean "this selected folder changed" during IDLE.
 _FOLDER_CHANGES = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
-_LITERAL_RE = re.compile(rb"\{(\d+)(\+?)\}$")
-_CODE_RE = re.compile(r"^\[([A-Za-z0-9-]+)")
 _TIMING_RE = re.compile(r"\s*\([0-9.+ ]+secs\)\.?")
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
 
@@ -136,11 +139,6 @@ class OutageLog:
             lasted, self._since = time.monotonic() - self._since, None
         log.warning("[%s] connected again after %.0fs", self.account, lasted)
 
-    @property
-    def failing(self) -> bool:
-        with self._lock:
-            return bool(self._failing)
-
 
 class Backoff:
     """Exponential backoff: 1, 2, 4, ... seconds, at most `cap`; `reset` after success."""
@@ -161,97 +159,6 @@ class Backoff:
 
 # -- responses -----------------------------------------------------------------------
 
-# One response as imaplib represents it, which `parse_response` reads: line parts,
-# with (text up to and including "{n}", literal bytes) for each literal.
-RawParts = tuple["bytes | tuple[bytes, bytes]", ...]
-
-
-@dataclass(frozen=True)
-class Response:
-    tag: str  # "*" untagged, "+" continuation, else the tag of a command
-    kind: str  # upper case: OK, NO, BAD, BYE, STATUS, LIST, EXISTS, FETCH, ...
-    number: int | None  # the message number in "* 3 EXISTS"
-    text: str  # the rest of the first line, for OK/NO/BAD/BYE and error messages
-    parts: RawParts  # everything after the tag (and number), for `values`
-
-    @property
-    def code(self) -> str | None:
-        """The response code of a status response: "[NOTIFICATIONOVERFLOW] ..." ->
-        "NOTIFICATIONOVERFLOW"."""
-        m = _CODE_RE.match(self.text)
-        return m.group(1).upper() if m else None
-
-    def values(self) -> tuple[Any, ...]:
-        """The parsed response after the kind: atoms and strings as bytes, numbers as
-        ints, lists as tuples (imapclient's parser)."""
-        parsed = parse_response(list(self.parts))
-        return tuple(parsed[1:])
-
-
-def parse_line(parts: RawParts) -> Response:
-    """Split one complete response into tag, kind, number and text."""
-    first = parts[0]
-    head = first[0] if isinstance(first, tuple) else first
-    tag, _, rest = head.partition(b" ")
-    if tag == b"+":
-        return Response("+", "", None, rest.decode("utf-8", "replace"), ())
-    skip = len(tag) + 1
-    word, _, after = rest.partition(b" ")
-    number = None
-    if tag == b"*" and word.isdigit():
-        number = int(word)
-        skip += len(word) + 1
-        word, _, after = after.partition(b" ")
-    # Drop "TAG " (and "N ") from the first part, so that `values` sees KIND first.
-    stripped: list[bytes | tuple[bytes, bytes]] = list(parts)
-    stripped[0] = (first[0][skip:], first[1]) if isinstance(first, tuple) else first[skip:]
-    return Response(
-        tag.decode("ascii", "replace"),
-        word.decode("ascii", "replace").upper(),
-        number,
-        after.decode("utf-8", "replace"),
-        tuple(stripped),
-    )
-
-
-def split_response(buf: bytes | bytearray) -> tuple[RawParts, int] | None:
-    """The first complete response in `buf` and how many bytes it took, or None if
-    more bytes are needed. A line ending in a literal marker {n} (or {n+}) continues
-    after the n bytes of the literal."""
-    parts: list[bytes | tuple[bytes, bytes]] = []
-    pos = 0
-    while True:
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            if len(buf) - pos > MAX_LINE:
-                raise ConnectionLost(f"the server sent a line longer than {MAX_LINE} bytes")
-            return None
-        if end - pos > MAX_LINE:
-            raise ConnectionLost(f"the server sent a line longer than {MAX_LINE} bytes")
-        line = bytes(buf[pos:end])
-        m = _LITERAL_RE.search(line)
-        if m is None:
-            parts.append(line)
-            return tuple(parts), end + 2
-        size = int(m.group(1))
-        if size > MAX_LITERAL:
-            raise ConnectionLost(f"the server sent a literal of {size} bytes during push")
-        start = end + 2
-        if len(buf) < start + size:
-            return None
-        parts.append((line, bytes(buf[start : start + size])))
-        pos = start + size
-
-
-def quote(value: str | bytes) -> bytes:
-    """An IMAP quoted string. Only for 7-bit text without CR/LF (user names and
-    modified UTF-7 folder names); `ImapConnection.login` sends anything else as a
-    literal."""
-    raw = value.encode("ascii") if isinstance(value, str) else value
-    if any(b in b"\r\n\0" or b > 0x7E for b in raw):
-        raise ValueError("cannot quote 8-bit text or line ends")
-    return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-
 
 def mailbox_name(value: object, delimiter: str | None, prefix: str = "") -> str | None:
     """The canonical name of a mailbox named in a response (an atom, a string or a
@@ -260,14 +167,10 @@ def mailbox_name(value: object, delimiter: str | None, prefix: str = "") -> str 
     Names are modified UTF-7, except where a server sends 8-bit names anyway: Dovecot
     2.3 names mailboxes in its NOTIFY STATUS and LIST responses as UTF-8 literals.
     Modified UTF-7 is 7-bit, so 8-bit bytes can only be UTF-8."""
-    if isinstance(value, int):
-        raw = str(value).encode()
-    elif isinstance(value, bytes):
-        raw = value
-    else:
+    if not isinstance(value, bytes):
         return None
     try:
-        name = raw.decode("utf-8") if not raw.isascii() else imap_utf7.decode(raw)
+        name = value.decode("utf-8") if not value.isascii() else decode_mutf7(value)
     except (UnicodeError, ValueError):
         return None
     return server_to_canonical(name, delimiter, prefix)
@@ -405,7 +308,7 @@ class ImapConnection:
                 if isinstance(personal, tuple) and personal and personal[0]:
                     raw = personal[0][0]
                     if isinstance(raw, bytes):
-                        found.append(imap_utf7.decode(raw))
+                        found.append(decode_mutf7(raw))
 
         self.check(self.command(b"NAMESPACE", on_untagged=collect), "NAMESPACE")
         return found[0] if found else ""
@@ -494,7 +397,10 @@ class ImapConnection:
         """The next complete response, or None if none arrived by `deadline`
         (monotonic). A partial response stays buffered for the next call."""
         while True:
-            found = split_response(self._buf)
+            try:
+                found = split_response(self._buf, MAX_LINE, MAX_LITERAL)
+            except (LineTooLong, LiteralRefused) as e:
+                raise ConnectionLost(f"{self.address}: {e}") from e
             if found is not None:
                 parts, used = found
                 del self._buf[:used]
@@ -534,18 +440,21 @@ class ImapConnection:
             self._sock.close()
 
 
-@dataclass(frozen=True)
 class Literal:
     """A command argument sent as an IMAP literal ({n} and the bytes)."""
 
-    data: bytes
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
-def _astring(value: str) -> bytes | Literal:
-    try:
-        return quote(value)
-    except (ValueError, UnicodeError):
-        return Literal(value.encode("utf-8"))
+def _astring(value: str | bytes) -> bytes | Literal:
+    """A quoted string where that reads the same, else a literal."""
+    found = quoted(value)
+    if found is not None:
+        return found
+    return Literal(value.encode("utf-8") if isinstance(value, str) else value)
 
 
 def _keepalive(sock: socket.socket) -> None:
@@ -712,8 +621,8 @@ class NotifySession:
         if len(values) >= 2 and isinstance(values[1], tuple):
             pairs = values[1]
             for key, value in zip(pairs[::2], pairs[1::2], strict=False):
-                if isinstance(key, bytes) and isinstance(value, int):
-                    items[key.decode("ascii", "replace").upper()] = value
+                if isinstance(key, bytes) and isinstance(value, bytes) and value.isdigit():
+                    items[key.decode("ascii", "replace").upper()] = int(value)
         return name, items
 
     def _changed(self, name: str | None, why: str) -> None:
@@ -751,7 +660,7 @@ class IdleSession:
             server = canonical_to_server(self.folder, conn.delimiter(), self.prefix(conn))
         except FolderNameError as e:
             raise ConnectionLost(f"cannot watch {self.folder!r}: {e}") from e
-        conn.check(conn.command(b"EXAMINE", quote(imap_utf7.encode(server))), "EXAMINE")
+        conn.check(conn.command(b"EXAMINE", _astring(encode_mutf7(server))), "EXAMINE")
         connected()
         self.sink(self.folder, PUSH_CONNECTED)
         while not stop.is_set():
@@ -805,7 +714,7 @@ class Listener(threading.Thread):
                     self._on_unavailable(e)
                 return
             except (MirrorsyncError, OSError, ValueError) as e:
-                # ValueError: a response imapclient's parser could not read.
+                # ValueError: a response the wire's tokenizer could not read.
                 if self._stop_event.is_set():
                     return
                 self._outages.failed(self.session.label, e)

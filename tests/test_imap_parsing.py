@@ -29,9 +29,7 @@ from mirrorsync.imapstore import (
     parse_fetch,
     parse_list_status,
     parse_listing,
-    parse_parts,
     parse_search,
-    parse_uid_set,
     parse_vanished,
     split_responses,
 )
@@ -157,42 +155,7 @@ def test_parse_fetch_rejects_garbage(wire: bytes) -> None:
         fetched(wire)
 
 
-@pytest.mark.parametrize(
-    ("parts", "expected"),
-    [
-        (
-            [b"a NIL 007 (b (c)) \"q\\\\\" ''"],
-            [b"a", None, b"007", (b"b", (b"c",)), b"q\\", b"''"],
-        ),
-        ([(b"x {3}", b"a b"), b" y"], [b"x", b"a b", b"y"]),
-        ([b'"NIL" ""'], [b"NIL", b""]),  # a quoted NIL is a string
-        ([b"[Gmail]/All  Mail"], [b"[Gmail]/All", b"Mail"]),
-    ],
-)
-def test_parse_parts(parts: list[Any], expected: list[Any]) -> None:
-    assert parse_parts(parts) == expected
-
-
 # -- UID sets, VANISHED, SEARCH ---------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "maximum", "expected"),
-    [
-        (b"1:3,7,9:8", None, {1, 2, 3, 7, 8, 9}),
-        ("42", None, {42}),
-        (b"", None, set()),
-        (b"5:*", 7, {5, 6, 7}),
-        (b"1:4294967295", 3, {1, 2, 3}),  # clipped: no four-billion-element sets
-    ],
-)
-def test_parse_uid_set(text: bytes | str, maximum: int | None, expected: set[int]) -> None:
-    assert parse_uid_set(text, maximum) == expected
-
-
-def test_parse_uid_set_star_needs_maximum() -> None:
-    with pytest.raises(ValueError):
-        parse_uid_set(b"1:*")
 
 
 @pytest.mark.parametrize(

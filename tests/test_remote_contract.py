@@ -51,8 +51,6 @@ from mirrorsync.imapstore import (
     canonical_folder,
     canonical_to_server,
     server_to_canonical,
-    uid_set,
-    uid_set_chunks,
 )
 from mirrorsync.model import RemoteFolder, RemoteMessage
 from mirrorsync.remote import RemoteStore
@@ -1232,29 +1230,6 @@ def test_fake_uidvalidity_reset_and_failures() -> None:
 
 
 # -- pure helpers ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("uids", "expected"),
-    [
-        ([], ""),
-        ([5], "5"),
-        ([3, 1, 2, 5, 7, 8, 2], "1:3,5,7:8"),
-        ([10, 12, 14], "10,12,14"),
-    ],
-)
-def test_uid_set(uids: list[int], expected: str) -> None:
-    assert uid_set(uids) == expected
-
-
-def test_uid_set_chunks_keep_lines_short() -> None:
-    uids = list(range(1, 20000, 2))  # nothing contiguous: the worst case
-    chunks = uid_set_chunks(uids, max_len=100)
-    assert all(len(c) <= 100 for c in chunks)
-    back = [int(x) for c in chunks for x in c.split(",")]
-    assert back == uids
-    assert uid_set_chunks(range(1, 100001)) == ["1:100000"]
-    assert uid_set_chunks([]) == []
 
 
 @pytest.mark.parametrize(
