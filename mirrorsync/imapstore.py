@@ -53,12 +53,23 @@ from mirrorsync import quickimap
 from mirrorsync.config import RemoteConfig
 from mirrorsync.content import message_id
 from mirrorsync.errors import (
-    AuthenticationFailed,
-    ConfigError,
     ConnectionFailed,
     FolderNameError,
     MirrorsyncError,
     ServerError,
+)
+from mirrorsync.imap.connection import (
+    LoginLost,
+    LoginRefused,
+    LoginUnavailable,
+    Refused,
+    check_tls_setting,
+    connect_error,
+    enable,
+    login,
+    personal_prefix_of,
+    server_text,
+    sync_extension,
 )
 from mirrorsync.imap.wire import (
     LINE_MAX,
@@ -120,12 +131,9 @@ _COPYUID_RE = re.compile(rb"(\d+)\s+([\d:,]+)\s+([\d:,]+)")
 # imaplib turns bare CR or LF in an APPEND literal into CRLF; the size the server will
 # report is that of the converted message.
 _LINE_END_RE = re.compile(rb"\r\n|\r(?!\n)|\n")
-# Dovecot appends "(0.001 + 0.000 secs)." to its responses: noise in an error message.
-_TIMING_RE = re.compile(r"\s*\([0-9.+ ]+secs\)\.?")
 # One search key or argument: an atom, a number, a date or a sequence set ("1:*").
 # Anything else (spaces, quotes, parentheses, literals) would change the command line.
 _SEARCH_TOKEN_RE = re.compile(r'[^\x00-\x20\x7f()"{\\]+')
-_ERROR_PREFIX_RE = re.compile(r"^(?:[A-Za-z]+ failed|[A-Za-z ]+ command error): (?:BAD )?")
 # What a connection attempt can raise besides our own errors: socket and ssl errors are
 # OSErrors, imaplib's error/abort cover IMAP-level trouble, EOFError a vanished peer.
 _TRANSPORT_ERRORS = (OSError, EOFError, imaplib.IMAP4.error)
@@ -349,14 +357,6 @@ def _aware(value: object) -> datetime | None:
     dt = parse_to_datetime(value, normalise=False)
     offset = dt.utcoffset()
     return dt.replace(tzinfo=timezone(offset)) if offset is not None else dt
-
-
-def _server_text(exc: BaseException) -> str:
-    """The server's words, one line: without imapclient's "select failed: " prefix
-    (our message names the operation already) and Dovecot's timings."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = _ERROR_PREFIX_RE.sub("", text)
-    return _TIMING_RE.sub("", text).strip()
 
 
 def _code_hint(text: str) -> str:
@@ -685,20 +685,7 @@ class ImapStore:
         `disable` names extensions not to use even when the server offers them (as
         "QRESYNC", "ESEARCH"): a way around a server's broken implementation, and how
         the tests run the CONDSTORE-only paths against a server that has QRESYNC."""
-        if remote.tls not in ("imaps", "starttls", "none"):
-            raise ConfigError(
-                f"unknown tls setting {remote.tls!r}",
-                key="tls",
-                hint="use imaps, starttls or none",
-            )
-        context = _tls_context(remote) if remote.tls != "none" else None
-        if remote.tls == "none" and not quickimap.is_loopback(remote.host):
-            log.warning(
-                "%s: tls: none sends the password and all mail unencrypted to %s; "
-                "use tls: imaps or tls: starttls",
-                remote.source_key or "remote",
-                remote.host,
-            )
+        context = check_tls_setting(remote)
         timeout = imapclient.SocketTimeout(connect=remote.timeout, read=remote.timeout)
         try:
             waited = quickimap.timed_out.get((remote.host, remote.port))
@@ -712,7 +699,7 @@ class ImapStore:
                 timeout=timeout,
             )
         except _TRANSPORT_ERRORS as exc:
-            raise _connect_error(exc, remote) from exc
+            raise connect_error(exc, remote) from exc
         try:
             return cls._login(client, remote, password, context, frozenset(disable))
         except BaseException:
@@ -728,7 +715,7 @@ class ImapStore:
         context: ssl.SSLContext | None,
         disable: frozenset[str] = frozenset(),
     ) -> ImapStore:
-        address = f"{remote.host}:{remote.port}"
+        session = _ClientSession(client, remote)
         if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
             # imapclient sets imaplib's debug level to 5 so that its logger sees the
             # traffic; at that level imaplib formats a repr of every line, match and
@@ -736,50 +723,15 @@ class ImapStore:
             # and made a transient copy of every message body.
             client._imap.debug = 0
         try:
-            if remote.tls == "starttls":
-                if not client.has_capability("STARTTLS"):
-                    raise ConnectionFailed(
-                        f"{address} does not offer STARTTLS",
-                        hint="use tls: imaps (usually port 993), or tls: none only on a "
-                        "trusted network",
-                    )
-                client.starttls(context)
-            if client.has_capability("LOGINDISABLED"):
-                raise ConnectionFailed(
-                    f"{address} refuses to log in without TLS",
-                    hint="set tls: imaps or tls: starttls",
-                )
-            refused = AuthenticationFailed(
-                f"login refused for {remote.username} at {address}",
-                hint="check username and password",
-            )
-            if (remote.host, remote.port, remote.username) in quickimap.refused_logins:
-                raise refused  # the quick check was just refused: do not ask again
-            try:
-                client.login(remote.username, password)
-            except imapclient.exceptions.LoginError as exc:
-                # imapclient wraps every IMAP4.error, a dropped connection included
-                if isinstance(exc.__context__, imaplib.IMAP4.abort):
-                    raise ConnectionFailed(
-                        f"connection to {address} lost during login "
-                        f"({_server_text(exc.__context__)})",
-                        hint="check the network and the tls setting, and run again",
-                    ) from exc
-                text = _server_text(exc)
-                if "[UNAVAILABLE]" in text.upper():
-                    raise ConnectionFailed(
-                        f"{address} cannot log in {remote.username} right now ({text})",
-                        hint="try again later",
-                    ) from exc
-                raise refused from exc
-            offered = frozenset(_text(c).upper() for c in client.capabilities())
+            offered = login(session, remote, password, context)
             unwanted = {d.upper() for d in disable}
             if "CONDSTORE" in unwanted:
                 unwanted.add("QRESYNC")  # QRESYNC is CONDSTORE and more
-            caps = _enable(client, offered - unwanted)
+            usable = offered - unwanted
+            caps = enable(session, usable, sync_extension(usable))
         except _TRANSPORT_ERRORS as exc:
-            raise _connect_error(exc, remote) from exc
-        return cls(client, address, caps, remote.timeout)
+            raise connect_error(exc, remote) from exc
+        return cls(client, session.address, caps, remote.timeout)
 
     # -- protocol: folders --------------------------------------------------------
 
@@ -804,10 +756,7 @@ class ImapStore:
             self._personal = ""
             if "NAMESPACE" in self._capabilities:
                 with self._translate("read the namespaces"):
-                    personal = self._client.namespace().personal or ()
-                if personal and personal[0] and personal[0][0]:
-                    raw = personal[0][0]
-                    self._personal = _text(decode_mutf7(raw) if isinstance(raw, bytes) else raw)
+                    self._personal = personal_prefix_of(self._client.namespace().personal)
         return self._personal
 
     def use_namespace_prefix(self, prefix: str) -> None:
@@ -1986,11 +1935,11 @@ class ImapStore:
             ) from exc
         except imaplib.IMAP4.abort as exc:
             raise ConnectionFailed(
-                f"connection to {self._address} lost during {where} ({_server_text(exc)})",
+                f"connection to {self._address} lost during {where} ({server_text(exc)})",
                 hint="check the network and run mirrorsync again",
             ) from exc
         except imaplib.IMAP4.error as exc:
-            text = _server_text(exc)
+            text = server_text(exc)
             raise ServerError(
                 f"{where} failed on {self._address}: {text}", hint=_code_hint(text)
             ) from exc
@@ -2001,16 +1950,16 @@ class ImapStore:
             ) from exc
         except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
             raise ConnectionFailed(
-                f"connection to {self._address} lost during {where} ({_server_text(exc)})",
+                f"connection to {self._address} lost during {where} ({server_text(exc)})",
                 hint="check the network and run mirrorsync again",
             ) from exc
         except ValueError as exc:  # imapclient's parsers raise it on odd responses
             raise ServerError(
-                f"{where}: unexpected response from {self._address} ({_server_text(exc)})"
+                f"{where}: unexpected response from {self._address} ({server_text(exc)})"
             ) from exc
         except KeyError as exc:
             raise ServerError(
-                f"{where}: response from {self._address} lacks {_server_text(exc)}"
+                f"{where}: response from {self._address} lacks {server_text(exc)}"
             ) from exc
 
 
@@ -2115,90 +2064,43 @@ def _as_bytes(value: object) -> bytes:
     return str(value).encode("utf-8", "replace")
 
 
-def _tls_context(remote: RemoteConfig) -> ssl.SSLContext:
-    address = f"{remote.host}:{remote.port}"
-    try:
-        return ssl.create_default_context(
-            cafile=str(remote.ca_file) if remote.ca_file is not None else None
-        )
-    except (OSError, ValueError) as exc:  # missing file, or not PEM (ssl.SSLError)
-        raise ConnectionFailed(
-            f"cannot use ca_file {remote.ca_file} for {address} ({_server_text(exc)})",
-            hint="point ca_file at a readable PEM certificate",
-        ) from exc
+class _ClientSession:
+    """`connection.Session` over imapclient: the primitives of `connection.login`
+    and `connection.enable`, with imapclient's errors turned into theirs."""
 
+    def __init__(self, client: Any, remote: RemoteConfig) -> None:
+        self.client = client
+        self.remote = remote
+        self.address = f"{remote.host}:{remote.port}"
 
-def _connect_error(exc: BaseException, remote: RemoteConfig) -> ConnectionFailed:
-    """Words for a failure before or during login, when the cause is most often
-    configuration: host, port, the tls setting or the CA."""
-    address = f"{remote.host}:{remote.port}"
-    if isinstance(exc, socket.gaierror):
-        return ConnectionFailed(
-            f"cannot resolve host {remote.host} ({exc.strerror or exc})",
-            hint="check the host name and the network",
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return ConnectionFailed(
-            f"connection to {address} refused",
-            hint="check host and port, and that the IMAP server is running",
-        )
-    if isinstance(exc, TimeoutError):
-        return ConnectionFailed(
-            f"no answer from {address} within {remote.timeout:g}s",
-            hint="check host, port, firewall and the tls setting (an imaps port "
-            "stays silent to a plain-text client)",
-        )
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = exc.verify_message or exc.reason or str(exc)
-        ca = f"ca_file {remote.ca_file}" if remote.ca_file else "the system CA store"
-        return ConnectionFailed(
-            f"TLS certificate of {address} not trusted by {ca} ({reason})",
-            hint="set ca_file to the certificate (or CA) the server uses, or fix the "
-            "server's certificate",
-        )
-    if isinstance(exc, ssl.SSLError):
-        return ConnectionFailed(
-            f"TLS handshake with {address} failed ({exc.reason or exc})",
-            hint="check the tls setting: imaps needs an implicit-TLS port (993), "
-            "starttls a plain one (143)",
-        )
-    if isinstance(exc, imaplib.IMAP4.error):
-        return ConnectionFailed(
-            f"{address} did not behave as an IMAP server ({_server_text(exc)})",
-            hint="check host, port and the tls setting",
-        )
-    if isinstance(exc, OSError):
-        return ConnectionFailed(
-            f"cannot connect to {address} ({exc.strerror or exc})",
-            hint="check host, port and the network",
-        )
-    return ConnectionFailed(
-        f"cannot connect to {address} ({type(exc).__name__}: {_server_text(exc)})",
-        hint="check host, port and the tls setting",
-    )
+    def current_capabilities(self) -> frozenset[str]:
+        return frozenset(_text(c).upper() for c in self.client.capabilities())
 
+    def starttls(self, context: ssl.SSLContext) -> None:
+        self.client.starttls(context)
 
-def _enable(client: Any, caps: frozenset[str]) -> frozenset[str]:
-    """ENABLE QRESYNC (which implies CONDSTORE), else CONDSTORE, and return the
-    capabilities the engine may rely on: QRESYNC only counts once it is enabled, since
-    it changes how the server reports expunges. CONDSTORE stays usable without ENABLE
-    (a STATUS HIGHESTMODSEQ or FETCH MODSEQ turns it on), so a refusal only costs the
-    HIGHESTMODSEQ in SELECT."""
-    if "ENABLE" not in caps:
-        return caps - {"QRESYNC"}
-    wanted = "QRESYNC" if "QRESYNC" in caps else "CONDSTORE" if "CONDSTORE" in caps else None
-    if wanted is None:
-        return caps
-    try:
-        enabled = {_text(c).upper() for c in client.enable(wanted)}
-    except imaplib.IMAP4.abort:
-        raise
-    except imaplib.IMAP4.error as exc:
-        log.warning("the server refused ENABLE %s: %s", wanted, _server_text(exc))
-        enabled = set()
-    if "QRESYNC" not in enabled:
-        caps = caps - {"QRESYNC"}
-    return caps
+    def send_login(self, username: str, password: str) -> None:
+        remote = self.remote
+        if (remote.host, remote.port, remote.username) in quickimap.refused_logins:
+            raise LoginRefused("refused")  # the quick check was just refused: not again
+        try:
+            self.client.login(username, password)
+        except imapclient.exceptions.LoginError as exc:
+            # imapclient wraps every IMAP4.error, a dropped connection included
+            if isinstance(exc.__context__, imaplib.IMAP4.abort):
+                raise LoginLost(server_text(exc.__context__)) from exc
+            text = server_text(exc)
+            if "[UNAVAILABLE]" in text.upper():
+                raise LoginUnavailable(text) from exc
+            raise LoginRefused(text) from exc
+
+    def send_enable(self, extension: str) -> frozenset[str]:
+        try:
+            return frozenset(_text(c).upper() for c in self.client.enable(extension))
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:
+            raise Refused(server_text(exc)) from exc
 
 
 def _shutdown(client: Any) -> None:

@@ -478,7 +478,7 @@ def _connect_quietly(remote: configmod.RemoteConfig, password: str) -> ImapStore
 
     from mirrorsync.imapstore import ImapStore
 
-    logger = logging.getLogger("mirrorsync.imapstore")
+    logger = logging.getLogger("mirrorsync.imap")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import re
 import socket
 import ssl
 import threading
@@ -39,10 +38,19 @@ from collections.abc import Callable
 
 from mirrorsync.config import AccountConfig, RemoteConfig
 from mirrorsync.errors import (
-    AuthenticationFailed,
     ConnectionFailed,
     FolderNameError,
     MirrorsyncError,
+)
+from mirrorsync.imap.connection import (
+    LoginRefused,
+    LoginUnavailable,
+    Refused,
+    enable,
+    login,
+    personal_prefix_of,
+    tls_context,
+    without_timing,
 )
 from mirrorsync.imap.wire import (
     LineTooLong,
@@ -81,7 +89,6 @@ RENEW_EVERY = 1.0
 ACTIVE_FOR = 60.0
 # Untagged responses that mean "this selected folder changed" during IDLE.
 _FOLDER_CHANGES = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
-_TIMING_RE = re.compile(r"\s*\([0-9.+ ]+secs\)\.?")
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
 
 
@@ -199,11 +206,7 @@ class ImapConnection:
     def open(cls, remote: RemoteConfig, password: str) -> ImapConnection:
         """Connect, secure, log in, and learn the capabilities."""
         address = f"{remote.host}:{remote.port}"
-        context = None
-        if remote.tls != "none":
-            context = ssl.create_default_context(
-                cafile=str(remote.ca_file) if remote.ca_file is not None else None
-            )
+        context = tls_context(remote) if remote.tls != "none" else None
         try:
             sock = socket.create_connection((remote.host, remote.port), timeout=remote.timeout)
         except OSError as e:
@@ -233,25 +236,47 @@ class ImapConnection:
         if greeting is None:
             raise ConnectionLost(f"{self.address} sent no greeting within {self.timeout:g}s")
         if greeting.tag != "*" or greeting.kind not in ("OK", "PREAUTH"):
-            raise ConnectionLost(f"{self.address} refused the connection: {_clean(greeting.text)}")
-        if remote.tls == "starttls":
-            self.check(self.command(b"STARTTLS"), "STARTTLS")
-            assert context is not None
-            if self._buf:
-                raise ConnectionLost(f"{self.address} sent data before the TLS handshake")
-            self._sock = context.wrap_socket(self._sock, server_hostname=remote.host)
-        self.capabilities = self._capability()
-        if greeting.kind == "PREAUTH":
-            return
-        if "LOGINDISABLED" in self.capabilities:
-            raise ConnectionLost(f"{self.address} refuses to log in without TLS")
-        done = self.command(b"LOGIN", _astring(remote.username), _astring(password))
-        if done.kind != "OK":
-            raise AuthenticationFailed(
-                f"login refused for {remote.username} at {self.address}",
-                "check username and password",
+            raise ConnectionLost(
+                f"{self.address} refused the connection: {without_timing(greeting.text)}"
             )
+        self._host = remote.host
         self.capabilities = self._capability()
+        if greeting.kind != "PREAUTH":
+            self.capabilities = login(self, remote, password, context)
+        elif remote.tls == "starttls":
+            assert context is not None
+            self.starttls(context)  # refused in this state, as it should be
+
+    # -- what `connection.login` and `connection.enable` need
+
+    def current_capabilities(self) -> frozenset[str]:
+        return self.capabilities
+
+    def starttls(self, context: ssl.SSLContext) -> None:
+        self.check(self.command(b"STARTTLS"), "STARTTLS")
+        if self._buf:
+            raise ConnectionLost(f"{self.address} sent data before the TLS handshake")
+        self._sock = context.wrap_socket(self._sock, server_hostname=self._host)
+        self.capabilities = self._capability()
+
+    def send_login(self, username: str, password: str) -> None:
+        done = self.command(b"LOGIN", _astring(username), _astring(password))
+        if done.kind != "OK":
+            text = without_timing(done.text)
+            raise (LoginUnavailable if "[UNAVAILABLE]" in text.upper() else LoginRefused)(text)
+        self.capabilities = self._capability()
+
+    def send_enable(self, extension: str) -> frozenset[str]:
+        found: set[str] = set()
+
+        def collect(resp: Response) -> None:
+            if resp.kind == "ENABLED":
+                found.update(resp.text.upper().split())
+
+        done = self.command(b"ENABLE", extension.encode("ascii"), on_untagged=collect)
+        if done.kind != "OK":
+            raise Refused(without_timing(done.text))
+        return frozenset(found)
 
     def _capability(self) -> frozenset[str]:
         found: list[str] = []
@@ -292,7 +317,7 @@ class ImapConnection:
 
     def check(self, resp: Response, what: str) -> Response:
         if resp.kind != "OK":
-            raise ConnectionLost(f"{what} refused by {self.address}: {_clean(resp.text)}")
+            raise ConnectionLost(f"{what} refused by {self.address}: {without_timing(resp.text)}")
         return resp
 
     def personal_prefix(self) -> str:
@@ -304,11 +329,7 @@ class ImapConnection:
 
         def collect(resp: Response) -> None:
             if resp.kind == "NAMESPACE":
-                personal = resp.values()[0] if resp.values() else None
-                if isinstance(personal, tuple) and personal and personal[0]:
-                    raw = personal[0][0]
-                    if isinstance(raw, bytes):
-                        found.append(decode_mutf7(raw))
+                found.append(personal_prefix_of(resp.values()[0] if resp.values() else None))
 
         self.check(self.command(b"NAMESPACE", on_untagged=collect), "NAMESPACE")
         return found[0] if found else ""
@@ -344,7 +365,9 @@ class ImapConnection:
         ended = self._await_continuation(tag, on_untagged)
         if ended is not None:
             if ended.kind != "OK":
-                raise ConnectionLost(f"IDLE refused by {self.address}: {_clean(ended.text)}")
+                raise ConnectionLost(
+                    f"IDLE refused by {self.address}: {without_timing(ended.text)}"
+                )
             return
         until = time.monotonic() + duration
         while not stop.is_set():
@@ -387,7 +410,9 @@ class ImapConnection:
 
     def _untagged(self, resp: Response, handler: Callable[[Response], None] | None) -> None:
         if resp.tag == "*" and resp.kind == "BYE":
-            raise ConnectionLost(f"{self.address} closed the connection: {_clean(resp.text)}")
+            raise ConnectionLost(
+                f"{self.address} closed the connection: {without_timing(resp.text)}"
+            )
         if resp.tag == "*" and handler is not None:
             handler(resp)
 
@@ -475,10 +500,6 @@ def _why(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _clean(text: str) -> str:
-    return _TIMING_RE.sub("", text).strip()
-
-
 # -- sessions ------------------------------------------------------------------------
 
 
@@ -532,10 +553,10 @@ class NotifySession:
             raise NotifyUnavailable(f"{conn.address} does not offer NOTIFY")
         self.delimiter = conn.delimiter()
         self._prefix = self.prefix(conn)
-        if {"CONDSTORE", "ENABLE"} <= conn.capabilities:
+        if "CONDSTORE" in conn.capabilities:
             # With CONDSTORE enabled, a flag change in a folder that is not selected
             # is announced too (a STATUS with HIGHESTMODSEQ).
-            conn.command(b"ENABLE", b"CONDSTORE")
+            enable(conn, conn.capabilities, "CONDSTORE")
         self._known.clear()
         self._renew_at = float("inf")
         refused = ""
@@ -548,7 +569,7 @@ class NotifySession:
                     # (A new account may have no folder yet: no STATUS at all.)
                     self._events, self._with_status = events, with_status
                     break
-                refused = _clean(resp.text)
+                refused = without_timing(resp.text)
             else:
                 continue
             break

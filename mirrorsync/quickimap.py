@@ -12,6 +12,7 @@ caller leaves the run to the full path, which knows how to handle or word it.
 
 from __future__ import annotations
 
+from mirrorsync.imap import connection
 from mirrorsync.imap.wire import (
     LINE_MAX,
     LineTooLong,
@@ -37,18 +38,6 @@ Numbers = tuple[int, int, int, int]
 
 class Unsure(Exception):
     """Something the quick check does not handle: leave the run to the full path."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine (where clear text never leaves it): the only
-    place `tls: none` is not worth a warning."""
-    name = host.strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "127" and all(p.isdigit() for p in parts):
-        return True
-    return name in ("::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1")
 
 
 # -- reading responses -------------------------------------------------------------------
@@ -256,7 +245,7 @@ class Session:
         quoted_password = quoted(password)
         if tls not in ("none", "imaps") or quoted_password is None or not is_atom(username):
             raise Unsure("a connection or login the quick check does not make")
-        if tls == "none" and not is_loopback(host):
+        if tls == "none" and not connection.is_loopback(host):
             # the full path warns of the clear-text password on every such run
             raise Unsure("a connection or login the quick check does not make")
         self._host, self._port, self._username, self._quoted = host, port, username, quoted_password

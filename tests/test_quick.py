@@ -21,6 +21,7 @@ import yaml
 from mirrorsync import cli, configcache, quick, quickimap
 from mirrorsync import maildir as maildir_mod
 from mirrorsync.config import RemoteConfig
+from mirrorsync.imap import connection
 from mirrorsync.imapstore import ImapStore
 
 # -- the argv gate ------------------------------------------------------------------------
@@ -667,7 +668,7 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
     monkeypatch.setattr(quickimap, "_connect", timing_out)
     # tls: none to a host that is not this machine sends the full path to warn; the
     # TEST-NET address only stands in for a server that does not answer
-    monkeypatch.setattr(quickimap, "is_loopback", lambda _host: True)
+    monkeypatch.setattr(connection, "is_loopback", lambda _host: True)
     quickimap.timed_out.clear()
     with pytest.raises(TimeoutError):
         list_status("192.0.2.1", 143, "none", None, 5.0, "me", "pw")

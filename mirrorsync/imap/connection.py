@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
         address: str
 
-        def capabilities(self) -> frozenset[str]:
+        def current_capabilities(self) -> frozenset[str]:
             """The server's capabilities now (asked again after STARTTLS and LOGIN)."""
 
         def starttls(self, context: ssl.SSLContext) -> None: ...
@@ -131,15 +131,14 @@ def login(
 
     address = session.address
     if remote.tls == "starttls":
-        if "STARTTLS" not in session.capabilities():
+        if "STARTTLS" not in session.current_capabilities():
             raise ConnectionFailed(
                 f"{address} does not offer STARTTLS",
-                hint="use tls: imaps (usually port 993), or tls: none only on a "
-                "trusted network",
+                hint="use tls: imaps (usually port 993), or tls: none only on a trusted network",
             )
         assert context is not None
         session.starttls(context)
-    if "LOGINDISABLED" in session.capabilities():
+    if "LOGINDISABLED" in session.current_capabilities():
         raise ConnectionFailed(
             f"{address} refuses to log in without TLS", hint="set tls: imaps or tls: starttls"
         )
@@ -160,7 +159,7 @@ def login(
             f"login refused for {remote.username} at {address}",
             hint="check username and password",
         ) from exc
-    return session.capabilities()
+    return session.current_capabilities()
 
 
 def enable(session: Session, caps: frozenset[str], wanted: str | None) -> frozenset[str]:
@@ -211,7 +210,16 @@ def server_text(exc: BaseException) -> str:
     import re
 
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = re.sub(r"^(?:[A-Za-z]+ failed|[A-Za-z ]+ command error): (?:BAD )?", "", text)
+    return without_timing(
+        re.sub(r"^(?:[A-Za-z]+ failed|[A-Za-z ]+ command error): (?:BAD )?", "", text)
+    )
+
+
+def without_timing(text: str) -> str:
+    """`text` without the "(0.001 + 0.000 secs)." Dovecot appends to its answers:
+    noise in an error message."""
+    import re
+
     return re.sub(r"\s*\([0-9.+ ]+secs\)\.?", "", text).strip()
 
 
