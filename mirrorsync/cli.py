@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.state import State
 
@@ -366,7 +366,7 @@ def _session(account: AccountConfig, env: Environment) -> Iterator[Session]:
     import sqlite3
 
     from mirrorsync.config import resolve_password
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.naming import settle_prefix
     from mirrorsync.state import AccountLock, State, state_error
@@ -611,7 +611,7 @@ def quota_account(
     (what --json prints; the table is made from it too)."""
     from mirrorsync.archive import estimate
     from mirrorsync.config import resolve_password
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
     remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
     try:
@@ -737,7 +737,7 @@ def cmd_status(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 def cmd_check_config(args: argparse.Namespace, env: Environment) -> ExitStatus:
     from mirrorsync.config import resolve_password
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
     cfg = _load_config(args, env)
     env.stdout.write(f"{cfg.path}: configuration is valid ({len(cfg.accounts)} accounts)\n")

@@ -59,7 +59,7 @@ from mirrorsync.watch import EventRouter, LocalWatcher, OwnWrites, install_hook
 if TYPE_CHECKING:
     from mirrorsync.engine import AccountReport
     from mirrorsync.environment import Environment
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
 ARCHIVE_EVERY = 24 * 3600.0  # seconds between two runs of the archive rules
 
@@ -264,7 +264,7 @@ class AccountLoop(threading.Thread):
             self._wake()
 
     def _main(self) -> None:
-        from mirrorsync.imapstore import ImapStore
+        from mirrorsync.imap.store import ImapStore
 
         try:
             # The first contact decides whether the daemon runs at all: a wrong
@@ -378,7 +378,7 @@ class AccountLoop(threading.Thread):
         view (RFC 3501 6.3.10; Dovecot does so), and the engine would miss the very
         change it was woken for. A login per sync is cheap next to that."""
         from mirrorsync.engine import AccountSync
-        from mirrorsync.imapstore import ImapStore
+        from mirrorsync.imap.store import ImapStore
         from mirrorsync.maildir import Maildir
         from mirrorsync.state import State
 

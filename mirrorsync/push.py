@@ -42,6 +42,7 @@ from mirrorsync.errors import (
     FolderNameError,
     MirrorsyncError,
 )
+from mirrorsync.imap.base import canonical_to_server
 from mirrorsync.imap.connection import (
     LoginRefused,
     LoginUnavailable,
@@ -62,7 +63,7 @@ from mirrorsync.imap.wire import (
     quoted,
     split_response,
 )
-from mirrorsync.imapstore import canonical_to_server, server_to_canonical
+from mirrorsync.names import server_to_canonical
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 imapclient and imaplib take longer to import than the whole exchange takes on a
 local network, so the quick check speaks the few commands it needs over a plain
 socket. It sends what `ImapStore` sends for the same steps (LOGIN as imaplib words
-it, ENABLE as `imapstore._enable` chooses it, the LIST of `ImapStore.statuses` with
+it, ENABLE as `imap.connection.sync_extension` chooses it, the LIST of `ImapStore.statuses` with
 the same options and items) and reads the answers strictly: anything it does not
 fully understand (a literal, an unknown response, a NO or BAD, a name that is not in
 canonical modified UTF-7, a folder without its STATUS) raises `Unsure`, and the
@@ -78,7 +78,7 @@ def parse_list(data: bytes) -> tuple[frozenset[str], str | None, bytes]:
 
 
 def parse_status(data: bytes) -> tuple[bytes, dict[bytes, int]]:
-    """``name (ITEM n ...)`` of one ``* STATUS`` response, as `imapstore.parse_status`
+    """``name (ITEM n ...)`` of one ``* STATUS`` response, as `imap.parse.parse_status`
     reads it: items upper-cased, values as integers."""
     tokens = _tokens(data, "STATUS")
     name, items = (tokens[0], _atoms(tokens[1])) if len(tokens) == 2 else (None, None)
@@ -377,7 +377,7 @@ def _list_status(
     if "LIST-STATUS" not in after or "CONDSTORE" not in after:
         raise Unsure("the server has no LIST-STATUS or CONDSTORE")
     if "ENABLE" in after:
-        # as `imapstore._enable` does; a refusal is a warning on the full path
+        # as `imap.connection.enable` does; a refusal is a warning on the full path
         wanted = b"QRESYNC" if "QRESYNC" in after else b"CONDSTORE"
         untagged, _ = conn.command(b"ENABLE " + wanted)
         if any(not u.startswith(b"ENABLED") for u in untagged):

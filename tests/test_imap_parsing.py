@@ -19,20 +19,20 @@ from imapclient.datetime_util import parse_to_datetime
 
 from mirrorsync.config import RemoteConfig
 from mirrorsync.errors import ConnectionFailed, ServerError
-from mirrorsync.imapstore import (
-    ImapStore,
+from mirrorsync.imap.parse import (
     ListedFolder,
-    _append_crlf,
-    _appended_uids,
-    _aware,
     _fast_fetch_row,
+    append_crlf,
+    appended_uids,
+    aware,
     parse_fetch,
     parse_list_status,
     parse_listing,
     parse_search,
     parse_vanished,
-    split_responses,
 )
+from mirrorsync.imap.store import ImapStore
+from mirrorsync.imap.wire import split_responses
 from mirrorsync.model import FolderStatus, RemoteMessage
 
 # -- the wire as imaplib sees it --------------------------------------------------------
@@ -633,9 +633,9 @@ def test_internaldate_fast_parser_agrees_with_imapclient(text: bytes) -> None:
         reference = parse_to_datetime(text, normalise=False)
     except ValueError:
         with pytest.raises(ValueError):
-            _aware(text)
+            aware(text)
         return
-    got = _aware(text)
+    got = aware(text)
     assert got == reference and got is not None
     assert got.utcoffset() == reference.utcoffset()
     assert type(got.tzinfo) is timezone  # a plain timezone, not imapclient's FixedOffset
@@ -695,8 +695,8 @@ def test_fetch_reader_with_other_responses_and_tricky_literals(scripted: Any) ->
         (b"Append completed", 1, [None]),
     ],
 )
-def test_appended_uids(text: bytes, count: int, expected: list[int | None]) -> None:
-    assert _appended_uids(text, count) == expected
+def testappended_uids(text: bytes, count: int, expected: list[int | None]) -> None:
+    assert appended_uids(text, count) == expected
 
 
 @pytest.mark.parametrize(
@@ -711,4 +711,4 @@ def test_appended_uids(text: bytes, count: int, expected: list[int | None]) -> N
     ],
 )
 def test_append_crlf_is_what_imaplib_sends(data: bytes, expected: bytes) -> None:
-    assert _append_crlf(data) == expected == imaplib.MapCRLF.sub(b"\r\n", data)
+    assert append_crlf(data) == expected == imaplib.MapCRLF.sub(b"\r\n", data)

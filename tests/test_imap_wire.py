@@ -19,6 +19,7 @@ from mirrorsync.imap.wire import (
     decode_mutf7_strict,
     encode_mutf7,
     is_atom,
+    literal_size,
     parse_line,
     parse_parts,
     parse_uid_set,
@@ -239,3 +240,19 @@ def test_parse_uid_set_star_needs_maximum() -> None:
 )
 def test_uid_list_keeps_the_written_order(text: bytes, expected: list[int]) -> None:
     assert uid_list(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "size"),
+    [
+        (b'* LIST () "/" {2+}', 2),
+        (b"* 1 FETCH (BODY[] {12}", 12),
+        (b"* OK {}", None),
+        (b"* OK {+}", None),
+        (b"* OK x}", None),
+        (b"* OK {1a}", None),
+        (b"* OK {12} more", None),  # only at the end of a line
+    ],
+)
+def test_literal_size(line: bytes, size: int | None) -> None:
+    assert literal_size(line) == size

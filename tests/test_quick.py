@@ -22,7 +22,7 @@ from mirrorsync import cli, configcache, quick, quickimap
 from mirrorsync import maildir as maildir_mod
 from mirrorsync.config import RemoteConfig
 from mirrorsync.imap import connection
-from mirrorsync.imapstore import ImapStore
+from mirrorsync.imap.store import ImapStore
 
 # -- the argv gate ------------------------------------------------------------------------
 
@@ -553,7 +553,7 @@ def full_list(w: Wire) -> dict[str, quickimap.Numbers]:
     ],
     ids=["usual", "asked", "untagged", "no-list-extended", "no-enable"],
 )
-def test_quick_client_sends_and_reads_what_imapstore_does(
+def test_quick_client_sends_and_reads_what_the_store_does(
     wire: Callable[..., Wire], answers: dict[str, bytes]
 ) -> None:
     full = wire(**answers)
@@ -655,12 +655,10 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
 ) -> None:
     """The full path reports the quick check's timeout in its own words instead of
     waiting the whole timeout a second time."""
-    import imapclient
-
     from mirrorsync import quickimap
     from mirrorsync.config import RemoteConfig
     from mirrorsync.errors import ConnectionFailed
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
     def timing_out(*args: object, **kw: object) -> object:
         raise TimeoutError("timed out")
@@ -674,7 +672,7 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
         list_status("192.0.2.1", 143, "none", None, 5.0, "me", "pw")
     assert ("192.0.2.1", 143) in quickimap.timed_out
     made: list[object] = []
-    monkeypatch.setattr(imapclient, "IMAPClient", lambda *a, **kw: made.append(a))
+    monkeypatch.setattr("mirrorsync.imap.store.Client", lambda *a, **kw: made.append(a))
     remote = RemoteConfig(host="192.0.2.1", port=143, tls="none", username="me")
     with pytest.raises(ConnectionFailed) as info:
         ImapStore.connect(remote, "pw")

@@ -91,7 +91,7 @@ def check_tls_setting(remote: RemoteConfig) -> ssl.SSLContext | None:
     if not is_loopback(remote.host):
         import logging
 
-        logging.getLogger("mirrorsync.imap").warning(
+        logging.getLogger(__name__).warning(
             "%s: tls: none sends the password and all mail unencrypted to %s; "
             "use tls: imaps or tls: starttls",
             remote.source_key or "remote",
@@ -177,7 +177,7 @@ def enable(session: Session, caps: frozenset[str], wanted: str | None) -> frozen
     except Refused as exc:
         import logging
 
-        logging.getLogger("mirrorsync.imap").warning(
+        logging.getLogger(__name__).warning(
             "the server refused ENABLE %s: %s", wanted, server_text(exc)
         )
         enabled = frozenset()
