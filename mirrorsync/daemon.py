@@ -51,8 +51,9 @@ from mirrorsync.errors import (
     LockedError,
     MirrorsyncError,
 )
+from mirrorsync.imap.notify import PUSH_CONNECTED
+from mirrorsync.imap.push import Backoff, OutageLog, Push
 from mirrorsync.maildir import display_path
-from mirrorsync.push import PUSH_CONNECTED, Backoff, OutageLog, Push
 from mirrorsync.state import AccountLock
 from mirrorsync.watch import EventRouter, LocalWatcher, OwnWrites, install_hook
 

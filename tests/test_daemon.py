@@ -39,20 +39,18 @@ from mirrorsync import maildir as maildirmod
 from mirrorsync.daemon import ChangeQueue, max_delay
 from mirrorsync.devserver import Dovecot
 from mirrorsync.errors import AuthenticationFailed, ConfigError
-from mirrorsync.push import (
+from mirrorsync.imap.idle import ConnectionLost, ImapConnection
+from mirrorsync.imap.notify import (
     ACTIVE_FOR,
     NOTIFY_EVENTS,
     RENEW_EVERY,
-    Backoff,
-    ConnectionLost,
     IdleSession,
-    ImapConnection,
     NotifySession,
     NotifyUnavailable,
-    Response,
     mailbox_name,
-    parse_line,
 )
+from mirrorsync.imap.push import Backoff
+from mirrorsync.imap.wire import Response, parse_line
 from mirrorsync.watch import (
     EventRouter,
     LocalWatcher,
