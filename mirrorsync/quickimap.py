@@ -376,17 +376,15 @@ def _list_status(
     # as unchanged only with a non-zero one: without it nothing can be skipped
     if "LIST-STATUS" not in after or "CONDSTORE" not in after:
         raise Unsure("the server has no LIST-STATUS or CONDSTORE")
-    if "ENABLE" in after:
-        # as `imap.connection.enable` does; a refusal is a warning on the full path
-        wanted = b"QRESYNC" if "QRESYNC" in after else b"CONDSTORE"
-        untagged, _ = conn.command(b"ENABLE " + wanted)
+    wanted = connection.sync_extension(after)
+    if "ENABLE" in after and wanted is not None:
+        # as `connection.enable` does; a refusal is a warning on the full path
+        untagged, _ = conn.command(b"ENABLE " + wanted.encode("ascii"))
         if any(not u.startswith(b"ENABLED") for u in untagged):
             raise Unsure("unexpected response to ENABLE")
-    items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ"]
-    options = f"STATUS ({' '.join(items)})"
-    if "LIST-EXTENDED" in after:
-        options = "CHILDREN " + options
-    untagged, _ = conn.command(f'LIST "" "*" RETURN ({options})'.encode("ascii"))
+    items = connection.status_items(after)
+    arguments = connection.list_status_arguments(after, items)
+    untagged, _ = conn.command(b"LIST " + arguments.encode("ascii"))
     lists = [u[5:] for u in untagged if u.startswith(b"LIST ")]
     statuses = [u[7:] for u in untagged if u.startswith(b"STATUS ")]
     if len(lists) + len(statuses) != len(untagged):

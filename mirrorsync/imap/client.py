@@ -244,7 +244,7 @@ class Client(imapclient.IMAPClient):
                     )
                 m = match(line) if line.startswith(b"* ") else None
                 if m is None:
-                    _lend_line(imap, line[:-2])
+                    self._lend_line(line[:-2])
                     imap._get_response()
                     imap._check_bye()
                     continue
@@ -385,7 +385,7 @@ class Client(imapclient.IMAPClient):
             if not plus:
                 imap.send(bytes(out))
                 out.clear()
-                if not _continued(imap, tag):
+                if not self._continued(tag):
                     refused = True
                     break
             if len(data) >= _SEND_CHUNK:
@@ -404,6 +404,27 @@ class Client(imapclient.IMAPClient):
         typ, data = imap._command_complete("APPEND", tag)
         return str(typ), data
 
+    def _continued(self, tag: bytes) -> bool:
+        """Wait for the server's "+" before a synchronizing literal: True when it came,
+        False when the tagged answer to `tag` came instead (the command is over)."""
+        imap = self._imap
+        while imap._get_response() is not None:  # None: the continuation request
+            if imap.tagged_commands.get(tag) is not None:
+                return False
+        return True
+
+    def _lend_line(self, line: bytes) -> None:
+        """Make imaplib's next `_get_line()` return `line` (read already) instead of
+        reading one; the instance attribute removes itself, so later calls (the lines
+        after a literal) read from the connection as usual."""
+        imap = self._imap
+
+        def once() -> bytes:
+            del imap._get_line
+            return line
+
+        imap._get_line = once
+
 
 def refusal(typ: str, data: list[Any]) -> imaplib.IMAP4.error:
     """The error for a command answered `typ` (NO), with the server's words."""
@@ -411,24 +432,3 @@ def refusal(typ: str, data: list[Any]) -> imaplib.IMAP4.error:
     return imaplib.IMAP4.error(
         text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
     )
-
-
-def _continued(imap: Any, tag: bytes) -> bool:
-    """Wait for the server's "+" before a synchronizing literal: True when it came,
-    False when the tagged answer to `tag` came instead (the command is over)."""
-    while imap._get_response() is not None:  # None: the continuation request
-        if imap.tagged_commands.get(tag) is not None:
-            return False
-    return True
-
-
-def _lend_line(imap: Any, line: bytes) -> None:
-    """Make imaplib's next `_get_line()` return `line` (read already) instead of
-    reading one; the instance attribute removes itself, so later calls (the lines
-    after a literal) read from the connection as usual."""
-
-    def once() -> bytes:
-        del imap._get_line
-        return line
-
-    imap._get_line = once

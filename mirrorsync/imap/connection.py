@@ -191,6 +191,26 @@ def sync_extension(caps: frozenset[str]) -> str | None:
     return "QRESYNC" if "QRESYNC" in caps else "CONDSTORE" if "CONDSTORE" in caps else None
 
 
+def status_items(caps: frozenset[str]) -> list[str]:
+    """What STATUS and LIST-STATUS ask of a folder: HIGHESTMODSEQ only with CONDSTORE."""
+    items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+    if "CONDSTORE" in caps:
+        items.append("HIGHESTMODSEQ")
+    return items
+
+
+def list_status_arguments(caps: frozenset[str], items: list[str]) -> str:
+    """The arguments of the one ``LIST ... RETURN (STATUS (items))`` (RFC 5819) that
+    lists every folder with its numbers: the store's and the quick check's, which
+    must read the same answer. With LIST-EXTENDED the CHILDREN option too, for the
+    \\HasChildren/\\HasNoChildren a plain LIST gives, so that the listing reads the
+    same as one."""
+    options = f"STATUS ({' '.join(items)})"
+    if "LIST-EXTENDED" in caps:
+        options = "CHILDREN " + options
+    return f'"" "*" RETURN ({options})'
+
+
 def personal_prefix_of(personal: object) -> str:
     """The prefix of the first personal namespace in NAMESPACE's first list (RFC
     2342), "" when there is none: Courier answers "INBOX.", where every folder of

@@ -14,7 +14,7 @@ from mirrorsync.imap.base import (
     StoreBase,
 )
 from mirrorsync.imap.client import refusal
-from mirrorsync.imap.connection import personal_prefix_of
+from mirrorsync.imap.connection import list_status_arguments, personal_prefix_of, status_items
 from mirrorsync.imap.parse import (
     folder_status,
     parse_fetch,
@@ -142,15 +142,10 @@ class Folders(StoreBase):
             )
             self._listing = folders
             return found
-        options = f"STATUS ({' '.join(items)})"
-        if "LIST-EXTENDED" in self._capabilities:
-            # the \HasChildren/\HasNoChildren a plain LIST gives, so the listing
-            # kept for list_folders() reads the same
-            options = "CHILDREN " + options
+        arguments = list_status_arguments(self._capabilities, items)
         with self._translate("list folders with status"):
-            for stale in ("LIST", "STATUS"):
-                self._client.drop(stale)
-            typ, data = self._client.run("LIST", '""', '"*"', f"RETURN ({options})")
+            self._client.drop("LIST", "STATUS")
+            typ, data = self._client.run("LIST", arguments)
             listed = parse_list_status(self._client.take("LIST"), self._client.take("STATUS"))
             if typ != "OK":
                 raise refusal(typ, data)
@@ -182,10 +177,7 @@ class Folders(StoreBase):
         return dict(self._status_failures)
 
     def _status_items(self) -> list[str]:
-        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
-        if "CONDSTORE" in self._capabilities:
-            items.append("HIGHESTMODSEQ")
-        return items
+        return status_items(self._capabilities)
 
     def _status_many(self, names: list[str]) -> dict[str, FolderStatus]:
         """STATUS of each folder, pipelined (see `_status_numbers`)."""
