@@ -35,8 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from imapclient import imap_utf7
-
+from mirrorsync.imap import wire
 from mirrorsync.layout import MAILDIRPP, NESTED, folder_dir
 from mirrorsync.names import SEP
 
@@ -47,20 +46,13 @@ def decode_mutf7(name: str) -> str | None:
     """The Unicode name a modified UTF-7 component stands for, or None when `name`
     is no modified UTF-7 at all (not printable ASCII, or not in the one spelling an
     encoder produces: "&foo" decodes to something, but nothing encodes to it)."""
-    if not name or any(not (0x20 <= ord(c) <= 0x7E) for c in name):
+    if not name or not name.isascii():
         return None
-    try:
-        decoded = imap_utf7.decode(name.encode("ascii"))
-    except (ValueError, UnicodeError):
-        return None
-    if not isinstance(decoded, str) or imap_utf7.encode(decoded) != name.encode("ascii"):
-        return None
-    return decoded
+    return wire.decode_mutf7_strict(name.encode("ascii"))
 
 
 def encode_mutf7(name: str) -> str:
-    encoded = imap_utf7.encode(name)
-    return encoded.decode("ascii") if isinstance(encoded, bytes) else str(encoded)
+    return wire.encode_mutf7(name).decode("ascii")
 
 
 def encode_name(name: str) -> str:

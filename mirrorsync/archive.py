@@ -505,7 +505,7 @@ class _Archiver:
     def _server_flags(self, uids: list[int]) -> dict[int, Flags]:
         """The mappable flags of a few UIDs by one SEARCH per flag: `fetch_to_file`
         brings no flags, and a listing of the whole folder would cost more."""
-        from mirrorsync.imapstore import uid_set
+        from mirrorsync.imap.wire import uid_set
 
         found: dict[int, set[str]] = {u: set() for u in uids}
         for keys, flag in _FLAG_SEARCH:
@@ -567,7 +567,7 @@ def expunge_archived(remote: RemoteStore, uids: list[int]) -> tuple[list[int], l
     remote.expunge(uids)
     if "UIDPLUS" in remote.capabilities:
         return sorted(uids), []
-    from mirrorsync.imapstore import uid_set
+    from mirrorsync.imap.wire import uid_set
 
     still = set(remote.search(["UID", uid_set(uids)])) & set(uids)
     return sorted(set(uids) - still), sorted(still)

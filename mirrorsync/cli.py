@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
     from mirrorsync.engine import FolderReport
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.model import FolderStatus
     from mirrorsync.quick import Outcome
@@ -622,7 +622,7 @@ def _session(account: AccountConfig, env: Environment, quick: Outcome | None) ->
 
     from mirrorsync import proof
     from mirrorsync.config import resolve_password
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.naming import settle_prefix
     from mirrorsync.paths import check_account_paths
@@ -950,7 +950,7 @@ def quota_account(
     (what --json prints; the table is made from it too)."""
     from mirrorsync.archive import estimate
     from mirrorsync.config import resolve_password
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
     remote = ImapStore.connect(account.remote, resolve_password(account.remote, env.environ))
     try:
@@ -1119,7 +1119,7 @@ def cmd_completion(args: argparse.Namespace, env: Environment) -> ExitStatus:
 
 def cmd_check_config(args: argparse.Namespace, env: Environment) -> ExitStatus:
     from mirrorsync.config import resolve_password
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
     cfg = _load_config(args, env)
     accounts = counted(len(cfg.accounts), "account")
@@ -1163,7 +1163,7 @@ def cmd_login(args: argparse.Namespace, env: Environment) -> ExitStatus:
     """Get the first refresh token (see `mirrorsync.oauth.login`), then log in with
     it, so a mistake in the account's other settings shows now."""
     from mirrorsync import oauth
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
     (account,) = _select_accounts(_load_config(args, env), [args.account])
 

@@ -53,9 +53,10 @@ from mirrorsync.errors import (
     LockedError,
     MirrorsyncError,
 )
+from mirrorsync.imap.notify import PUSH_CONNECTED
+from mirrorsync.imap.push import Backoff, OutageLog, Push
 from mirrorsync.maildir import display_path
 from mirrorsync.paths import check_account_paths
-from mirrorsync.push import PUSH_CONNECTED, Backoff, OutageLog, Push
 from mirrorsync.state import AccountLock
 from mirrorsync.watch import EventRouter, LocalWatcher, OwnWrites, install_hook
 from mirrorsync.words import counted
@@ -63,7 +64,7 @@ from mirrorsync.words import counted
 if TYPE_CHECKING:
     from mirrorsync.engine import AccountReport
     from mirrorsync.environment import Environment
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
 ARCHIVE_EVERY = 24 * 3600.0  # seconds between two runs of the archive rules
 
@@ -268,7 +269,7 @@ class AccountLoop(threading.Thread):
             self._wake()
 
     def _main(self) -> None:
-        from mirrorsync.imapstore import ImapStore
+        from mirrorsync.imap.store import ImapStore
 
         try:
             # The first contact decides whether the daemon runs at all: a wrong
@@ -398,7 +399,7 @@ class AccountLoop(threading.Thread):
         view (RFC 3501 6.3.10; Dovecot does so), and the engine would miss the very
         change it was woken for. A login per sync is cheap next to that."""
         from mirrorsync.engine import AccountSync
-        from mirrorsync.imapstore import ImapStore
+        from mirrorsync.imap.store import ImapStore
         from mirrorsync.maildir import Maildir
         from mirrorsync.state import State
 

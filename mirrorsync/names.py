@@ -2,7 +2,7 @@
 
 The canonical form of a folder name, the IMAP-style patterns of `folders.include`,
 `folders.exclude` and `local.local_only`, and the mapping of a listed server name to
-the canonical form live here rather than in `model`, `config` and `imapstore`
+the canonical form live here rather than in `model`, `config` and `imap.store`
 (which re-export them) because `mirrorsync.quick` must decide with exactly the same
 code as a full sync while importing almost nothing: those modules pull in
 dataclasses, YAML and imapclient, which cost several times what the quick check

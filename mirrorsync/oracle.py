@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from mirrorsync import actions as act
     from mirrorsync.config import Config
     from mirrorsync.engine import AccountSync, FolderInputs, FolderReport
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
     from mirrorsync.model import RemoteMessage
     from mirrorsync.quick import Outcome
     from mirrorsync.remote import RemoteStore
@@ -143,21 +143,22 @@ class _ImapReader(_Reader):
         )
 
     def listing(self) -> dict[int, RemoteMessage]:
-        from mirrorsync.imapstore import parse_listing
+        from mirrorsync.imap.parse import parse_listing
 
-        return parse_listing(self.store._uid_fetch_data("1:*", "(UID FLAGS RFC822.SIZE)"))
+        return parse_listing(self.store._client.uid_fetch_data("1:*", "(UID FLAGS RFC822.SIZE)"))
 
     def identities(self, uids: Sequence[int]) -> dict[int, RemoteIdentity]:
-        from mirrorsync.imapstore import _IDENTITY_ITEMS, _identities, uid_set_chunks
+        from mirrorsync.imap.parse import IDENTITY_ITEMS, identities_of
+        from mirrorsync.imap.wire import uid_set_chunks
 
         wanted = set(uids)
         out: dict[int, RemoteIdentity] = {}
         for chunk in uid_set_chunks(wanted):
-            out.update(_identities(self.store._uid_fetch(chunk, _IDENTITY_ITEMS), wanted))
+            out.update(identities_of(self.store._uid_fetch(chunk, IDENTITY_ITEMS), wanted))
         return out
 
     def fetch(self, uids: Sequence[int]) -> Iterator[tuple[int, bytes, Flags, None]]:
-        from mirrorsync.imapstore import uid_set_chunks
+        from mirrorsync.imap.wire import uid_set_chunks
 
         for chunk in uid_set_chunks(set(uids)):
             rows = self.store._uid_fetch(chunk, "(UID BODY.PEEK[])")
@@ -191,7 +192,7 @@ class Oracle:
     @property
     def reader(self) -> _Reader:
         if self._reader is None:
-            from mirrorsync.imapstore import ImapStore
+            from mirrorsync.imap.store import ImapStore
 
             remote: Any = self.sync.remote
             if isinstance(remote, ImapStore):
@@ -497,9 +498,9 @@ def _connect_quietly(remote: configmod.RemoteConfig, password: str) -> ImapStore
     MODSEQs to read). What connecting warns of (tls: none) the run has said already."""
     import logging
 
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
-    logger = logging.getLogger("mirrorsync.imapstore")
+    logger = logging.getLogger("mirrorsync.imap.connection")
     # one account at a time: accounts synced in parallel would restore each other's
     # raised level and leave it raised for good
     with _QUIET_CONNECT:

@@ -3,7 +3,7 @@
 imapclient and imaplib take longer to import than the whole exchange takes on a
 local network, so the quick check speaks the few commands it needs over a plain
 socket. It sends what `ImapStore` sends for the same steps (LOGIN as imaplib words
-it, ENABLE as `imapstore._enable` chooses it, the LIST of `ImapStore.statuses` with
+it, ENABLE as `imap.connection.sync_extension` chooses it, the LIST of `ImapStore.statuses` with
 the same options and items) and reads the answers strictly: anything it does not
 fully understand (a literal, an unknown response, a NO or BAD, a name that is not in
 canonical modified UTF-7, a folder without its STATUS) raises `Unsure`, and the
@@ -12,6 +12,19 @@ caller leaves the run to the full path, which knows how to handle or word it.
 
 from __future__ import annotations
 
+from mirrorsync.imap import connection
+from mirrorsync.imap.wire import (
+    LINE_MAX,
+    LineTooLong,
+    LiteralRefused,
+    capability_set,
+    decode_mutf7_strict,
+    is_atom,
+    parse_parts,
+    quoted,
+    response_code_capabilities,
+    split_response,
+)
 from mirrorsync.names import server_to_canonical
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy knows this name
@@ -19,165 +32,43 @@ if TYPE_CHECKING:
     import _socket
     import ssl
 
-# imaplib's limit on one response line; longer lines are an error there too.
-MAX_LINE = 1_000_000
-
 # (UIDVALIDITY, UIDNEXT, MESSAGES, HIGHESTMODSEQ) of a selectable folder
 Numbers = tuple[int, int, int, int]
-
-_ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
 
 
 class Unsure(Exception):
     """Something the quick check does not handle: leave the run to the full path."""
 
 
-def is_atom(text: str) -> bool:
-    """Whether `text` can go on the wire as an IMAP atom, as imaplib sends a LOGIN's
-    user name (unquoted): then the server reads it as the full path's LOGIN does."""
-    if not text or not text.isascii():
-        return False
-    return all(0x20 < c < 0x7F and c not in _ATOM_SPECIALS for c in text.encode("ascii"))
-
-
-def quote(text: str) -> bytes | None:
-    """`text` as imaplib's `_quote` sends a password (backslash and double quote
-    escaped, in double quotes), or None where imaplib would send something the
-    server could read differently (anything but printable ASCII)."""
-    if not all(" " <= ch <= "~" for ch in text):
-        return None
-    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine (where clear text never leaves it): the only
-    place `tls: none` is not worth a warning."""
-    name = host.strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "127" and all(p.isdigit() for p in parts):
-        return True
-    return name in ("::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1")
-
-
-# -- modified UTF-7 (RFC 3501 5.1.3) -----------------------------------------------------
-
-
-def encode_mutf7(text: str) -> bytes:
-    """The canonical modified UTF-7 form of `text` (as imapclient encodes it)."""
-    import binascii
-
-    out = bytearray()
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            data = "".join(pending).encode("utf-16be")
-            out.extend(b"&" + binascii.b2a_base64(data).rstrip(b"\n=").replace(b"/", b",") + b"-")
-            pending.clear()
-
-    for ch in text:
-        if " " <= ch <= "~":
-            flush()
-            out.extend(b"&-" if ch == "&" else ch.encode("ascii"))
-        else:
-            pending.append(ch)
-    flush()
-    return bytes(out)
-
-
-def decode_mutf7(raw: bytes) -> str | None:
-    """The name imapclient's decoder makes of `raw`, for names in canonical form;
-    None for anything else (8-bit bytes, a shift without its end, base64 that a
-    different encoder would have written differently), so that only names with one
-    possible reading are compared."""
-    out: list[str] = []
-    i = 0
-    try:
-        while i < len(raw):
-            c = raw[i]
-            if c == 0x26:  # "&" shifts to base64 up to the next "-"
-                end = raw.find(b"-", i + 1)
-                if end < 0:
-                    return None
-                chunk = raw[i + 1 : end]
-                # as imapclient does it: "&-" is "&", else UTF-16 in modified base64
-                if chunk:
-                    out.append((b"+" + chunk.replace(b",", b"/") + b"-").decode("utf-7"))
-                else:
-                    out.append("&")
-                i = end + 1
-            elif 0x20 <= c <= 0x7E:
-                out.append(chr(c))
-                i += 1
-            else:
-                return None
-        text = "".join(out)
-        return text if encode_mutf7(text) == raw else None
-    except (UnicodeError, ValueError):
-        return None
-
-
 # -- reading responses -------------------------------------------------------------------
 
 
-def _skip_space(line: bytes, i: int) -> int:
-    if line[i : i + 1] != b" ":
-        raise Unsure(f"expected a space at {line[:80]!r}")
-    return i + 1
+def _tokens(data: bytes, what: str) -> list[object]:
+    """The tokens of one response (see `wire.parse_parts`); Unsure if unreadable."""
+    try:
+        return parse_parts((data,))
+    except ValueError as e:
+        raise Unsure(f"unexpected {what} response {data[:80]!r}") from e
 
 
-def _string(line: bytes, i: int) -> tuple[bytes | None, int]:
-    """An atom, a quoted string (unescaped) or NIL (None) at `i`; literals are not
-    read here (`_Connection` refuses lines that announce one)."""
-    if line[i : i + 1] == b'"':
-        out = bytearray()
-        i += 1
-        while i < len(line):
-            c = line[i]
-            if c == 0x5C:  # backslash: only \\ and \" are quoted-specials
-                nxt = line[i + 1 : i + 2]
-                if nxt not in (b"\\", b'"'):
-                    raise Unsure(f"odd escape in {line[:80]!r}")
-                out += nxt
-                i += 2
-            elif c == 0x22:
-                return bytes(out), i + 1
-            else:
-                out.append(c)
-                i += 1
-        raise Unsure(f"unterminated string in {line[:80]!r}")
-    start = i
-    while i < len(line) and 0x20 < line[i] < 0x7F and line[i] not in _ATOM_SPECIALS:
-        i += 1
-    if i == start:
-        raise Unsure(f"expected a string at {line[start : start + 40]!r}")
-    atom = line[start:i]
-    return (None if atom == b"NIL" else atom), i
-
-
-def _parenthesized(line: bytes, i: int) -> tuple[list[bytes], int]:
-    """A list of atoms, as the attributes of a LIST or the items of a STATUS."""
-    if line[i : i + 1] != b"(":
-        raise Unsure(f"expected '(' in {line[:80]!r}")
-    end = line.find(b")", i)
-    if end < 0 or b"(" in line[i + 1 : end] or b'"' in line[i + 1 : end]:
-        raise Unsure(f"unexpected list in {line[:80]!r}")
-    return line[i + 1 : end].split(), end + 1
+def _atoms(value: object) -> list[bytes] | None:
+    """A flat list of atoms (the attributes of a LIST, the items of a STATUS)."""
+    if not isinstance(value, tuple) or not all(isinstance(v, bytes) and v.isascii() for v in value):
+        return None
+    return list(value)
 
 
 def parse_list(data: bytes) -> tuple[frozenset[str], str | None, bytes]:
     """``(attributes) delimiter name`` of one ``* LIST`` response, the name still
     in modified UTF-7."""
-    attributes, i = _parenthesized(data, 0)
-    i = _skip_space(data, i)
-    delimiter, i = _string(data, i)
-    i = _skip_space(data, i)
-    name, i = _string(data, i)
-    if name is None or i != len(data):
+    tokens = _tokens(data, "LIST")
+    attributes = _atoms(tokens[0]) if len(tokens) == 3 else None
+    delimiter, name = tokens[1:] if attributes is not None else (None, None)
+    if attributes is None or not isinstance(name, bytes):
         raise Unsure(f"unexpected LIST response {data[:80]!r}")
-    if delimiter is not None and len(delimiter) != 1:
+    if delimiter is not None and (
+        not isinstance(delimiter, bytes) or len(delimiter) != 1 or not delimiter.isascii()
+    ):
         raise Unsure(f"odd hierarchy delimiter in {data[:80]!r}")
     return (
         frozenset(a.decode("ascii") for a in attributes),
@@ -187,12 +78,11 @@ def parse_list(data: bytes) -> tuple[frozenset[str], str | None, bytes]:
 
 
 def parse_status(data: bytes) -> tuple[bytes, dict[bytes, int]]:
-    """``name (ITEM n ...)`` of one ``* STATUS`` response, as `imapstore.parse_status`
+    """``name (ITEM n ...)`` of one ``* STATUS`` response, as `imap.parse.parse_status`
     reads it: items upper-cased, values as integers."""
-    name, i = _string(data, 0)
-    i = _skip_space(data, i)
-    items, i = _parenthesized(data, i)
-    if name is None or i != len(data) or len(items) % 2:
+    tokens = _tokens(data, "STATUS")
+    name, items = (tokens[0], _atoms(tokens[1])) if len(tokens) == 2 else (None, None)
+    if not isinstance(name, bytes) or items is None or len(items) % 2:
         raise Unsure(f"unexpected STATUS response {data[:80]!r}")
     numbers: dict[bytes, int] = {}
     for k in range(0, len(items), 2):
@@ -224,7 +114,7 @@ def folder_numbers(
     seen: set[str] = set()
     for line in list_lines:
         attributes, delimiter, raw = parse_list(line)
-        text = decode_mutf7(raw)
+        text = decode_mutf7_strict(raw)
         if text is None:
             raise Unsure(f"folder name {raw!r} is not plain modified UTF-7")
         if naming is not None and delimiter != naming[0]:
@@ -248,20 +138,6 @@ def folder_numbers(
     return out
 
 
-def _capabilities(text: bytes) -> frozenset[str]:
-    """As imapclient normalises them: upper-cased, split on white space."""
-    return frozenset(text.decode("ascii", "replace").upper().split())
-
-
-def _response_code_capabilities(text: bytes) -> frozenset[str] | None:
-    """The capabilities of a ``[CAPABILITY ...]`` response code at the start of
-    `text`, taken up to the last "]" as imaplib's Response_code pattern does."""
-    if not text.startswith(b"[CAPABILITY "):
-        return None
-    end = text.rfind(b"]")
-    return _capabilities(text[len(b"[CAPABILITY ") : end])
-
-
 # -- the connection ----------------------------------------------------------------------
 
 
@@ -278,23 +154,23 @@ class _Connection:
         self._sock.close()
 
     def line(self) -> bytes:
+        """The next response line; Unsure for one that announces a literal."""
         buffer = self._buffer
         while True:
-            end = buffer.find(b"\r\n")
-            if end != -1:
-                data = bytes(buffer[:end])
-                del buffer[: end + 2]
+            try:
+                found = split_response(buffer, LINE_MAX, max_literal=-1)
+            except (LineTooLong, LiteralRefused) as e:
+                raise Unsure(f"a response the quick check does not read: {e}") from e
+            if found is not None:
+                del buffer[: found[1]]
+                data = found[0][0]
                 break
-            if len(buffer) > MAX_LINE:
-                raise Unsure("a response line is too long")
             chunk = self._sock.recv(65536)
             if not chunk:
                 raise Unsure("the connection closed")
             buffer += chunk
-        if len(data) > MAX_LINE or b"\n" in data or b"\r" in data:
-            raise Unsure("a response line is too long, or holds a bare CR or LF")
-        if data.endswith(b"}") and b"{" in data:
-            raise Unsure(f"a literal follows {data[:80]!r}")
+        if not isinstance(data, bytes) or b"\n" in data or b"\r" in data:
+            raise Unsure("a response line holds a bare CR or LF")
         return data
 
     def command(self, text: bytes) -> tuple[list[bytes], bytes]:
@@ -367,7 +243,7 @@ class Session:
     ) -> None:
         if tls not in ("none", "imaps") or not is_atom(username):
             raise Unsure("a connection or login the quick check does not make")
-        if tls == "none" and not is_loopback(host):
+        if tls == "none" and not connection.is_loopback(host):
             # the full path warns of the clear-text password on every such run
             raise Unsure("a connection or login the quick check does not make")
         self._username = username
@@ -391,10 +267,10 @@ class Session:
         self._login: bytes | None = None  # the LOGIN's tag while its answer is unread
 
     def begin_login(self, password: str) -> None:
-        quoted = quote(password)
-        if quoted is None:
+        literal = quoted(password)
+        if literal is None:
             raise Unsure("a login the quick check does not make")
-        self._login = _greet_and_login(self._conn, self._username, quoted)
+        self._login = _greet_and_login(self._conn, self._username, literal)
 
     def list_status(self, naming: tuple[str | None, str] | None = None) -> dict[str, Numbers]:
         """See `folder_numbers` for `naming`."""
@@ -448,13 +324,13 @@ def _greet_and_login(conn: _Connection, username: str, quoted_password: bytes) -
     greeting = conn.line()
     if greeting != b"* OK" and not greeting.startswith(b"* OK "):
         raise Unsure(f"greeting {greeting[:80]!r}")  # PREAUTH, BYE
-    caps = _response_code_capabilities(greeting[5:])
+    caps = response_code_capabilities(greeting[5:])
     if caps is None:
         untagged, _ = conn.command(b"CAPABILITY")
         found = [u[len(b"CAPABILITY ") :] for u in untagged if u.startswith(b"CAPABILITY ")]
         if not found:
             raise Unsure("no CAPABILITY response")
-        caps = _capabilities(found[-1])
+        caps = capability_set(found[-1])
     # imaplib refuses a server that is not IMAP4rev1 (or IMAP4); LOGINDISABLED makes
     # the full path stop with its own message
     if not caps & {"IMAP4REV1", "IMAP4"} or "LOGINDISABLED" in caps:
@@ -475,18 +351,18 @@ def _logged_in(conn: _Connection, tag: bytes) -> frozenset[str]:
     after: frozenset[str] | None = None
     for u in untagged:
         if u.startswith(b"CAPABILITY "):
-            after = after or _capabilities(u[len(b"CAPABILITY ") :])
+            after = after or capability_set(u[len(b"CAPABILITY ") :])
         elif u.startswith(b"OK "):
-            after = after or _response_code_capabilities(u[3:])
+            after = after or response_code_capabilities(u[3:])
         else:
             raise Unsure(f"unexpected response to LOGIN {u[:80]!r}")
-    after = after or _response_code_capabilities(result)
+    after = after or response_code_capabilities(result)
     if after is None:
         untagged, _ = conn.command(b"CAPABILITY")
         found = [u[len(b"CAPABILITY ") :] for u in untagged if u.startswith(b"CAPABILITY ")]
         if not found:
             raise Unsure("no CAPABILITY response after login")
-        after = _capabilities(found[0])
+        after = capability_set(found[0])
     return after
 
 
@@ -497,17 +373,15 @@ def _list_status(
     # as unchanged only with a non-zero one: without it nothing can be skipped
     if "LIST-STATUS" not in after or "CONDSTORE" not in after:
         raise Unsure("the server has no LIST-STATUS or CONDSTORE")
-    if "ENABLE" in after:
-        # as `imapstore._enable` does; a refusal is a warning on the full path
-        wanted = b"QRESYNC" if "QRESYNC" in after else b"CONDSTORE"
-        untagged, _ = conn.command(b"ENABLE " + wanted)
+    wanted = connection.sync_extension(after)
+    if "ENABLE" in after and wanted is not None:
+        # as `connection.enable` does; a refusal is a warning on the full path
+        untagged, _ = conn.command(b"ENABLE " + wanted.encode("ascii"))
         if any(not u.startswith(b"ENABLED") for u in untagged):
             raise Unsure("unexpected response to ENABLE")
-    items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ"]
-    options = f"STATUS ({' '.join(items)})"
-    if "LIST-EXTENDED" in after:
-        options = "CHILDREN " + options
-    untagged, _ = conn.command(f'LIST "" "*" RETURN ({options})'.encode("ascii"))
+    items = connection.status_items(after)
+    arguments = connection.list_status_arguments(after, items)
+    untagged, _ = conn.command(b"LIST " + arguments.encode("ascii"))
     lists = [u[5:] for u in untagged if u.startswith(b"LIST ")]
     statuses = [u[7:] for u in untagged if u.startswith(b"STATUS ")]
     if len(lists) + len(statuses) != len(untagged):

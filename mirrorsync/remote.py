@@ -1,6 +1,6 @@
 """The interface the sync engine needs from a server.
 
-`imapstore.ImapStore` implements it against a real IMAP server; the tests' in-memory
+`mirrorsync.imap.store.ImapStore` implements it against a real IMAP server; the tests' in-memory
 fake implements it too, and both must pass `tests/test_remote_contract.py`. Operations
 on messages act on the folder chosen by the last `select`, as IMAP does, so that the
 engine decides how often a folder is selected.
@@ -49,10 +49,6 @@ class RemoteStore(Protocol):
 
     def delete_folder(self, name: str) -> None: ...
 
-    def status(self, name: str) -> FolderStatus:
-        """STATUS without selecting; `messages` is the message count."""
-        ...
-
     def select(self, name: str) -> FolderStatus:
         """Select `name` read-write; later message operations act on it."""
         ...
@@ -90,10 +86,6 @@ class RemoteStore(Protocol):
         held; a plain ServerError means nothing was sent (a flag name that is not an
         IMAP atom)."""
         ...
-
-    def add_flags(self, uids: Iterable[int], flags: Flags) -> None: ...
-
-    def remove_flags(self, uids: Iterable[int], flags: Flags) -> None: ...
 
     def expunge(self, uids: Iterable[int]) -> None:
         """Mark exactly these UIDs \\Deleted and expunge exactly them (UID EXPUNGE);

@@ -266,10 +266,6 @@ class FakeRemoteStore:
             self.selected = None
         del self.folders[name]
 
-    def status(self, name: str) -> FolderStatus:
-        self._enter("status")
-        return self._status(self._folder(canonical_folder(name), "status"))
-
     def select(self, name: str) -> FolderStatus:
         self._enter("select")
         self.selected = None
@@ -338,14 +334,6 @@ class FakeRemoteStore:
                 uid = self._add(f, data, flags, when)
                 out.append(uid if self.appenduid else None)
         return out
-
-    def add_flags(self, uids: Iterable[int], flags: Flags) -> None:
-        self._enter("add_flags")
-        self._store(uids, flags, add=True)
-
-    def remove_flags(self, uids: Iterable[int], flags: Flags) -> None:
-        self._enter("remove_flags")
-        self._store(uids, flags, add=False)
 
     def move(self, uids: Sequence[int], name: str) -> dict[int, int]:
         self._enter("move")

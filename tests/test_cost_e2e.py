@@ -11,7 +11,7 @@ import pytest
 
 from mirrorsync import maildir as maildir_mod
 from mirrorsync import quick
-from mirrorsync.imapstore import ImapStore
+from mirrorsync.imap.store import ImapStore
 from tests.harness import Mirror, message
 
 WATCHED = ("select", "select_changes", "list_messages", "fetch", "identities", "statuses")

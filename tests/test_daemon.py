@@ -39,22 +39,18 @@ from mirrorsync import maildir as maildirmod
 from mirrorsync.daemon import ChangeQueue, max_delay
 from mirrorsync.devserver import Dovecot
 from mirrorsync.errors import AuthenticationFailed, ConfigError
-from mirrorsync.push import (
+from mirrorsync.imap.idle import ConnectionLost, ImapConnection
+from mirrorsync.imap.notify import (
     ACTIVE_FOR,
     NOTIFY_EVENTS,
     RENEW_EVERY,
-    Backoff,
-    ConnectionLost,
     IdleSession,
-    ImapConnection,
     NotifySession,
     NotifyUnavailable,
-    Response,
     mailbox_name,
-    parse_line,
-    quote,
-    split_response,
 )
+from mirrorsync.imap.push import Backoff
+from mirrorsync.imap.wire import Response, parse_line
 from mirrorsync.watch import (
     EventRouter,
     LocalWatcher,
@@ -284,49 +280,6 @@ def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "parts", "used"),
-    [
-        (b"* 3 EXISTS\r\nrest", (b"* 3 EXISTS",), 12),
-        (b"* 3 EXI", None, 0),
-        (b"* STATUS {5}\r\nW\xc3\xb6rk (MESSAGES 1)\r\n", (
-            (b"* STATUS {5}", b"W\xc3\xb6rk"), b" (MESSAGES 1)"), 34),
-        (b"* STATUS {5}\r\nW\xc3", None, 0),  # the literal is not complete yet
-        (b"* STATUS {5}\r\nW\xc3\xb6rk (MESS", None, 0),
-        (b"* LIST () \"/\" {2+}\r\nab\r\n", ((b'* LIST () "/" {2+}', b"ab"), b""), 24),
-    ],
-)  # fmt: skip
-def test_split_response(data: bytes, parts: Any, used: int) -> None:
-    found = split_response(data)
-    if parts is None:
-        assert found is None
-    else:
-        assert found == (parts, used)
-
-
-def test_split_response_refuses_unbounded_lines() -> None:
-    with pytest.raises(ConnectionLost):
-        split_response(b"* " + b"x" * 70_000)
-    with pytest.raises(ConnectionLost):
-        split_response(b"* STATUS {99999999}\r\n")
-
-
-def test_parse_line() -> None:
-    r = parse_line((b"* 12 EXPUNGE",))
-    assert (r.tag, r.kind, r.number) == ("*", "EXPUNGE", 12)
-    r = parse_line((b"M3 NO [NONEXISTENT] Mailbox doesn't exist: Foo",))
-    assert (r.tag, r.kind, r.code) == ("M3", "NO", "NONEXISTENT")
-    r = parse_line((b"* OK [NOTIFICATIONOVERFLOW] too much",))
-    assert r.code == "NOTIFICATIONOVERFLOW"
-    r = parse_line((b"+ idling",))
-    assert (r.tag, r.text) == ("+", "idling")
-    r = parse_line(((b"* STATUS {5}", b"W\xc3\xb6rk"), b" (MESSAGES 1)"))
-    assert r.kind == "STATUS"
-    assert r.values() == (b"W\xc3\xb6rk", (b"MESSAGES", 1))
-    r = parse_line((b'* LIST (\\HasNoChildren) "/" Work2 ("OLDNAME" (Work))',))
-    assert r.values()[1:3] == (b"/", b"Work2")
-
-
-@pytest.mark.parametrize(
     ("raw", "delimiter", "name"),
     [
         (b"INBOX", "/", "INBOX"),
@@ -335,21 +288,13 @@ def test_parse_line() -> None:
         (b"Work.Projects", ".", "Work/Projects"),
         (b"W&APY-rk", "/", "Wörk"),  # modified UTF-7, as the standard says
         ("Wörk".encode(), "/", "Wörk"),  # raw UTF-8, as Dovecot's NOTIFY sends it
-        (2024, "/", "2024"),  # a numeric atom comes back from the parser as an int
+        (b"007", "/", "007"),  # a numeric atom stays as it is written
         (b"a/b", ".", None),  # no canonical form
         (None, "/", None),
     ],
 )
 def test_mailbox_name(raw: Any, delimiter: str, name: str | None) -> None:
     assert mailbox_name(raw, delimiter) == name
-
-
-def test_quote() -> None:
-    assert quote('a"b\\c') == b'"a\\"b\\\\c"'
-    with pytest.raises(ValueError):
-        quote("pässword")
-    with pytest.raises(ValueError):
-        quote("a\r\nb")
 
 
 class FakeServer:

@@ -19,22 +19,20 @@ from imapclient.datetime_util import parse_to_datetime
 
 from mirrorsync.config import RemoteConfig
 from mirrorsync.errors import ConnectionFailed, ServerError
-from mirrorsync.imapstore import (
-    ImapStore,
+from mirrorsync.imap.parse import (
     ListedFolder,
-    _append_crlf,
-    _appended_uids,
-    _aware,
     _fast_fetch_row,
+    append_crlf,
+    appended_uids,
+    aware,
     parse_fetch,
     parse_list_status,
     parse_listing,
-    parse_parts,
     parse_search,
-    parse_uid_set,
     parse_vanished,
-    split_responses,
 )
+from mirrorsync.imap.store import ImapStore
+from mirrorsync.imap.wire import split_responses
 from mirrorsync.model import FolderStatus, RemoteMessage
 
 # -- the wire as imaplib sees it --------------------------------------------------------
@@ -157,42 +155,7 @@ def test_parse_fetch_rejects_garbage(wire: bytes) -> None:
         fetched(wire)
 
 
-@pytest.mark.parametrize(
-    ("parts", "expected"),
-    [
-        (
-            [b"a NIL 007 (b (c)) \"q\\\\\" ''"],
-            [b"a", None, b"007", (b"b", (b"c",)), b"q\\", b"''"],
-        ),
-        ([(b"x {3}", b"a b"), b" y"], [b"x", b"a b", b"y"]),
-        ([b'"NIL" ""'], [b"NIL", b""]),  # a quoted NIL is a string
-        ([b"[Gmail]/All  Mail"], [b"[Gmail]/All", b"Mail"]),
-    ],
-)
-def test_parse_parts(parts: list[Any], expected: list[Any]) -> None:
-    assert parse_parts(parts) == expected
-
-
 # -- UID sets, VANISHED, SEARCH ---------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "maximum", "expected"),
-    [
-        (b"1:3,7,9:8", None, {1, 2, 3, 7, 8, 9}),
-        ("42", None, {42}),
-        (b"", None, set()),
-        (b"5:*", 7, {5, 6, 7}),
-        (b"1:4294967295", 3, {1, 2, 3}),  # clipped: no four-billion-element sets
-    ],
-)
-def test_parse_uid_set(text: bytes | str, maximum: int | None, expected: set[int]) -> None:
-    assert parse_uid_set(text, maximum) == expected
-
-
-def test_parse_uid_set_star_needs_maximum() -> None:
-    with pytest.raises(ValueError):
-        parse_uid_set(b"1:*")
 
 
 @pytest.mark.parametrize(
@@ -670,9 +633,9 @@ def test_internaldate_fast_parser_agrees_with_imapclient(text: bytes) -> None:
         reference = parse_to_datetime(text, normalise=False)
     except ValueError:
         with pytest.raises(ValueError):
-            _aware(text)
+            aware(text)
         return
-    got = _aware(text)
+    got = aware(text)
     assert got == reference and got is not None
     assert got.utcoffset() == reference.utcoffset()
     assert type(got.tzinfo) is timezone  # a plain timezone, not imapclient's FixedOffset
@@ -732,8 +695,8 @@ def test_fetch_reader_with_other_responses_and_tricky_literals(scripted: Any) ->
         (b"Append completed", 1, [None]),
     ],
 )
-def test_appended_uids(text: bytes, count: int, expected: list[int | None]) -> None:
-    assert _appended_uids(text, count) == expected
+def testappended_uids(text: bytes, count: int, expected: list[int | None]) -> None:
+    assert appended_uids(text, count) == expected
 
 
 @pytest.mark.parametrize(
@@ -748,4 +711,4 @@ def test_appended_uids(text: bytes, count: int, expected: list[int | None]) -> N
     ],
 )
 def test_append_crlf_is_what_imaplib_sends(data: bytes, expected: bytes) -> None:
-    assert _append_crlf(data) == expected == imaplib.MapCRLF.sub(b"\r\n", data)
+    assert append_crlf(data) == expected == imaplib.MapCRLF.sub(b"\r\n", data)

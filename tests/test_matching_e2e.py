@@ -20,7 +20,7 @@ import yaml
 
 from mirrorsync import flags as flagmod
 from mirrorsync.content import to_lf
-from mirrorsync.imapstore import ImapStore
+from mirrorsync.imap.store import ImapStore
 from tests.harness import Mirror, message
 
 LONG_AGO = datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

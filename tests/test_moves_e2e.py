@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mirrorsync.imapstore import ImapStore
+from mirrorsync.imap.store import ImapStore
 from tests.harness import Mirror, message
 
 

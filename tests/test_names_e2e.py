@@ -21,9 +21,9 @@ from mirrorsync import flags as flagmod
 from mirrorsync import maildir as maildir_mod
 from mirrorsync.content import content_hash
 from mirrorsync.devserver import Dovecot
+from mirrorsync.imap.notify import NotifySession
 from mirrorsync.layout import folder_path, list_folders
 from mirrorsync.names import PREFIX_META
-from mirrorsync.push import NotifySession
 from tests.conftest import Account, SettleClock
 from tests.harness import Mirror, QuickRuns, Snapshot, message
 from tests.test_daemon import run_daemon as run_daemon  # a fixture

@@ -311,11 +311,11 @@ def test_no_secret_in_output_logs_caches_or_files(
 def test_push_connection_signs_in_and_retries_a_refused_token(
     oauth_account: Any, oauth_provider: Provider, tmp_path: Path, auth: str
 ) -> None:
-    """The daemon's push connection (mirrorsync.push) signs in as the store does,
+    """The daemon's push connection (mirrorsync.imap.idle) signs in as the store does,
     with one more try when the token it held was refused."""
     from mirrorsync.config import load
     from mirrorsync.errors import AuthenticationFailed
-    from mirrorsync.push import ImapConnection
+    from mirrorsync.imap.idle import ImapConnection
 
     m = _oauth_mirror(oauth_account, tmp_path, oauth_provider, auth)
     _signed_in(m, oauth_provider)

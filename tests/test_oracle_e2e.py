@@ -186,7 +186,7 @@ def test_the_oracle_changes_nothing(steady: Mirror) -> None:
     message against a new file, hashes for a move): no flag, position, file or state
     row moved."""
     from mirrorsync import config
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.oracle import Oracle
     from mirrorsync.state import State
@@ -376,7 +376,7 @@ def test_every_change_in_steady_state_plans_as_the_full_path(
     a UID SEARCH for expunges)."""
     capabilities: list[frozenset[str]] = []
     if delta == "condstore":
-        from mirrorsync.imapstore import ImapStore
+        from mirrorsync.imap.store import ImapStore
 
         real = ImapStore.connect.__func__  # type: ignore[attr-defined]
 

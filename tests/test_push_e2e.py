@@ -16,7 +16,8 @@ import pytest
 
 from mirrorsync import config as configmod
 from mirrorsync.devserver import Dovecot
-from mirrorsync.push import PUSH_CONNECTED, ConnectionLost, ImapConnection, NotifySession
+from mirrorsync.imap.idle import ConnectionLost, ImapConnection
+from mirrorsync.imap.notify import PUSH_CONNECTED, NotifySession
 
 pytestmark = pytest.mark.dovecot
 

@@ -17,14 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
-from hypothesis import strategies as st
-from imapclient import imap_utf7
 
 from mirrorsync import cli, configcache, quick, quickimap
 from mirrorsync import maildir as maildir_mod
 from mirrorsync.config import RemoteConfig
-from mirrorsync.imapstore import ImapStore
+from mirrorsync.imap import connection
+from mirrorsync.imap.store import ImapStore
 
 # -- the argv gate ------------------------------------------------------------------------
 
@@ -441,43 +439,6 @@ def test_quick_check_without_cache_or_state_does_nothing(
     assert env.stdout.getvalue() == env.stderr.getvalue() == ""  # type: ignore[attr-defined]
 
 
-# -- modified UTF-7 -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "text"),
-    [
-        (b"INBOX", "INBOX"),
-        (b"Entw&APw-rfe", "Entwürfe"),
-        (b"&ZeVnLIqe-/&W1A-", "日本語/子"),
-        (b"Sent &- Drafts", "Sent & Drafts"),
-        (b"&-", "&"),
-        (b"~peter/mail/&U,BTFw-/&ZeVnLIqe-", "~peter/mail/台北/日本語"),
-        (b"&2D3eAQ-", "\U0001f601"),  # a surrogate pair
-        # not canonical, or not modified UTF-7 at all: no reading is vouched for
-        (b"&AGE-", None),  # base64 for a printable "a"
-        (b"&APw", None),  # no end of shift
-        (b"&APx-", None),  # stray bits after the last character
-        (b"&APw-&APw-", None),  # two shifts where one would do
-        (b"Entw\xc3\xbcrfe", None),  # raw UTF-8
-        (b"tab\there", None),
-        (b"&2D0-", None),  # a lone surrogate
-    ],
-)
-def test_modified_utf7_table(raw: bytes, text: str | None) -> None:
-    assert quickimap.decode_mutf7(raw) == text
-    if text is not None:
-        assert imap_utf7.decode(raw) == text  # imapclient, as the full path decodes
-        assert quickimap.encode_mutf7(text) == imap_utf7.encode(text) == raw
-
-
-@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=30))
-def test_modified_utf7_agrees_with_imapclient(text: str) -> None:
-    raw = imap_utf7.encode(text)
-    assert quickimap.encode_mutf7(text) == raw
-    assert quickimap.decode_mutf7(raw) == imap_utf7.decode(raw) == text
-
-
 # -- the LIST-STATUS reader ---------------------------------------------------------------
 
 ITEMS = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ"]
@@ -569,23 +530,6 @@ def test_inbox_is_canonical_in_any_case() -> None:
 def test_list_status_reader_is_unsure(lines: list[bytes]) -> None:
     with pytest.raises(quickimap.Unsure):
         numbers(*lines)
-
-
-@pytest.mark.parametrize(
-    ("name", "atom"),
-    [("alice", True), ("alice@example.com", True), ("a b", False), ('a"b', False), ("", False)],
-)
-def test_login_name_must_be_an_atom(name: str, atom: bool) -> None:
-    assert quickimap.is_atom(name) is atom
-
-
-def test_password_is_quoted_as_imaplib_quotes_it() -> None:
-    import imaplib
-
-    for pw in ("secret", 'q"uote', "back\\slash", " spaced "):
-        assert quickimap.quote(pw) == imaplib.IMAP4._quote(None, pw).encode()  # type: ignore[arg-type]
-    assert quickimap.quote("pässword") is None
-    assert quickimap.quote("new\nline") is None
 
 
 # -- against a scripted server, side by side with ImapStore -----------------------------------
@@ -692,7 +636,7 @@ def full_list(w: Wire) -> dict[str, quickimap.Numbers]:
     ],
     ids=["usual", "asked", "untagged", "no-list-extended", "no-enable"],
 )
-def test_quick_client_sends_and_reads_what_imapstore_does(
+def test_quick_client_sends_and_reads_what_the_store_does(
     wire: Callable[..., Wire], answers: dict[str, bytes]
 ) -> None:
     full = wire(**answers)
@@ -794,12 +738,10 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
 ) -> None:
     """The full path reports the quick check's timeout in its own words instead of
     waiting the whole timeout a second time."""
-    import imapclient
-
     from mirrorsync import quickimap
     from mirrorsync.config import RemoteConfig
     from mirrorsync.errors import ConnectionFailed
-    from mirrorsync.imapstore import ImapStore
+    from mirrorsync.imap.store import ImapStore
 
     def timing_out(*args: object, **kw: object) -> object:
         raise TimeoutError("timed out")
@@ -807,13 +749,13 @@ def test_a_connection_the_quick_check_saw_time_out_is_not_waited_for_again(
     monkeypatch.setattr(quickimap, "_connect", timing_out)
     # tls: none to a host that is not this machine sends the full path to warn; the
     # TEST-NET address only stands in for a server that does not answer
-    monkeypatch.setattr(quickimap, "is_loopback", lambda _host: True)
+    monkeypatch.setattr(connection, "is_loopback", lambda _host: True)
     with pytest.raises(TimeoutError) as timeout:
         list_status("192.0.2.1", 143, "none", None, 5.0, "me", "pw")
     learned = quickimap.Learned()  # as the quick check hands it to the full path
     learned.timed_out["192.0.2.1", 143] = timeout.value
     made: list[object] = []
-    monkeypatch.setattr(imapclient, "IMAPClient", lambda *a, **kw: made.append(a))
+    monkeypatch.setattr("mirrorsync.imap.store.Client", lambda *a, **kw: made.append(a))
     remote = RemoteConfig(host="192.0.2.1", port=143, tls="none", username="me")
     with pytest.raises(ConnectionFailed) as info:
         ImapStore.connect(remote, "pw", learned=learned)

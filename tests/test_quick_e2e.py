@@ -23,6 +23,7 @@ import yaml
 from mirrorsync import maildir as maildir_mod
 from mirrorsync import proof, quick, quickimap
 from mirrorsync.engine import AccountSync
+from mirrorsync.imap import connection
 from mirrorsync.state import AccountLock
 from tests.conftest import Account, SettleClock
 from tests.harness import Mirror, QuickRuns, Result, message
@@ -628,7 +629,7 @@ def test_tls_none_warns_on_every_run_unless_the_host_is_loopback(
     assert took_quick and "unencrypted" not in r.err  # 127.0.0.1: nothing to say
     # The same server seen under a name that is not this machine's: every run says
     # so, the no-op too (the quick check steps aside for the full path's warning).
-    monkeypatch.setattr(quickimap, "is_loopback", lambda _host: False)
+    monkeypatch.setattr(connection, "is_loopback", lambda _host: False)
     for _ in range(2):
         r, took_quick = runs.sync(m)
         assert r.status == 0 and not took_quick, r
@@ -651,7 +652,7 @@ def test_tls_none_warns_on_every_run_unless_the_host_is_loopback(
     ],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
-    assert quickimap.is_loopback(host) is loopback
+    assert connection.is_loopback(host) is loopback
 
 
 # -- no secret written down, and the proof's bounds -----------------------------------

@@ -46,15 +46,10 @@ from mirrorsync.errors import (
     FolderNameError,
     ServerError,
 )
-from mirrorsync.imapstore import (
-    ImapStore,
-    canonical_folder,
-    canonical_to_server,
-    server_to_canonical,
-    uid_set,
-    uid_set_chunks,
-)
+from mirrorsync.imap.base import canonical_to_server
+from mirrorsync.imap.store import ImapStore
 from mirrorsync.model import RemoteFolder, RemoteMessage
+from mirrorsync.names import canonical_folder, server_to_canonical
 from mirrorsync.remote import RemoteStore
 
 # -- backends -----------------------------------------------------------------------
@@ -353,8 +348,6 @@ def test_folder_errors(backend: Backend) -> None:
         store.select("Nope")
     assert "Nope" in str(err.value)
     with pytest.raises(ServerError):
-        store.status("Nope")
-    with pytest.raises(ServerError):
         store.append("Nope", msg(1), frozenset())
     with pytest.raises(ServerError):
         store.delete_folder("Nope")
@@ -387,10 +380,10 @@ def test_delete_selected_folder_keeps_the_store_usable(backend: Backend) -> None
 def test_status_and_select_numbers(backend: Backend) -> None:
     store = backend.store
     store.create_folder("Box")
-    empty = store.status("Box")
+    empty = store.statuses()["Box"]
     assert empty.messages == 0 and empty.uidvalidity > 0 and empty.uidnext >= 1
     uids = [add(store, "Box", msg(i)) for i in range(3)]
-    st = store.status("Box")
+    st = store.statuses()["Box"]
     assert st.messages == 3
     assert st.uidvalidity == empty.uidvalidity
     assert st.uidnext > max(uids)
@@ -450,7 +443,7 @@ def test_uids_strictly_increase(backend: Backend) -> None:
     store.expunge([first])
     second = add(store, "INBOX", msg(1))
     assert second > first
-    assert store.status("INBOX").uidnext > second
+    assert store.statuses()["INBOX"].uidnext > second
 
 
 def test_empty_folder_lists_no_messages(backend: Backend) -> None:
@@ -709,23 +702,23 @@ def test_identities(backend: Backend) -> None:
 # -- flags, expunge -------------------------------------------------------------------
 
 
-def test_add_and_remove_flags(backend: Backend) -> None:
+def test_store_flags_adds_and_removes(backend: Backend) -> None:
     store = backend.store
     uids = [add(store, "INBOX", msg(i), frozenset({"\\Seen"})) for i in range(6)]
     store.select("INBOX")
     chosen = uids[::2]  # non-contiguous: a compact set
-    store.add_flags(chosen, frozenset({"\\Flagged", "$Forwarded", "Junk"}))
+    store.store_flags(chosen, frozenset({"\\Flagged", "$Forwarded", "Junk"}), frozenset())
     listed = store.list_messages()
     for uid in uids:
         expected = {"\\Seen"} | ({"\\Flagged", "$Forwarded", "Junk"} if uid in chosen else set())
         assert visible(listed[uid].flags) == expected
-    store.remove_flags(chosen, frozenset({"\\Seen", "Junk", "\\Recent"}))
+    store.store_flags(chosen, frozenset(), frozenset({"\\Seen", "Junk", "\\Recent"}))
     listed = store.list_messages()
     assert visible(listed[chosen[0]].flags) == {"\\Flagged", "$Forwarded"}
     assert backend.other.flags("INBOX", chosen[0]) - {"\\Recent"} == {"\\Flagged", "$Forwarded"}
-    store.add_flags([], frozenset({"\\Seen"}))  # no-ops
-    store.add_flags(chosen, frozenset())
-    store.add_flags([99999], frozenset({"\\Seen"}))  # unknown UIDs are ignored
+    store.store_flags([], frozenset({"\\Seen"}), frozenset())  # no-ops
+    store.store_flags(chosen, frozenset(), frozenset())
+    store.store_flags([99999], frozenset({"\\Seen"}), frozenset())  # unknown UIDs are ignored
 
 
 def test_many_uids_in_one_store(backend: Backend) -> None:
@@ -733,7 +726,7 @@ def test_many_uids_in_one_store(backend: Backend) -> None:
     uids = [add(store, "INBOX", msg(i)) for i in range(30)]
     store.select("INBOX")
     chosen = [u for u in uids if u % 3]
-    store.add_flags(chosen, frozenset({"\\Seen"}))
+    store.store_flags(chosen, frozenset({"\\Seen"}), frozenset())
     seen = {u for u, m in store.list_messages().items() if "\\Seen" in m.flags}
     assert seen == set(chosen)
 
@@ -744,7 +737,7 @@ def test_expunge_removes_exactly_the_given_uids(backend: Backend) -> None:
     store.select("INBOX")
     store.expunge([uids[1], uids[3], 99999])
     assert set(store.list_messages()) == {uids[0], uids[2], uids[4]}
-    assert store.status("INBOX").messages == 3
+    assert store.statuses()["INBOX"].messages == 3
     store.expunge([])
 
 
@@ -774,7 +767,7 @@ def test_expunge_leaves_another_clients_deleted_message(
 # -- fast paths: statuses, select_changes, store_flags, big messages -------------------
 
 
-def test_statuses_match_status_and_follow_changes(backend: Backend) -> None:
+def test_statuses_match_select_and_follow_changes(backend: Backend) -> None:
     store, other = backend.store, backend.other
     for name in ("Work/Projects", "Sent & Drafts", "日本語"):
         store.create_folder(name)
@@ -787,8 +780,6 @@ def test_statuses_match_status_and_follow_changes(backend: Backend) -> None:
     assert {(f.name, f.selectable) for f in listed} == {
         (f.name, f.selectable) for f in store.list_folders()
     }
-    for name, st in got.items():
-        assert st == store.status(name)
     before = got["INBOX"]
     assert before.messages == 3 and before.uidnext > max(uids)
     assert (before.highestmodseq > 0) is backend.condstore
@@ -807,10 +798,14 @@ def test_statuses_match_status_and_follow_changes(backend: Backend) -> None:
     store.expunge([uids[1]])
     after_expunge = store.statuses()["INBOX"]
     assert after_expunge.messages == 3 and after_expunge.uidnext == after_flag.uidnext
-    assert after_expunge == store.status("INBOX")
+    assert after_expunge == store.select("INBOX")
 
     store.create_folder("Brand new")  # the kept listing must not hide it
     assert "Brand new" in names(store)
+    # the numbers of every folder as SELECT gives them (last: a selected folder's
+    # STATUS may show the session's view of it, not another client's changes)
+    for name, st in store.statuses().items():
+        assert st == store.select(name)
 
 
 def test_select_changes_on_unchanged_folder(backend: Backend) -> None:
@@ -828,7 +823,7 @@ def test_select_changes_on_unchanged_folder(backend: Backend) -> None:
         assert plain(ch.changed) == plain(store.list_messages())
         assert all(m.size == len(msg(0)) for m in ch.changed.values())
     # the folder is selected read-write, as select() leaves it
-    store.add_flags([uids[0]], frozenset({"\\Flagged"}))
+    store.store_flags([uids[0]], frozenset({"\\Flagged"}), frozenset())
     assert "\\Flagged" in store.list_messages()[uids[0]].flags
 
 
@@ -917,7 +912,7 @@ def test_operations_after_select_changes(backend: Backend) -> None:
     assert got == uids[2:]
     assert set(store.list_messages()) == set(uids[2:])
     assert store.sizes(uids) == {u: len(msg(i)) for i, u in enumerate(uids) if i >= 2}
-    store.add_flags([uids[3]], frozenset({"\\Flagged"}))
+    store.store_flags([uids[3]], frozenset({"\\Flagged"}), frozenset())
     listed = store.list_messages()
     assert "\\Seen" in listed[uids[2]].flags and "\\Flagged" in listed[uids[3]].flags
     mine = add(store, "INBOX", msg("later"))
@@ -1199,7 +1194,7 @@ def test_server_errors_name_operation_and_folder(account: Account) -> None:
         assert "\n" not in text and "secs)" not in text
         with pytest.raises(ServerError, match="not a valid IMAP flag"):
             store.select("INBOX")
-            store.add_flags([1], frozenset({"bad flag"}))
+            store.store_flags([1], frozenset({"bad flag"}), frozenset())
     finally:
         store.close()
 
@@ -1222,39 +1217,16 @@ def test_fake_uidvalidity_reset_and_failures() -> None:
         fake.list_messages()
     assert fake.list_messages().keys() == {1}
     fake.create_folder("X")
-    uv = fake.status("X").uidvalidity
+    uv = fake.statuses()["X"].uidvalidity
     fake.delete_folder("X")
     fake.create_folder("X")
-    assert fake.status("X").uidvalidity != uv
+    assert fake.statuses()["X"].uidvalidity != uv
     fake.close()
     with pytest.raises(ConnectionFailed):
-        fake.status("X")
+        fake.statuses()
 
 
 # -- pure helpers ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("uids", "expected"),
-    [
-        ([], ""),
-        ([5], "5"),
-        ([3, 1, 2, 5, 7, 8, 2], "1:3,5,7:8"),
-        ([10, 12, 14], "10,12,14"),
-    ],
-)
-def test_uid_set(uids: list[int], expected: str) -> None:
-    assert uid_set(uids) == expected
-
-
-def test_uid_set_chunks_keep_lines_short() -> None:
-    uids = list(range(1, 20000, 2))  # nothing contiguous: the worst case
-    chunks = uid_set_chunks(uids, max_len=100)
-    assert all(len(c) <= 100 for c in chunks)
-    back = [int(x) for c in chunks for x in c.split(",")]
-    assert back == uids
-    assert uid_set_chunks(range(1, 100001)) == ["1:100000"]
-    assert uid_set_chunks([]) == []
 
 
 @pytest.mark.parametrize(
@@ -1428,7 +1400,7 @@ def test_search_by_uid_set_and_in_windows(
 ) -> None:
     """ImapStore searches in UID windows (so no answer line outgrows imaplib's
     limit); with tiny windows every window and the open-ended last one are used."""
-    monkeypatch.setattr("mirrorsync.imapstore._SEARCH_WINDOW", 3)
+    monkeypatch.setattr("mirrorsync.imap.selection.SEARCH_WINDOW", 3)
     store = backend.store
     uids = [
         add(store, "INBOX", msg(i), frozenset({"\\Seen"} if i % 2 else set())) for i in range(8)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mirrorsync.imapstore import ImapStore
+from mirrorsync.imap.store import ImapStore
 from mirrorsync.maildir import MaildirFolder
 from tests.harness import Mirror, message
 

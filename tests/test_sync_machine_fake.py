@@ -81,8 +81,6 @@ MUTATING = {
     "append_many",
     "move",
     "expunge",
-    "add_flags",
-    "remove_flags",
     "store_flags",
     "create_folder",
     "delete_folder",
