@@ -288,8 +288,8 @@ def _load_config(args: argparse.Namespace, env: Environment) -> Config:
         key = configcache.key_for(given)
         cached = configcache.load_config(key, env.environ)
         if cached is not None:
-            if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/oracle.py
-                from mirrorsync.oracle import check_config
+            if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/sync/oracle.py
+                from mirrorsync.sync.oracle import check_config
 
                 check_config(cached, Path(given), env.environ)
             return cached
@@ -331,7 +331,7 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     cfg = _load_config(args, env)
     accounts = _select_accounts(cfg, args.accounts)
     folders = tuple(canonical_folder(f.strip("/")) for f in args.folder)
-    from mirrorsync.engine import SyncOptions
+    from mirrorsync.sync.engine import SyncOptions
 
     options = SyncOptions(
         dry_run=args.dry_run, force=args.force, folders=folders, verify=args.verify
@@ -395,7 +395,7 @@ def sync_account(
     """Lock, connect, run, report. Returns the account's exit status. With `archive`,
     the account's archive rules are applied after the sync, under the same lock and
     on the same connection, so they act on freshly synced folders."""
-    from mirrorsync.engine import AccountSync, SyncOptions
+    from mirrorsync.sync.engine import AccountSync, SyncOptions
 
     assert isinstance(options, SyncOptions)
     started = time.monotonic()

@@ -30,8 +30,8 @@ from mirrorsync.content import (
 from mirrorsync.errors import LocalStoreError
 from mirrorsync.maildir import MaildirFolder
 from mirrorsync.model import LocalMessage
-from mirrorsync.planner import Match
 from mirrorsync.remote import RemoteStore
+from mirrorsync.sync.plan import Match
 
 REPLACE_BATCH = 500  # files written and made durable together
 REPLACE_BATCH_BYTES = 8 * 1024 * 1024  # bounds memory: a batch is held until it is placed

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from mirrorsync import engine, planner
 from mirrorsync import maildir as maildir_mod
 from mirrorsync.maildir import MaildirFolder
+from mirrorsync.sync import engine
+from mirrorsync.sync import plan as planner
 from tests.harness import Mirror, message
 
 

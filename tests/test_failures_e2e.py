@@ -61,8 +61,8 @@ def test_connection_dropped_mid_download_exits_3_and_resumes(
     """With small batches (5), one batch is being written while the next is fetched
     when the connection drops: the batches before are kept, the one under way is
     removed, and the re-run neither misses nor duplicates a message."""
-    from mirrorsync import engine
     from mirrorsync.imapstore import ImapStore
+    from mirrorsync.sync import engine
 
     if batch is not None:
         monkeypatch.setattr(engine, "DOWNLOAD_BATCH", batch)

@@ -1,4 +1,4 @@
-"""The plan oracle (mirrorsync.oracle), against a real Dovecot: each fast path broken on
+"""The plan oracle (mirrorsync.sync.oracle), against a real Dovecot: each fast path broken on
 purpose is caught before its plan is carried out; the oracle itself changes nothing;
 off, it is never imported. And a divergence it found in the engine."""
 
@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from mirrorsync import configcache, engine, quick
-from mirrorsync.engine import AccountSync
+from mirrorsync import configcache, quick
 from mirrorsync.maildir import MaildirFolder
 from mirrorsync.model import LocalMessage
+from mirrorsync.sync import engine
+from mirrorsync.sync.engine import AccountSync
 from tests.conftest import SettleClock
 from tests.harness import Mirror, Result, message
 
@@ -176,8 +177,8 @@ def test_the_oracle_changes_nothing(steady: Mirror) -> None:
     from mirrorsync import config
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
-    from mirrorsync.oracle import Oracle
     from mirrorsync.state import State
+    from mirrorsync.sync.oracle import Oracle
 
     c = steady.client
     c.append("B", message("both"), flags=[])  # unseen: a body fetch must not see it
@@ -228,12 +229,12 @@ def test_off_the_oracle_is_never_imported(steady: Mirror) -> None:
 
     steady.client.append("B", message("B-new"), flags=[])
     r = steady.run_process("sync", env={"PYTHONPROFILEIMPORTTIME": "1"})
-    assert r.status == 0 and "mirrorsync.oracle" in imported(r), r  # on, as in every test
+    assert r.status == 0 and "mirrorsync.sync.oracle" in imported(r), r  # on, as in every test
     steady.client.append("B", message("B-newer"), flags=[])
     off = {"PYTHONPROFILEIMPORTTIME": "1", "MIRRORSYNC_PLAN_ORACLE": ""}
     r = steady.run_process("sync", env=off)
     assert r.status == 0 and "1 downloaded" in r.out, r
-    assert "mirrorsync.oracle" not in imported(r)
+    assert "mirrorsync.sync.oracle" not in imported(r)
 
 
 @pytest.mark.parametrize("how", ["move", "copy-expunge"])

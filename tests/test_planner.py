@@ -6,17 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mirrorsync import actions as act
 from mirrorsync.flags import SYNCED_FLAGS, merge
-from mirrorsync.model import LocalMessage
-from mirrorsync.planner import (
+from mirrorsync.model import LocalMessage, Pair
+from mirrorsync.sync import actions as act
+from mirrorsync.sync.plan import (
     Match,
     flag_change,
     guard_violation,
     plan_folders,
     plan_messages,
 )
-from mirrorsync.state import Pair
 
 S, F, R, T = "\\Seen", "\\Flagged", "\\Answered", "\\Deleted"
 
@@ -227,7 +226,7 @@ def test_guard_counts_local_deletions_too() -> None:
 
 
 def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None, loose=None):  # type: ignore[no-untyped-def]
-    from mirrorsync.planner import FolderView
+    from mirrorsync.sync.plan import FolderView
 
     return FolderView(
         list(pairs),
@@ -244,7 +243,7 @@ def hpair(uid: int, key: str, h: str, *flags: str) -> Pair:
 
 
 def test_a_local_rename_between_folders_is_a_server_move() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "k", "H", S)], {5: fl(S)}, []),
@@ -254,7 +253,7 @@ def test_a_local_rename_between_folders_is_a_server_move() -> None:
 
 
 def test_a_copy_then_delete_is_recognised_by_content() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
@@ -264,7 +263,7 @@ def test_a_copy_then_delete_is_recognised_by_content() -> None:
 
 
 def test_a_mutt_save_with_added_fields_is_a_move_that_takes_the_servers_bytes() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     # The saved copy's exact hash is its own; without mutt's fields it is the state's.
     views = {
@@ -277,7 +276,7 @@ def test_a_mutt_save_with_added_fields_is_a_move_that_takes_the_servers_bytes() 
 
 
 def test_an_exact_copy_is_preferred_to_one_with_added_fields() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
@@ -291,7 +290,7 @@ def test_a_file_that_is_exactly_one_lost_message_is_not_taken_loosely_by_another
     """Two lost messages, X (hash H1) and X with a Status field (hash H2, the server
     had it), and one new file byte for byte the second: it is the second's move, even
     though the first comes first and equals it apart from the field."""
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "a", "H1"), hpair(6, "b", "H2")], {5: fl(), 6: fl()}, []),
@@ -308,7 +307,7 @@ def test_a_file_that_is_exactly_one_lost_message_is_not_taken_loosely_by_another
     ],
 )
 def test_a_copy_that_differs_beyond_tracking_fields_is_no_move(loose: dict[str, str]) -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
@@ -323,7 +322,7 @@ def test_a_loose_match_links_and_takes_the_servers_bytes() -> None:
 
 
 def test_a_server_move_becomes_a_local_rename() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "k", "H")], {}, [lm("k")]),
@@ -350,13 +349,13 @@ def test_a_server_move_becomes_a_local_rename() -> None:
     ],
 )
 def test_no_move(views) -> None:  # type: ignore[no-untyped-def]
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     assert plan_moves(views) == []
 
 
 def test_one_source_feeds_one_move_only() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "A": view([hpair(5, "old", "H")], {5: fl()}, []),
@@ -368,7 +367,7 @@ def test_one_source_feeds_one_move_only() -> None:
 
 
 def test_a_move_into_a_local_only_folder_frees_the_server() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {"INBOX": view([hpair(5, "k", "H"), hpair(6, "j", "J")], {5: fl(), 6: fl()}, [])}
     archives = {"Archive": {"k": "H", "copy": "J"}}
@@ -379,7 +378,7 @@ def test_a_move_into_a_local_only_folder_frees_the_server() -> None:
 
 
 def test_a_mutt_save_into_a_local_only_folder_frees_the_server_exact_copies_first() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     # 5's content (H) was saved with mutt's fields (the file "s", exact hash M); 6's
     # (H6) is both there exactly ("x") and loosely ("y"): the exact one is its proof.
@@ -395,7 +394,7 @@ def test_a_mutt_save_into_a_local_only_folder_frees_the_server_exact_copies_firs
 
 
 def test_a_local_only_file_with_other_content_frees_nothing() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {"INBOX": view([hpair(5, "k", "H")], {5: fl()}, [])}
     assert plan_moves(views, {"Archive": {"k": "CHANGED"}}) == []

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from fakeremote import BASIC_CAPABILITIES, FULL_CAPABILITIES, FakeRemoteStore
 
-from mirrorsync import engine
 from mirrorsync.config import AccountConfig, LocalConfig, RemoteConfig
 from mirrorsync.content import content_hash, message_id
-from mirrorsync.engine import NOT_UPLOADED, AccountSync, FolderReport, SyncOptions
 from mirrorsync.maildir import Maildir, MaildirFolder
 from mirrorsync.model import Flags
 from mirrorsync.state import State
+from mirrorsync.sync import engine
+from mirrorsync.sync.engine import NOT_UPLOADED, AccountSync, FolderReport, SyncOptions
 
 SEEN: Flags = frozenset({"\\Seen"})
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
-from mirrorsync.actions import (
+from mirrorsync.model import Flags, LocalMessage, Pair
+from mirrorsync.sync.actions import (
     CreateLocalFolder,
     CreateRemoteFolder,
     DeleteLocal,
@@ -35,8 +36,6 @@ from mirrorsync.actions import (
     UpdateFlags,
     Upload,
 )
-from mirrorsync.model import Flags, LocalMessage
-from mirrorsync.state import Pair
 
 MIRROR, PULL, BACKUP = "mirror", "pull", "backup"
 

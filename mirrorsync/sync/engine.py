@@ -47,21 +47,21 @@ from mirrorsync.maildir import (
     PendingDelivery,
     Stamp,
 )
-from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage
+from mirrorsync.model import Flags, FolderChanges, FolderStatus, LocalMessage, Pair
 from mirrorsync.names import DELIMITER_META, stored_delimiter
 from mirrorsync.naming import kept_local, settle_prefix
-from mirrorsync.state import FolderState, Pair, PairRow, State
+from mirrorsync.state import FolderState, PairRow, State
 from mirrorsync.xdg import private_makedirs
 
 # What only a changed folder needs is imported when one is met, so that a run that
 # finds nothing to do does not spend its time importing (see also cli.py).
 if TYPE_CHECKING:
-    from mirrorsync import actions as act
     from mirrorsync.config import AccountConfig
     from mirrorsync.content import LfWriter
-    from mirrorsync.oracle import Oracle
-    from mirrorsync.planner import Match
     from mirrorsync.remote import RemoteStore
+    from mirrorsync.sync import actions as act
+    from mirrorsync.sync.oracle import Oracle
+    from mirrorsync.sync.plan import Match
 
 log = logging.getLogger(__name__)
 A = TypeVar("A")
@@ -158,12 +158,12 @@ class AccountSync:
         self._first_run = False
         self._server_names: set[str] = set()
         # Tests only: every fast path checked against the full path before its plan is
-        # carried out (mirrorsync/oracle.py). Off, this lookup is all it costs.
+        # carried out (mirrorsync/sync/oracle.py). Off, this lookup is all it costs.
         self._oracle: Oracle | None = None
         # A dry run changes nothing, so it has no after-the-moves state to compare with;
         # its plan is held equal to the real run's by tests of its own.
         if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1" and not options.dry_run:
-            from mirrorsync.oracle import Oracle
+            from mirrorsync.sync.oracle import Oracle
 
             self._oracle = Oracle(self)
 
@@ -239,8 +239,8 @@ class AccountSync:
             # The usual case: the same folders everywhere, so only their contents matter.
             names = sorted(known)
         else:
-            from mirrorsync import actions as act
-            from mirrorsync.planner import plan_folders
+            from mirrorsync.sync import actions as act
+            from mirrorsync.sync.plan import plan_folders
 
             names = []
             for action in plan_folders(set(known), local_names, remote_names, counts):
@@ -369,7 +369,7 @@ class AccountSync:
 
     def _folder_action(self, action: act.FolderAction, report: AccountReport) -> bool:
         """Do `action`; False when it failed (and is reported)."""
-        from mirrorsync import actions as act
+        from mirrorsync.sync import actions as act
 
         if self.options.dry_run:
             self.emit(f"[{self.account.name}] {action.describe()}")
@@ -402,7 +402,7 @@ class AccountSync:
     # -- one folder
 
     def _plan_and_execute(self, inputs: FolderInputs, rep: FolderReport) -> None:
-        from mirrorsync.planner import guard_violation, plan_messages
+        from mirrorsync.sync.plan import guard_violation, plan_messages
 
         for what, n in inputs.found.items():
             rep.counts[what] += n
@@ -433,8 +433,8 @@ class AccountSync:
         sync) says what it matched and will copy, and stops before uploading more
         than `guard_min` unmatched files: a Maildir another tool made holds copies
         of server mail that may fail to match (see `FirstSyncGuard`)."""
-        from mirrorsync import actions as act
         from mirrorsync.errors import FirstSyncGuard
+        from mirrorsync.sync import actions as act
 
         matched = len(_of(plan, act.Link))
         uploads = len(_of(plan, act.Upload))
@@ -468,9 +468,9 @@ class AccountSync:
     def _moves(self, changed: dict[str, FolderInputs], reports: dict[str, FolderReport]) -> None:
         """Find moves across folders (hashing only what a move could involve), carry
         them out, and rewrite the folders' inputs as if they had always been there."""
-        from mirrorsync.actions import FreeOnServer
         from mirrorsync.content import content_hash, crlf_size, loose_hash, message_id, to_lf
-        from mirrorsync.planner import FolderView, plan_moves
+        from mirrorsync.sync.actions import FreeOnServer
+        from mirrorsync.sync.plan import FolderView, plan_moves
 
         def unpaired_local(i: FolderInputs) -> list[str]:
             taken = {p.key for p in i.pairs} | {m.key for m in i.matches}
@@ -592,7 +592,7 @@ class AccountSync:
     ) -> None:
         """Carry out one move (a dry run only pretends to) and rewrite both folders'
         inputs as if the message had always been where it is now."""
-        from mirrorsync.actions import FreeOnServer, MoveOnServer
+        from mirrorsync.sync.actions import FreeOnServer, MoveOnServer
 
         dry = self.options.dry_run
         if isinstance(move, FreeOnServer):
@@ -917,7 +917,7 @@ class AccountSync:
     def execute(
         self, inputs: FolderInputs, plan: Sequence[act.MessageAction], rep: FolderReport
     ) -> None:
-        from mirrorsync import actions as act
+        from mirrorsync.sync import actions as act
 
         name = inputs.name
         status = inputs.status
@@ -1049,7 +1049,7 @@ class AccountSync:
         each where it was found this run (a moved-in file) or under its likely name,
         else from one listing. Only the planned keys are returned, never the whole
         listing, whose other files have no pair loaded."""
-        from mirrorsync import actions as act
+        from mirrorsync.sync import actions as act
 
         keys = [a.key for a in plan if isinstance(a, (act.DeleteLocal, act.UpdateFlags))]
         found: dict[str, LocalMessage] = {}
@@ -1084,7 +1084,7 @@ class AccountSync:
         server's new HIGHESTMODSEQ, which would hide that change from the next run)."""
         if not items:
             return False, False
-        from mirrorsync.actions import Link
+        from mirrorsync.sync.actions import Link
 
         # One conditional STORE per distinct change: the store adds, then removes with
         # the MODSEQ its own add produced, so our first half never reads as a conflict.

@@ -44,8 +44,8 @@ from mirrorsync.errors import LocalStoreError, MirrorsyncError, ServerError
 from mirrorsync.maildir import MaildirFolder
 from mirrorsync.matching import match_by_content
 from mirrorsync.model import NO_FLAGS, Flags, FolderStatus, LocalMessage, RemoteIdentity
-from mirrorsync.planner import guard_violation, plan_folders, plan_messages, plan_moves
 from mirrorsync.state import State
+from mirrorsync.sync.plan import guard_violation, plan_folders, plan_messages, plan_moves
 
 # The full path's own code, bound when the oracle is imported (tests/conftest.py does
 # so before any test runs): tests replace these names to count or to break what the
@@ -55,12 +55,12 @@ _pairs = State.pairs
 _parse = configmod.load
 
 if TYPE_CHECKING:
-    from mirrorsync import actions as act
     from mirrorsync.config import Config
-    from mirrorsync.engine import AccountSync, FolderInputs, FolderReport
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.model import RemoteMessage
     from mirrorsync.remote import RemoteStore
+    from mirrorsync.sync import actions as act
+    from mirrorsync.sync.engine import AccountSync, FolderInputs, FolderReport
 
 ENV = "MIRRORSYNC_PLAN_ORACLE"
 
@@ -219,7 +219,7 @@ class Oracle:
     def gather(self, name: str) -> FolderInputs:
         """One folder in full, now: every message on both sides, every pair, and the
         unpaired ones matched by content, as `AccountSync.gather` without a shortcut."""
-        from mirrorsync.engine import FolderInputs
+        from mirrorsync.sync.engine import FolderInputs
 
         sync = self.sync
         # The state as recorded now: a move into this folder may have recorded its new
@@ -285,7 +285,7 @@ class Oracle:
         server message was lost, without the Message-ID and size preselection), and
         only those the engine would carry out."""
         from mirrorsync.content import content_hash, loose_hash, to_lf
-        from mirrorsync.planner import MIRROR, FolderView
+        from mirrorsync.sync.plan import MIRROR, FolderView
 
         sync = self.sync
         full = {}
@@ -346,8 +346,8 @@ class Oracle:
 
     def carried_out(self, moves: Sequence[act.MessageMove]) -> list[act.MessageMove]:
         """The moves `AccountSync._moves` carries out (or prints) of those planned."""
-        from mirrorsync.actions import FreeOnServer
-        from mirrorsync.planner import MIRROR
+        from mirrorsync.sync.actions import FreeOnServer
+        from mirrorsync.sync.plan import MIRROR
 
         mode_for = self.sync.account.sync.mode_for
         return [
@@ -359,7 +359,7 @@ class Oracle:
     def account(self) -> tuple[list[act.FolderAction], dict[str, list[Any]], list[Any]]:
         """The whole account's full plan now: folder actions, each synced folder's
         message plan, and the moves (tests and `verify_quick`)."""
-        from mirrorsync.actions import SyncFolder
+        from mirrorsync.sync.actions import SyncFolder
 
         folders = self.folder_plan()
         names = sorted(a.name for a in folders if isinstance(a, SyncFolder))
@@ -371,7 +371,7 @@ class Oracle:
     def check_folders(
         self, before: Sequence[act.FolderAction], names: Sequence[str], after: Sequence[Any]
     ) -> None:
-        from mirrorsync.actions import SyncFolder
+        from mirrorsync.sync.actions import SyncFolder
 
         fast = [*before, *(SyncFolder(n) for n in names), *after]
         _compare(self.sync, "the folder plan", fast, self.folder_plan())
@@ -396,7 +396,7 @@ class Oracle:
         _compare(self.sync, f"{name} (skipped as unchanged)", [], self.plan(self.gather(name)))
 
     def check_folder(self, inputs: FolderInputs, plan: Sequence[act.MessageAction]) -> None:
-        from mirrorsync import actions as act
+        from mirrorsync.sync import actions as act
 
         self._no_move_touches(inputs.name)
         full = self.gather(inputs.name)
@@ -426,7 +426,7 @@ class Oracle:
         """The moves the engine found among the folders it held, against the full
         path's among all folders (learned before any folder's messages were carried
         out: those carried out since took part in none), without the folders that failed."""
-        from mirrorsync.actions import FreeOnServer
+        from mirrorsync.sync.actions import FreeOnServer
 
         ok = {n for n, r in reports.items() if r.error is None}
         full = [
@@ -456,7 +456,7 @@ class Oracle:
 
     def check_noop(self) -> None:
         """The full plan of the whole account does nothing but sync its folders."""
-        from mirrorsync.actions import SyncFolder
+        from mirrorsync.sync.actions import SyncFolder
 
         folders, plans, moves = self.account()
         _compare(
@@ -532,9 +532,9 @@ def verify_quick(key: str, chosen: Sequence[Mapping[str, object]], env: Mapping[
     the cached facts must be the configuration file's, and each account's full plan
     must do nothing. Runs under the quick check's account locks."""
     from mirrorsync import configcache
-    from mirrorsync.engine import AccountSync, SyncOptions
     from mirrorsync.maildir import Maildir
     from mirrorsync.state import State
+    from mirrorsync.sync.engine import AccountSync, SyncOptions
 
     cfg = _parse(Path(key), env)
     for facts in chosen:
