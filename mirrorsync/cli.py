@@ -331,7 +331,7 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     cfg = _load_config(args, env)
     accounts = _select_accounts(cfg, args.accounts)
     folders = tuple(canonical_folder(f.strip("/")) for f in args.folder)
-    from mirrorsync.sync.engine import SyncOptions
+    from mirrorsync.sync.base import SyncOptions
 
     options = SyncOptions(
         dry_run=args.dry_run, force=args.force, folders=folders, verify=args.verify
@@ -395,7 +395,8 @@ def sync_account(
     """Lock, connect, run, report. Returns the account's exit status. With `archive`,
     the account's archive rules are applied after the sync, under the same lock and
     on the same connection, so they act on freshly synced folders."""
-    from mirrorsync.sync.engine import AccountSync, SyncOptions
+    from mirrorsync.sync.base import SyncOptions
+    from mirrorsync.sync.engine import AccountSync
 
     assert isinstance(options, SyncOptions)
     started = time.monotonic()

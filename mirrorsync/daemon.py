@@ -59,7 +59,7 @@ from mirrorsync.watch import EventRouter, LocalWatcher, OwnWrites, install_hook
 if TYPE_CHECKING:
     from mirrorsync.environment import Environment
     from mirrorsync.imapstore import ImapStore
-    from mirrorsync.sync.engine import AccountReport
+    from mirrorsync.sync.base import AccountReport
 
 ARCHIVE_EVERY = 24 * 3600.0  # seconds between two runs of the archive rules
 
@@ -326,7 +326,7 @@ class AccountLoop(threading.Thread):
         """Run one sync for what is pending; True when it ran (whatever the folders'
         outcome), False when it must be retried (the server is unreachable, or
         another mirrorsync holds the account)."""
-        from mirrorsync.sync.engine import SyncOptions
+        from mirrorsync.sync.base import SyncOptions
 
         if pending.full:
             folders: tuple[str, ...] = ()

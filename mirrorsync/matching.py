@@ -17,7 +17,7 @@ server.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mirrorsync.content import (
     content_hash,
@@ -100,7 +100,7 @@ def match_by_content(
 def take_server_bytes(
     remote: RemoteStore,
     folder: MaildirFolder,
-    local: dict[str, LocalMessage],
+    local: Mapping[str, LocalMessage],
     items: Sequence[tuple[int, str, str]],
 ) -> set[str]:
     """Give each local file (uid, key, hash: the server message it was matched with

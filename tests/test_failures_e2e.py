@@ -62,10 +62,10 @@ def test_connection_dropped_mid_download_exits_3_and_resumes(
     when the connection drops: the batches before are kept, the one under way is
     removed, and the re-run neither misses nor duplicates a message."""
     from mirrorsync.imapstore import ImapStore
-    from mirrorsync.sync import engine
+    from mirrorsync.sync import transfer
 
     if batch is not None:
-        monkeypatch.setattr(engine, "DOWNLOAD_BATCH", batch)
+        monkeypatch.setattr(transfer, "DOWNLOAD_BATCH", batch)
         monkeypatch.setattr(maildir_mod, "SYNCFS_MIN_FILES", 2)
 
     real_fetch = ImapStore.fetch

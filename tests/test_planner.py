@@ -425,3 +425,77 @@ def test_a_local_only_file_with_other_content_frees_nothing() -> None:
 )
 def test_one_way_modes(mode, pairs, remote, local, expected) -> None:  # type: ignore[no-untyped-def]
     assert plan_messages(pairs, remote, {m.key: m for m in local}, mode=mode) == expected
+
+
+# -- folding carried-out moves into the folders' inputs (apply_moves)
+
+
+def sides(pairs=(), remote=None, local=(), moved_in=()):  # type: ignore[no-untyped-def]
+    from mirrorsync.sync.plan import Sides
+
+    return Sides(list(pairs), remote or {}, {m.key: m for m in local}, frozenset(moved_in))
+
+
+def test_a_server_move_puts_the_pair_and_server_flags_in_the_new_folder() -> None:
+    from mirrorsync.sync.plan import Moved, apply_moves
+
+    before = {
+        "INBOX": sides([hpair(5, "k", "H", S)], {5: fl(S, F)}, []),
+        "Archive": sides([], {}, [lm("k", S)]),
+        "Other": sides([hpair(1, "o", "O")], {1: fl()}, [lm("o")]),
+    }
+    move = act.MoveOnServer("INBOX", 5, "Archive", "k", "H", fl(S))
+    new = hpair(9, "k", "H", S)
+    after = apply_moves(before, [Moved(move, new)])
+    assert set(after) == {"INBOX", "Archive"}  # an untouched folder is not copied
+    assert after["INBOX"] == sides([], {}, [])
+    assert after["Archive"] == sides([new], {9: fl(S, F)}, [lm("k", S)], moved_in=[9])
+    assert before["INBOX"].pairs and 5 in before["INBOX"].remote  # the inputs unchanged
+
+
+def test_a_server_move_without_a_new_uid_leaves_the_file_to_content_matching() -> None:
+    from mirrorsync.sync.plan import Moved, apply_moves
+
+    before = {
+        "INBOX": sides([hpair(5, "k", "H")], {5: fl()}, []),
+        "Archive": sides([], {}, [lm("k"), lm("other")]),
+    }
+    after = apply_moves(before, [Moved(act.MoveOnServer("INBOX", 5, "Archive", "k", "H", fl()))])
+    assert after["Archive"].local.keys() == {"other"} and after["Archive"].pending_match
+    assert not after["Archive"].pairs and not after["INBOX"].pending_match
+
+
+def test_a_local_rename_moves_the_file_and_the_pair() -> None:
+    from mirrorsync.sync.plan import Moved, apply_moves
+
+    before = {
+        "INBOX": sides([hpair(5, "k", "H", S)], {}, [lm("k", S)]),
+        "Archive": sides([], {7: fl(S)}, []),
+    }
+    moved = LocalMessage("k", fl(S), "cur", "k:2,S")
+    new = hpair(7, "k", "H", S)
+    after = apply_moves(
+        before, [Moved(act.MoveLocally("INBOX", "k", 5, "Archive", 7, "H"), new, moved)]
+    )
+    assert after["INBOX"] == sides([], {}, [])
+    assert after["Archive"] == sides([new], {7: fl(S)}, [moved], moved_in=[7])
+
+
+def test_a_message_freed_on_the_server_leaves_only_its_folder() -> None:
+    from mirrorsync.sync.plan import Moved, apply_moves
+
+    before = {"INBOX": sides([hpair(5, "k", "H"), hpair(6, "j", "J")], {5: fl(), 6: fl()}, [])}
+    after = apply_moves(before, [Moved(act.FreeOnServer("INBOX", 5, "k", "Saved"))])
+    assert after == {"INBOX": sides([hpair(6, "j", "J")], {6: fl()}, [])}
+
+
+def test_moves_allowed_by_mode_only_between_mirror_folders() -> None:
+    from mirrorsync.sync.plan import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "k", "H", S)], {5: fl(S)}, []),
+        "Archive": view([], {}, [lm("k", S)]),
+    }
+    both = {"INBOX": "mirror", "Archive": "mirror"}
+    assert len(plan_moves(views, modes=both)) == 1
+    assert plan_moves(views, modes={**both, "Archive": "pull"}) == []

@@ -58,7 +58,8 @@ from mirrorsync.maildir import Maildir
 from mirrorsync.model import Flags
 from mirrorsync.state import State
 from mirrorsync.sync import plan as planner
-from mirrorsync.sync.engine import AccountReport, AccountSync, SyncOptions
+from mirrorsync.sync.base import AccountReport, SyncOptions
+from mirrorsync.sync.engine import AccountSync
 
 # Courier: UIDPLUS, but neither MOVE nor any of the fast paths.
 COURIER_CAPABILITIES = FULL_CAPABILITIES - {
