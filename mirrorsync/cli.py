@@ -34,11 +34,11 @@ if TYPE_CHECKING:
 
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
-    from mirrorsync.engine import FolderReport
     from mirrorsync.imapstore import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.model import FolderStatus
     from mirrorsync.state import State
+    from mirrorsync.sync.base import FolderReport
 
 
 class Session:
@@ -369,8 +369,8 @@ def _load_config(args: argparse.Namespace, env: Environment) -> Config:
         key = configcache.key_for(given)
         cached = configcache.load_config(key, env.environ)
         if cached is not None:
-            if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/oracle.py
-                from mirrorsync.oracle import check_config
+            if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/sync/oracle.py
+                from mirrorsync.sync.oracle import check_config
 
                 check_config(cached, Path(given), env.environ)
             config.check_files(cached)
@@ -418,7 +418,7 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     cfg = _load_config(args, env)
     accounts = _select_accounts(cfg, args.accounts)
     folders = tuple(canonical_folder(f.strip("/")) for f in args.folder)
-    from mirrorsync.engine import SyncOptions
+    from mirrorsync.sync.base import SyncOptions
 
     options = SyncOptions(
         dry_run=args.dry_run,
@@ -635,8 +635,9 @@ def sync_account(
     """Lock, connect, run, report. Returns the account's exit status. With `archive`,
     the account's archive rules are applied after the sync, under the same lock and
     on the same connection, so they act on freshly synced folders."""
-    from mirrorsync.engine import AccountSync, SyncOptions
     from mirrorsync.progress import ProgressReporter, Reporter
+    from mirrorsync.sync.base import SyncOptions
+    from mirrorsync.sync.engine import AccountSync
 
     assert isinstance(options, SyncOptions)
     out = out or SyncOutput(env, quiet=False, json=False)

@@ -183,7 +183,7 @@ def try_quick(argv: Sequence[str], env: Environment) -> int | None:
             checked.append(check_account(account))
         if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":
             # tests only: a no-op must be one by the full path's plan too (oracle.py)
-            from mirrorsync.oracle import verify_quick
+            from mirrorsync.sync.oracle import verify_quick
 
             verify_quick(key, chosen, env.environ)
         # All unchanged: record the sync as `AccountSync.run` does at its end. Every
@@ -207,7 +207,7 @@ def try_quick(argv: Sequence[str], env: Environment) -> int | None:
             except Exception:
                 pass
         if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":
-            from mirrorsync.oracle import PlanMismatch
+            from mirrorsync.sync.oracle import PlanMismatch
 
             if isinstance(e, PlanMismatch):
                 raise  # a wrong no-op must fail the test, not fall back to the full path

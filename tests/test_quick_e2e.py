@@ -22,8 +22,8 @@ import yaml
 
 from mirrorsync import maildir as maildir_mod
 from mirrorsync import quick, quickimap
-from mirrorsync.engine import AccountSync
 from mirrorsync.state import AccountLock
+from mirrorsync.sync.engine import AccountSync
 from tests.harness import Mirror, Result, message
 
 SEEN, FLAGGED = b"\\Seen", b"\\Flagged"
@@ -143,7 +143,7 @@ def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
     check without importing the CLI, the errors (and their enum), the engine or the
     `sqlite3` package; a run with work to do still gets the whole CLI, but not YAML
     while the configuration file is unchanged, nor argparse for a plain sync."""
-    heavy = {"mirrorsync.cli", "mirrorsync.errors", "mirrorsync.engine", "sqlite3.dbapi2"}
+    heavy = {"mirrorsync.cli", "mirrorsync.errors", "mirrorsync.sync.engine", "sqlite3.dbapi2"}
 
     def imported(r: Result) -> set[str]:
         return {
