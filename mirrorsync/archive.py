@@ -58,8 +58,8 @@ from mirrorsync.errors import (
     UsageError,
 )
 from mirrorsync.maildir import MaildirFolder, MessageVanished, new_key
-from mirrorsync.model import NO_FLAGS, Flags, FolderStatus, LocalMessage
-from mirrorsync.state import JournalEntry, Pair
+from mirrorsync.model import NO_FLAGS, Flags, FolderStatus, LocalMessage, Pair
+from mirrorsync.state import JournalEntry
 
 if TYPE_CHECKING:
     from mirrorsync.config import AccountConfig, ArchiveRule

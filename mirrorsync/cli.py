@@ -35,12 +35,12 @@ if TYPE_CHECKING:
 
     from mirrorsync.archive import ArchiveReport
     from mirrorsync.config import AccountConfig, ArchiveRule, Config
-    from mirrorsync.engine import FolderReport
     from mirrorsync.imap.store import ImapStore
     from mirrorsync.maildir import Maildir
     from mirrorsync.model import FolderStatus
     from mirrorsync.quick import Outcome
     from mirrorsync.state import State
+    from mirrorsync.sync.base import FolderReport
 
 
 class Session:
@@ -377,8 +377,8 @@ def _load_config(args: argparse.Namespace, env: Environment) -> Config:
         outcome.loaded = None  # taken: a reload reads the file again
         found = (loaded.key, loaded.st, loaded.before)
         cfg = config.load(Path(given), recorder, (loaded.text, loaded.document))
-        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/oracle.py
-            from mirrorsync.oracle import check_config
+        if os.environ.get("MIRRORSYNC_PLAN_ORACLE") == "1":  # tests: mirrorsync/sync/oracle.py
+            from mirrorsync.sync.oracle import check_config
 
             check_config(cfg, Path(given), env.environ)
     else:
@@ -430,7 +430,7 @@ def cmd_sync(args: argparse.Namespace, env: Environment) -> ExitStatus:
     cfg = _load_config(args, env)
     accounts = _select_accounts(cfg, args.accounts)
     folders = tuple(canonical_folder(f.strip("/")) for f in args.folder)
-    from mirrorsync.engine import SyncOptions
+    from mirrorsync.sync.base import SyncOptions
 
     options = SyncOptions(
         dry_run=args.dry_run,
@@ -665,8 +665,9 @@ def sync_account(
     the account's archive rules are applied after the sync, under the same lock and
     on the same connection, so they act on freshly synced folders. `quick` is the
     quick check's outcome (see `account_session`)."""
-    from mirrorsync.engine import AccountSync, SyncOptions
     from mirrorsync.progress import ProgressReporter, Reporter
+    from mirrorsync.sync.base import SyncOptions
+    from mirrorsync.sync.engine import AccountSync
 
     assert isinstance(options, SyncOptions)
     out = out or SyncOutput(env, quiet=False, json=False)

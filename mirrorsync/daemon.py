@@ -62,9 +62,9 @@ from mirrorsync.watch import EventRouter, LocalWatcher, OwnWrites, install_hook
 from mirrorsync.words import counted
 
 if TYPE_CHECKING:
-    from mirrorsync.engine import AccountReport
     from mirrorsync.environment import Environment
     from mirrorsync.imap.store import ImapStore
+    from mirrorsync.sync.base import AccountReport
 
 ARCHIVE_EVERY = 24 * 3600.0  # seconds between two runs of the archive rules
 
@@ -331,7 +331,7 @@ class AccountLoop(threading.Thread):
         """Run one sync for what is pending; True when it ran (whatever the folders'
         outcome), False when it must be retried (the server is unreachable, or
         another mirrorsync holds the account)."""
-        from mirrorsync.engine import SyncOptions
+        from mirrorsync.sync.base import SyncOptions
 
         if pending.full:
             folders: tuple[str, ...] = ()
@@ -398,10 +398,10 @@ class AccountLoop(threading.Thread):
         still has a folder selected gets that folder's STATUS from its own, older
         view (RFC 3501 6.3.10; Dovecot does so), and the engine would miss the very
         change it was woken for. A login per sync is cheap next to that."""
-        from mirrorsync.engine import AccountSync
         from mirrorsync.imap.store import ImapStore
         from mirrorsync.maildir import Maildir
         from mirrorsync.state import State
+        from mirrorsync.sync.engine import AccountSync
 
         account = self.account
         with AccountLock(account.state_dir, account.name):

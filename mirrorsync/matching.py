@@ -17,7 +17,7 @@ server.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mirrorsync.content import (
     content_hash,
@@ -30,8 +30,8 @@ from mirrorsync.content import (
 from mirrorsync.errors import LocalStoreError
 from mirrorsync.maildir import MaildirFolder
 from mirrorsync.model import LocalMessage
-from mirrorsync.planner import Match
 from mirrorsync.remote import RemoteStore
+from mirrorsync.sync.plan import Match
 
 REPLACE_BATCH = 500  # files written and made durable together
 REPLACE_BATCH_BYTES = 8 * 1024 * 1024  # bounds memory: a batch is held until it is placed
@@ -100,7 +100,7 @@ def match_by_content(
 def take_server_bytes(
     remote: RemoteStore,
     folder: MaildirFolder,
-    local: dict[str, LocalMessage],
+    local: Mapping[str, LocalMessage],
     items: Sequence[tuple[int, str, str]],
 ) -> set[str]:
     """Give each local file (uid, key, hash: the server message it was matched with

@@ -45,10 +45,10 @@ from mirrorsync import flags as flagmod
 from mirrorsync.content import content_hash, to_lf
 from mirrorsync.errors import LocalStoreError, UsageError
 from mirrorsync.maildir import Maildir, MaildirFolder
-from mirrorsync.model import Flags, LocalMessage
+from mirrorsync.model import Flags, LocalMessage, Pair
 from mirrorsync.names import SEP
 from mirrorsync.remote import RemoteStore
-from mirrorsync.state import FolderState, Pair, State
+from mirrorsync.state import FolderState, State
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def build(
     uidvalidity_now: dict[str, int],
 ) -> list[FolderPlan]:
     """The pairs of every folder, and the plan of the first sync after them."""
-    from mirrorsync.planner import plan_messages
+    from mirrorsync.sync.plan import plan_messages
 
     plans: dict[str, FolderPlan] = {}
     listings: dict[str, dict[str, LocalMessage]] = {}

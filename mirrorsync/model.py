@@ -109,3 +109,15 @@ class LocalMessage:
     @property
     def relpath(self) -> str:
         return f"{self.subdir}/{self.filename}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One message known on both sides, with the flags each side had at the last sync
+    (a row of the state; defined here so that the pure planner needs no `state`)."""
+
+    uid: int
+    key: str
+    hash: str
+    remote_flags: Flags
+    local_flags: Flags

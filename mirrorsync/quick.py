@@ -199,7 +199,7 @@ def try_quick(argv: Sequence[str], env: Environment) -> Outcome:
             checked.append(_check_account(entry, outcome, (key, st, before), env.environ))
         if os.environ.get(ORACLE_ENV) == "1":
             # tests only: a no-op must be one by the full path's plan too (oracle.py)
-            from mirrorsync.oracle import verify_quick
+            from mirrorsync.sync.oracle import verify_quick
 
             verify_quick(key, chosen, outcome, env.environ)
         # All unchanged: record the sync as `AccountSync.run` does at its end. Every
@@ -223,7 +223,7 @@ def try_quick(argv: Sequence[str], env: Environment) -> Outcome:
             except Exception:
                 pass
         if os.environ.get(ORACLE_ENV) == "1":
-            from mirrorsync.oracle import PlanMismatch
+            from mirrorsync.sync.oracle import PlanMismatch
 
             if isinstance(e, PlanMismatch):
                 raise  # a wrong no-op must fail the test, not fall back to the full path

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mirrorsync import flags as flagmod
 from mirrorsync.errors import MirrorsyncError, StateError, StateUnwritable
-from mirrorsync.model import Flags
+from mirrorsync.model import Pair
 
 # The lock, the file name, the schema version and how a connection is opened live in
 # the import-light `statefiles`, shared with `mirrorsync.quick`.
@@ -174,17 +174,6 @@ class FolderState:
     needs_match: bool = False
     local_stamp: str = ""
     last_sync: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """One message known on both sides, with the flags each side had at the last sync."""
-
-    uid: int
-    key: str
-    hash: str
-    remote_flags: Flags
-    local_flags: Flags
 
 
 PairRow = tuple[int, str, str, str]  # uid, key, remote and local flag letters (no hash)

@@ -16,7 +16,7 @@ from hypothesis import settings
 from mirrorsync.devserver import Dovecot
 
 # Imported before any test replaces what it reads with a spy (see its `_listing`).
-from mirrorsync.oracle import ENV as PLAN_ORACLE_ENV
+from mirrorsync.sync.oracle import ENV as PLAN_ORACLE_ENV
 from tests import servers
 
 # CI gets the same examples every run (HYPOTHESIS_PROFILE=ci, set by .ci/run), so a
@@ -39,7 +39,7 @@ def _private_cache(
 @pytest.fixture(autouse=True)
 def _plan_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every sync a test makes, in process or in a subprocess, also plans the full way
-    and fails if a fast path planned anything else (see mirrorsync.oracle). A test
+    and fails if a fast path planned anything else (see mirrorsync.sync.oracle). A test
     that measures what a run costs or imports turns it off for itself."""
     monkeypatch.setenv(PLAN_ORACLE_ENV, "1")
 

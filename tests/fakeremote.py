@@ -209,7 +209,7 @@ class FakeRemoteStore:
         self._failures.setdefault(method, []).extend([err] * times)
 
     def oracle_reader(self) -> FakeRemoteStore:
-        """A second connection to the same data, for the plan oracle (mirrorsync.oracle):
+        """A second connection to the same data, for the plan oracle (mirrorsync.sync.oracle):
         its reads leave this store's selection, call log and injected failures alone."""
         twin = copy.copy(self)
         twin.selected = None

@@ -20,8 +20,8 @@ from mirrorsync.config import AccountConfig, ArchiveRule, FolderFilter, LocalCon
 from mirrorsync.content import content_hash, message_id, to_lf
 from mirrorsync.errors import UsageError
 from mirrorsync.maildir import Maildir
-from mirrorsync.model import Flags
-from mirrorsync.state import FolderState, JournalEntry, Pair, State
+from mirrorsync.model import Flags, Pair
+from mirrorsync.state import FolderState, JournalEntry, State
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 OLD = datetime(2024, 3, 1, 12, tzinfo=timezone.utc)

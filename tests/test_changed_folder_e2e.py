@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from mirrorsync import engine, planner
 from mirrorsync import maildir as maildir_mod
 from mirrorsync.maildir import MaildirFolder
+from mirrorsync.sync import plan as planner
+from mirrorsync.sync import transfer
 from tests.harness import Mirror, message
 
 
@@ -142,7 +143,7 @@ def test_many_flag_renames_share_one_directory_fsync(
 def test_downloads_are_fetched_while_the_previous_batch_is_written(
     mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine, "DOWNLOAD_BATCH", 3)
+    monkeypatch.setattr(transfer, "DOWNLOAD_BATCH", 3)
     for n in range(10):
         mirror.client.append("A", message(f"new{n}"))
     mirror.sync()

@@ -61,11 +61,11 @@ def test_connection_dropped_mid_download_exits_3_and_resumes(
     """With small batches (5), one batch is being written while the next is fetched
     when the connection drops: the batches before are kept, the one under way is
     removed, and the re-run neither misses nor duplicates a message."""
-    from mirrorsync import engine
     from mirrorsync.imap.store import ImapStore
+    from mirrorsync.sync import transfer
 
     if batch is not None:
-        monkeypatch.setattr(engine, "DOWNLOAD_BATCH", batch)
+        monkeypatch.setattr(transfer, "DOWNLOAD_BATCH", batch)
         monkeypatch.setattr(maildir_mod, "SYNCFS_MIN_FILES", 2)
 
     real_fetch = ImapStore.fetch

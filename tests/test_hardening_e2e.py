@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mirrorsync.engine import AccountSync
 from mirrorsync.state import DB_NAME
+from mirrorsync.sync.engine import AccountSync
 from tests.harness import Mirror, message
 
 

@@ -12,7 +12,7 @@ from mirrorsync.layout import NESTED
 from mirrorsync.maildir import Maildir, MaildirFolder, new_key
 from mirrorsync.matching import match_by_content, take_server_bytes
 from mirrorsync.model import LocalMessage
-from mirrorsync.planner import Match
+from mirrorsync.sync.plan import Match
 from tests.fakeremote import FakeRemoteStore
 
 TUID = b"X-TUID: abcdefghijkl\r\n"

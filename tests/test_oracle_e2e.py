@@ -1,4 +1,4 @@
-"""The plan oracle (mirrorsync.oracle), against a real Dovecot: each fast path broken on
+"""The plan oracle (mirrorsync.sync.oracle), against a real Dovecot: each fast path broken on
 purpose is caught before its plan is carried out; the oracle itself changes nothing;
 off, it is never imported. And a divergence it found in the engine."""
 
@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
-from mirrorsync import configcache, engine, quick
-from mirrorsync.engine import AccountSync
+from mirrorsync import configcache, quick
 from mirrorsync.maildir import MaildirFolder
 from mirrorsync.model import LocalMessage
+from mirrorsync.sync import gather, plan
+from mirrorsync.sync.base import SyncOptions
+from mirrorsync.sync.engine import AccountSync
 from tests.conftest import SettleClock
 from tests.harness import Mirror, QuickRuns, Result, message
 
@@ -69,7 +71,7 @@ def test_the_steady_fixture_takes_the_fast_paths(
     def spy(self: AccountSync, name: str) -> Any:
         got = real(self, name)
         if got is not None:
-            seen.append(got.local_scanned)
+            seen.append(got.local.listed)
         return got
 
     monkeypatch.setattr(AccountSync, "gather", spy)
@@ -83,14 +85,14 @@ def test_the_steady_fixture_takes_the_fast_paths(
 def test_a_dropped_differing_row_is_caught_before_anything_is_done(
     steady: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = engine._differing
+    real = gather._differing
 
     def dropping(rows: Any, server: Any, listing: Any) -> Any:
         keep, remote, local = real(rows, server, listing)
         # the first changed message's pair forgotten, as if it were steady
         return keep[1:], {u: f for u, f in remote.items() if u != keep[0][0]}, local
 
-    monkeypatch.setattr(engine, "_differing", dropping)
+    monkeypatch.setattr(gather, "_differing", dropping)
     f = steady.files("A")[0]
     f.rename(f.with_name(f.name.replace(":2,S", ":2,FS")))
     err = caught(steady.run("sync"))
@@ -99,12 +101,12 @@ def test_a_dropped_differing_row_is_caught_before_anything_is_done(
 
 
 def test_a_wrong_server_delta_is_caught(steady: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = engine._server_view
+    real = gather._server_view
 
     def stale(known: Any, changes: Any) -> Any:
         return real(known, dataclasses.replace(changes, changed={}))  # the flags lost
 
-    monkeypatch.setattr(engine, "_server_view", stale)
+    monkeypatch.setattr(gather, "_server_view", stale)
     c = steady.client
     c.select_folder("A")
     c.add_flags(min(c.search("ALL")), [b"\\Flagged"])
@@ -139,7 +141,7 @@ def test_a_file_located_under_a_wrong_name_is_caught(
 
 
 def test_a_move_not_looked_for_is_caught(steady: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "_may_move", lambda inputs: False)
+    monkeypatch.setattr(plan, "may_move", lambda *views: False)
     f = steady.files("A")[0]
     f.rename(steady.folder_dir("B") / "cur" / f.name)
     err = caught(steady.run("sync"))
@@ -188,8 +190,8 @@ def test_the_oracle_changes_nothing(steady: Mirror) -> None:
     from mirrorsync import config
     from mirrorsync.imap.store import ImapStore
     from mirrorsync.maildir import Maildir
-    from mirrorsync.oracle import Oracle
     from mirrorsync.state import State
+    from mirrorsync.sync.oracle import Oracle
 
     c = steady.client
     c.append("B", message("both"), flags=[])  # unseen: a body fetch must not see it
@@ -215,7 +217,7 @@ def test_the_oracle_changes_nothing(steady: Mirror) -> None:
     state = State.open(account.state_dir)
     try:
         maildir = Maildir(account.local.path, account.local.layout)
-        sync = AccountSync(account, store, maildir, state, engine.SyncOptions(), print)
+        sync = AccountSync(account, store, maildir, state, SyncOptions(), print)
         sync.prior = state.folders()
         oracle = Oracle(sync)
         folders, plans, moves = oracle.account()
@@ -240,12 +242,12 @@ def test_off_the_oracle_is_never_imported(steady: Mirror) -> None:
 
     steady.client.append("B", message("B-new"), flags=[])
     r = steady.run_process("sync", env={"PYTHONPROFILEIMPORTTIME": "1"})
-    assert r.status == 0 and "mirrorsync.oracle" in imported(r), r  # on, as in every test
+    assert r.status == 0 and "mirrorsync.sync.oracle" in imported(r), r  # on, as in every test
     steady.client.append("B", message("B-newer"), flags=[])
     off = {"PYTHONPROFILEIMPORTTIME": "1", "MIRRORSYNC_PLAN_ORACLE": ""}
     r = steady.run_process("sync", env=off)
     assert r.status == 0 and "1 downloaded" in r.out, r
-    assert "mirrorsync.oracle" not in imported(r)
+    assert "mirrorsync.sync.oracle" not in imported(r)
 
 
 @pytest.mark.parametrize("how", ["move", "copy-expunge"])

@@ -6,17 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mirrorsync import actions as act
 from mirrorsync.flags import SYNCED_FLAGS, merge
-from mirrorsync.model import LocalMessage
-from mirrorsync.planner import (
+from mirrorsync.model import LocalMessage, Pair
+from mirrorsync.sync import actions as act
+from mirrorsync.sync.plan import (
     Match,
     flag_change,
     guard_violation,
     plan_folders,
     plan_messages,
 )
-from mirrorsync.state import Pair
 
 S, F, R, T = "\\Seen", "\\Flagged", "\\Answered", "\\Deleted"
 
@@ -227,7 +226,7 @@ def test_guard_counts_local_deletions_too() -> None:
 
 
 def view(pairs=(), remote=None, local=(), local_hashes=None, remote_hashes=None, loose=None):  # type: ignore[no-untyped-def]
-    from mirrorsync.planner import FolderView
+    from mirrorsync.sync.plan import FolderView
 
     return FolderView(
         list(pairs),
@@ -244,7 +243,7 @@ def hpair(uid: int, key: str, h: str, *flags: str) -> Pair:
 
 
 def test_a_local_rename_between_folders_is_a_server_move() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "k", "H", S)], {5: fl(S)}, []),
@@ -254,7 +253,7 @@ def test_a_local_rename_between_folders_is_a_server_move() -> None:
 
 
 def test_a_copy_then_delete_is_recognised_by_content() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
@@ -264,7 +263,7 @@ def test_a_copy_then_delete_is_recognised_by_content() -> None:
 
 
 def test_a_mutt_save_with_added_fields_is_a_move_that_takes_the_servers_bytes() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     # The saved copy's exact hash is its own; without mutt's fields it is the state's.
     views = {
@@ -277,7 +276,7 @@ def test_a_mutt_save_with_added_fields_is_a_move_that_takes_the_servers_bytes() 
 
 
 def test_an_exact_copy_is_preferred_to_one_with_added_fields() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
@@ -291,7 +290,7 @@ def test_a_file_that_is_exactly_one_lost_message_is_not_taken_loosely_by_another
     """Two lost messages, X (hash H1) and X with a Status field (hash H2, the server
     had it), and one new file byte for byte the second: it is the second's move, even
     though the first comes first and equals it apart from the field."""
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "a", "H1"), hpair(6, "b", "H2")], {5: fl(), 6: fl()}, []),
@@ -308,7 +307,7 @@ def test_a_file_that_is_exactly_one_lost_message_is_not_taken_loosely_by_another
     ],
 )
 def test_a_copy_that_differs_beyond_tracking_fields_is_no_move(loose: dict[str, str]) -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "old", "H")], {5: fl()}, []),
@@ -323,7 +322,7 @@ def test_a_loose_match_links_and_takes_the_servers_bytes() -> None:
 
 
 def test_a_server_move_becomes_a_local_rename() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "INBOX": view([hpair(5, "k", "H")], {}, [lm("k")]),
@@ -350,13 +349,13 @@ def test_a_server_move_becomes_a_local_rename() -> None:
     ],
 )
 def test_no_move(views) -> None:  # type: ignore[no-untyped-def]
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     assert plan_moves(views) == []
 
 
 def test_one_source_feeds_one_move_only() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {
         "A": view([hpair(5, "old", "H")], {5: fl()}, []),
@@ -368,7 +367,7 @@ def test_one_source_feeds_one_move_only() -> None:
 
 
 def test_a_move_into_a_local_only_folder_frees_the_server() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {"INBOX": view([hpair(5, "k", "H"), hpair(6, "j", "J")], {5: fl(), 6: fl()}, [])}
     archives = {"Archive": {"k": "H", "copy": "J"}}
@@ -379,7 +378,7 @@ def test_a_move_into_a_local_only_folder_frees_the_server() -> None:
 
 
 def test_a_mutt_save_into_a_local_only_folder_frees_the_server_exact_copies_first() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     # 5's content (H) was saved with mutt's fields (the file "s", exact hash M); 6's
     # (H6) is both there exactly ("x") and loosely ("y"): the exact one is its proof.
@@ -395,7 +394,7 @@ def test_a_mutt_save_into_a_local_only_folder_frees_the_server_exact_copies_firs
 
 
 def test_a_local_only_file_with_other_content_frees_nothing() -> None:
-    from mirrorsync.planner import plan_moves
+    from mirrorsync.sync.plan import plan_moves
 
     views = {"INBOX": view([hpair(5, "k", "H")], {5: fl()}, [])}
     assert plan_moves(views, {"Archive": {"k": "CHANGED"}}) == []
@@ -426,3 +425,77 @@ def test_a_local_only_file_with_other_content_frees_nothing() -> None:
 )
 def test_one_way_modes(mode, pairs, remote, local, expected) -> None:  # type: ignore[no-untyped-def]
     assert plan_messages(pairs, remote, {m.key: m for m in local}, mode=mode) == expected
+
+
+# -- folding carried-out moves into the folders' inputs (apply_moves)
+
+
+def sides(pairs=(), remote=None, local=(), moved_in=()):  # type: ignore[no-untyped-def]
+    from mirrorsync.sync.plan import Sides
+
+    return Sides(list(pairs), remote or {}, {m.key: m for m in local}, frozenset(moved_in))
+
+
+def test_a_server_move_puts_the_pair_and_server_flags_in_the_new_folder() -> None:
+    from mirrorsync.sync.plan import Moved, apply_moves
+
+    before = {
+        "INBOX": sides([hpair(5, "k", "H", S)], {5: fl(S, F)}, []),
+        "Archive": sides([], {}, [lm("k", S)]),
+        "Other": sides([hpair(1, "o", "O")], {1: fl()}, [lm("o")]),
+    }
+    move = act.MoveOnServer("INBOX", 5, "Archive", "k", "H", fl(S))
+    new = hpair(9, "k", "H", S)
+    after = apply_moves(before, [Moved(move, new)])
+    assert set(after) == {"INBOX", "Archive"}  # an untouched folder is not copied
+    assert after["INBOX"] == sides([], {}, [])
+    assert after["Archive"] == sides([new], {9: fl(S, F)}, [lm("k", S)], moved_in=[9])
+    assert before["INBOX"].pairs and 5 in before["INBOX"].remote  # the inputs unchanged
+
+
+def test_a_server_move_without_a_new_uid_leaves_the_file_to_content_matching() -> None:
+    from mirrorsync.sync.plan import Moved, apply_moves
+
+    before = {
+        "INBOX": sides([hpair(5, "k", "H")], {5: fl()}, []),
+        "Archive": sides([], {}, [lm("k"), lm("other")]),
+    }
+    after = apply_moves(before, [Moved(act.MoveOnServer("INBOX", 5, "Archive", "k", "H", fl()))])
+    assert after["Archive"].local.keys() == {"other"} and after["Archive"].pending_match
+    assert not after["Archive"].pairs and not after["INBOX"].pending_match
+
+
+def test_a_local_rename_moves_the_file_and_the_pair() -> None:
+    from mirrorsync.sync.plan import Moved, apply_moves
+
+    before = {
+        "INBOX": sides([hpair(5, "k", "H", S)], {}, [lm("k", S)]),
+        "Archive": sides([], {7: fl(S)}, []),
+    }
+    moved = LocalMessage("k", fl(S), "cur", "k:2,S")
+    new = hpair(7, "k", "H", S)
+    after = apply_moves(
+        before, [Moved(act.MoveLocally("INBOX", "k", 5, "Archive", 7, "H"), new, moved)]
+    )
+    assert after["INBOX"] == sides([], {}, [])
+    assert after["Archive"] == sides([new], {7: fl(S)}, [moved], moved_in=[7])
+
+
+def test_a_message_freed_on_the_server_leaves_only_its_folder() -> None:
+    from mirrorsync.sync.plan import Moved, apply_moves
+
+    before = {"INBOX": sides([hpair(5, "k", "H"), hpair(6, "j", "J")], {5: fl(), 6: fl()}, [])}
+    after = apply_moves(before, [Moved(act.FreeOnServer("INBOX", 5, "k", "Saved"))])
+    assert after == {"INBOX": sides([hpair(6, "j", "J")], {6: fl()}, [])}
+
+
+def test_moves_allowed_by_mode_only_between_mirror_folders() -> None:
+    from mirrorsync.sync.plan import plan_moves
+
+    views = {
+        "INBOX": view([hpair(5, "k", "H", S)], {5: fl(S)}, []),
+        "Archive": view([], {}, [lm("k", S)]),
+    }
+    both = {"INBOX": "mirror", "Archive": "mirror"}
+    assert len(plan_moves(views, modes=both)) == 1
+    assert plan_moves(views, modes={**both, "Archive": "pull"}) == []

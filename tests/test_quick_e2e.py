@@ -22,9 +22,9 @@ import yaml
 
 from mirrorsync import maildir as maildir_mod
 from mirrorsync import proof, quick, quickimap
-from mirrorsync.engine import AccountSync
 from mirrorsync.imap import connection
 from mirrorsync.state import AccountLock
+from mirrorsync.sync.engine import AccountSync
 from tests.conftest import Account, SettleClock
 from tests.harness import Mirror, QuickRuns, Result, message
 
@@ -147,7 +147,7 @@ def test_the_command_decides_before_importing_the_cli(quiet: Mirror) -> None:
     configuration's validation, PyYAML or the `sqlite3` package (the password is read
     from the file where the digest says it is); a run with work to do still gets the
     whole CLI, but not argparse for a plain sync."""
-    heavy = {"mirrorsync.cli", "mirrorsync.errors", "mirrorsync.engine", "sqlite3.dbapi2"}
+    heavy = {"mirrorsync.cli", "mirrorsync.errors", "mirrorsync.sync.engine", "sqlite3.dbapi2"}
     heavy |= {"mirrorsync.config", "yaml"}
 
     def imported(r: Result) -> set[str]:

@@ -12,7 +12,8 @@ import pytest
 
 from mirrorsync import state as state_module
 from mirrorsync.errors import ExitStatus, LockedError, StateError, StateUnwritable
-from mirrorsync.state import DB_NAME, AccountLock, FolderState, Pair, State
+from mirrorsync.model import Pair
+from mirrorsync.state import DB_NAME, AccountLock, FolderState, State
 
 
 def test_round_trip_and_mode(tmp_path: Path) -> None:

@@ -51,14 +51,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from mirrorsync import flags as flagmod
-from mirrorsync import planner
 from mirrorsync.config import AccountConfig, LocalConfig, RemoteConfig
 from mirrorsync.content import message_id
 from mirrorsync.dirstamp import CLOCK_SKEW_ENV
-from mirrorsync.engine import AccountReport, AccountSync, SyncOptions
 from mirrorsync.maildir import Maildir
 from mirrorsync.model import Flags
 from mirrorsync.state import State
+from mirrorsync.sync import plan as planner
+from mirrorsync.sync.base import AccountReport, SyncOptions
+from mirrorsync.sync.engine import AccountSync
 
 # Courier: UIDPLUS, but neither MOVE nor any of the fast paths.
 COURIER_CAPABILITIES = FULL_CAPABILITIES - {

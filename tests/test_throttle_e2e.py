@@ -16,7 +16,7 @@ import pytest
 
 from mirrorsync import throttle
 from mirrorsync.devserver import Dovecot
-from mirrorsync.oracle import ENV as PLAN_ORACLE_ENV
+from mirrorsync.sync.oracle import ENV as PLAN_ORACLE_ENV
 from tests.faultproxy import FaultProxy, proxied_mirror
 from tests.harness import message
 

@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 from fakeremote import BASIC_CAPABILITIES, FULL_CAPABILITIES, FakeRemoteStore
 
-from mirrorsync import engine
 from mirrorsync.config import AccountConfig, LocalConfig, RemoteConfig
 from mirrorsync.content import content_hash, message_id
-from mirrorsync.engine import NOT_UPLOADED, AccountSync, FolderReport, SyncOptions
 from mirrorsync.maildir import Maildir, MaildirFolder
 from mirrorsync.model import Flags
 from mirrorsync.state import State
+from mirrorsync.sync import transfer
+from mirrorsync.sync.base import FolderReport, SyncOptions
+from mirrorsync.sync.engine import AccountSync
+from mirrorsync.sync.transfer import NOT_UPLOADED
 
 SEEN: Flags = frozenset({"\\Seen"})
 
@@ -85,7 +87,7 @@ def test_uploads_are_paired_with_flags_and_dates(tmp_path: Path, caps: frozenset
     keys = [w.add(message(n), flags[n % 4], 1_600_000_000 + 60 * n) for n in range(120)]
     unresolved, rep = w.upload()
     assert unresolved == 0 and rep.counts["uploaded"] == 120 and not rep.counts[NOT_UPLOADED]
-    batches = -(-120 // engine.UPLOAD_BATCH)
+    batches = -(-120 // transfer.UPLOAD_BATCH)
     assert w.remote.append_commands == (batches if "MULTIAPPEND" in caps else 120)
     assert w.remote.calls.count("append_many") == batches
     server = w.server()
@@ -150,7 +152,7 @@ def test_uids_not_told_are_left_for_matching(tmp_path: Path) -> None:
 def test_batches_are_bounded_by_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch holds at most UPLOAD_BATCH_BYTES of messages (a bigger one alone), and
     each batch is committed before the next is read."""
-    monkeypatch.setattr(engine, "UPLOAD_BATCH_BYTES", 3000)
+    monkeypatch.setattr(transfer, "UPLOAD_BATCH_BYTES", 3000)
     w = World(tmp_path, FULL_CAPABILITIES)
     sizes = [900, 900, 900, 900, 5000, 900, 100]
     for n, size in enumerate(sizes):

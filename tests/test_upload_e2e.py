@@ -18,8 +18,8 @@ from conftest import Account, _new_account
 
 from mirrorsync import flags as flagmod
 from mirrorsync.content import message_id
-from mirrorsync.engine import UPLOAD_BATCH
 from mirrorsync.imap.store import ImapStore
+from mirrorsync.sync.transfer import UPLOAD_BATCH
 from tests.harness import Mirror, message
 
 LETTERS = ["", "S", "FS", "RS", "DS", "S"]

@@ -21,7 +21,7 @@ def _no_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
     """A drift is, by construction, what the fast paths cannot see: the plan oracle,
     which holds them equal to the full path, would rightly stop the plain syncs these
     tests make to show that. A verifying run is the full path itself."""
-    from mirrorsync.oracle import ENV
+    from mirrorsync.sync.oracle import ENV
 
     monkeypatch.delenv(ENV, raising=False)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
-from mirrorsync.actions import (
+from mirrorsync.model import Flags, LocalMessage, Pair
+from mirrorsync.sync.actions import (
     CreateLocalFolder,
     CreateRemoteFolder,
     DeleteLocal,
@@ -35,8 +36,6 @@ from mirrorsync.actions import (
     UpdateFlags,
     Upload,
 )
-from mirrorsync.model import Flags, LocalMessage
-from mirrorsync.state import Pair
 
 MIRROR, PULL, BACKUP = "mirror", "pull", "backup"
 
@@ -101,6 +100,42 @@ def plan_folders(
     return upkeep + [a for group in reversed(deletes) for a in group]
 
 
+def split_folder_plan(
+    plan: Sequence[FolderAction],
+) -> tuple[list[FolderAction], list[str], list[FolderAction]]:
+    """The folder plan in the order it is carried out: what comes before the folders
+    are synced (creations, resets, forgetting what is gone on both sides), the
+    folders to sync, and what comes after them (deletions, and forgetting what they
+    deleted), so that no folder is deleted before its messages had their say."""
+    before: list[FolderAction] = []
+    names: list[str] = []
+    after: list[FolderAction] = []
+    for action in plan:
+        if isinstance(action, SyncFolder):
+            names.append(action.name)
+        elif isinstance(action, (DeleteLocalFolder, DeleteRemoteFolder)) or (
+            isinstance(action, ForgetFolder) and after
+        ):
+            after.append(action)
+        else:
+            before.append(action)
+    return before, names, after
+
+
+def may_move(
+    pairs: Sequence[Pair], remote: Mapping[int, Flags], local: Mapping[str, LocalMessage]
+) -> bool:
+    """Whether a folder could be one end of a move: it lost a message on one side, or
+    holds one that no pair accounts for."""
+    paired_keys = {p.key for p in pairs}
+    paired_uids = {p.uid for p in pairs}
+    return (
+        any(p.key not in local or p.uid not in remote for p in pairs)
+        or any(k not in paired_keys for k in local)
+        or any(u not in paired_uids for u in remote)
+    )
+
+
 def flag_change(pair: Pair, remote_now: Flags, local_now: Flags) -> FlagChange:
     """Three-way merge: each side's own changes since the last sync are applied to the
     other side's current flags, so edits on both sides combine."""
@@ -137,34 +172,63 @@ def plan_messages(
     on the server stays on disk.
     """
     two_way = mode == MIRROR
-    actions: list[MessageAction] = []
+    actions = [
+        a for p in sorted(pairs, key=lambda p: p.uid) if (a := _pair_action(p, remote, local, mode))
+    ]
     paired_uids = {p.uid for p in pairs}
     paired_keys = {p.key for p in pairs}
-    for pair in sorted(pairs, key=lambda p: p.uid):
-        r = remote.get(pair.uid)
-        lm = local.get(pair.key)
-        if r is not None and lm is not None:
-            # On both sides: merge the flags (or, one way, take the server's).
-            change = flag_change(pair, r, lm.flags) if two_way else _change_to(r, r, lm.flags)
-            # Both sides may already agree on flags the pair does not remember (the same
-            # change made on each side, or a run killed after changing both and before
-            # recording it): the pair is then brought up to date, or a later merge
-            # would take the old base for the last-synced flags and undo a change.
-            stale = pair.remote_flags != change.result or pair.local_flags != change.result
-            if not change.is_noop or stale:
-                actions.append(UpdateFlags(pair.uid, pair.key, change))
-        elif lm is not None:
-            # Expunged on the server: delete the local file (backup keeps it).
-            actions.append(
-                Release(pair.uid, pair.key) if mode == BACKUP else DeleteLocal(pair.uid, pair.key)
-            )
-        elif r is not None:
-            # Deleted locally: expunge exactly this UID (one way: fetch it again).
-            actions.append(DeleteRemote(pair.uid, pair.key) if two_way else Download(pair.uid, r))
-        else:
-            actions.append(Forget(pair.uid, pair.key))
-    matched_uids = set()
-    matched_keys = set()
+    links = _links(matches, paired_uids, paired_keys, remote, local, two_way)
+    actions += links
+    linked_uids = {a.uid for a in links}
+    linked_keys = {a.key for a in links}
+    for uid in sorted(remote):
+        if uid not in paired_uids and uid not in linked_uids:
+            actions.append(Download(uid, remote[uid]))
+    if two_way:
+        for key in sorted(local):
+            if key not in paired_keys and key not in linked_keys:
+                actions.append(Upload(key, local[key].flags))
+    return actions
+
+
+def _pair_action(
+    pair: Pair, remote: Mapping[int, Flags], local: Mapping[str, LocalMessage], mode: str
+) -> MessageAction | None:
+    """What happens to one message the state knows, by where it is now."""
+    two_way = mode == MIRROR
+    r = remote.get(pair.uid)
+    lm = local.get(pair.key)
+    if r is not None and lm is not None:
+        # On both sides: merge the flags (or, one way, take the server's).
+        change = flag_change(pair, r, lm.flags) if two_way else _change_to(r, r, lm.flags)
+        # Both sides may already agree on flags the pair does not remember (the same
+        # change made on each side, or a run killed after changing both and before
+        # recording it): the pair is then brought up to date, or a later merge
+        # would take the old base for the last-synced flags and undo a change.
+        stale = pair.remote_flags != change.result or pair.local_flags != change.result
+        return UpdateFlags(pair.uid, pair.key, change) if not change.is_noop or stale else None
+    if lm is not None:
+        # Expunged on the server: delete the local file (backup keeps it).
+        return Release(pair.uid, pair.key) if mode == BACKUP else DeleteLocal(pair.uid, pair.key)
+    if r is not None:
+        # Deleted locally: expunge exactly this UID (one way: fetch it again).
+        return DeleteRemote(pair.uid, pair.key) if two_way else Download(pair.uid, r)
+    return Forget(pair.uid, pair.key)
+
+
+def _links(
+    matches: Sequence[Match],
+    paired_uids: Set[int],
+    paired_keys: Set[str],
+    remote: Mapping[int, Flags],
+    local: Mapping[str, LocalMessage],
+    two_way: bool,
+) -> list[Link]:
+    """The matches that pair a new server message with a new file, each message and
+    file at most once."""
+    links: list[Link] = []
+    matched_uids: set[int] = set()
+    matched_keys: set[str] = set()
     for m in matches:
         if m.uid in paired_uids or m.key in paired_keys or m.uid not in remote:
             continue
@@ -176,15 +240,8 @@ def plan_messages(
         # has (one way: the server's).
         r, lf = remote[m.uid], local[m.key].flags
         change = _change_to(r | lf if two_way else r, r, lf)
-        actions.append(Link(m.uid, m.key, m.hash, change, m.replace))
-    for uid in sorted(remote):
-        if uid not in paired_uids and uid not in matched_uids:
-            actions.append(Download(uid, remote[uid]))
-    if two_way:
-        for key in sorted(local):
-            if key not in paired_keys and key not in matched_keys:
-                actions.append(Upload(key, local[key].flags))
-    return actions
+        links.append(Link(m.uid, m.key, m.hash, change, m.replace))
+    return links
 
 
 def guard_violation(
@@ -225,10 +282,50 @@ class FolderView:
     local_loose: Mapping[str, str] = field(default_factory=dict)
 
 
+def lost_locally(
+    pairs: Sequence[Pair], remote: Mapping[int, Flags], local: Mapping[str, LocalMessage]
+) -> list[Pair]:
+    """The pairs whose file is gone while the server still holds the message: each
+    could have moved to another folder (or into a local-only one)."""
+    return [p for p in pairs if p.key not in local and p.uid in remote]
+
+
+def lost_on_server(
+    pairs: Sequence[Pair], remote: Mapping[int, Flags], local: Mapping[str, LocalMessage]
+) -> list[Pair]:
+    """The pairs whose server message is gone while the file is still here: each
+    could have been moved to another folder by another client."""
+    return [p for p in pairs if p.uid not in remote and p.key in local]
+
+
+def move_view(
+    pairs: Sequence[Pair],
+    remote: Mapping[int, Flags],
+    local: Mapping[str, LocalMessage],
+    matches: Sequence[Match],
+    local_hashes: Mapping[str, str],
+    remote_hashes: Mapping[int, str],
+    local_loose: Mapping[str, str],
+) -> FolderView:
+    """A folder as `plan_moves` sees it: what content matching paired within the
+    folder is no candidate for a move."""
+    matched_uids = {m.uid for m in matches}
+    matched_keys = {m.key for m in matches}
+    return FolderView(
+        pairs,
+        {u: f for u, f in remote.items() if u not in matched_uids},
+        {k: m for k, m in local.items() if k not in matched_keys},
+        local_hashes,
+        remote_hashes,
+        local_loose,
+    )
+
+
 def plan_moves(
     views: Mapping[str, FolderView],
     archives: Mapping[str, Mapping[str, str]] | None = None,
     archives_loose: Mapping[str, Mapping[str, str]] | None = None,
+    modes: Mapping[str, str] | None = None,
 ) -> list[MessageMove]:
     """Moves between folders, so they stay moves instead of a copy and a deletion.
 
@@ -247,9 +344,9 @@ def plan_moves(
       for the files that have any: mutt's save) is as safe.
 
     Each message takes part in at most one move; a message gone and new in the same
-    folder is no move."""
-    moves: list[MessageMove] = []
-    # Local side: files that left a folder, and new files, by key and by hash.
+    folder is no move. Given the folders' sync `modes`, only the moves they allow are
+    returned: moves between folders are two-way business, while freeing a message
+    whose content is safe in a local-only folder is right in every mode."""
     gone_local: list[tuple[str, Pair]] = []
     gone_remote: list[tuple[str, Pair]] = []
     for name in sorted(views):
@@ -259,65 +356,95 @@ def plan_moves(
                 gone_local.append((name, p))
             elif p.uid not in v.remote and p.key in v.local:
                 gone_remote.append((name, p))
+    moves = _moves_of_files(views, gone_local, archives or {}, archives_loose or {})
+    moves += _moves_of_messages(views, gone_remote)
+    if modes is None:
+        return moves
+    return [
+        m
+        for m in moves
+        if isinstance(m, FreeOnServer) or modes.get(m.src) == modes.get(m.dst) == MIRROR
+    ]
+
+
+Candidates = dict[str, list[tuple[str, str]]]  # hash -> (folder, key) of new files
+ByKey = dict[str, list[str]]  # key -> folders with a new file of that key
+
+
+def _new_files(
+    views: Mapping[str, FolderView],
+) -> tuple[dict[str, list[str]], Candidates, Candidates]:
+    """The new files (no pair accounts for them) by key, by hash and by hash without
+    tracking fields, in folder and key order."""
     new_local: set[tuple[str, str]] = set()
     for name, v in views.items():
         paired = {p.key for p in v.pairs}
         new_local.update((name, key) for key in v.local if key not in paired)
-    by_key: dict[str, list[str]] = {}
-    by_local_hash: dict[str, list[tuple[str, str]]] = {}
-    by_loose_hash: dict[str, list[tuple[str, str]]] = {}
+    by_key: ByKey = {}
+    by_hash: Candidates = {}
+    by_loose: Candidates = {}
     for name, key in sorted(new_local):
         by_key.setdefault(key, []).append(name)
         h = views[name].local_hashes.get(key)
         if h:
-            by_local_hash.setdefault(h, []).append((name, key))
+            by_hash.setdefault(h, []).append((name, key))
         loose = views[name].local_loose.get(key)
         if loose:
-            by_loose_hash.setdefault(loose, []).append((name, key))
-    taken_local: set[tuple[str, str]] = set()
+            by_loose.setdefault(loose, []).append((name, key))
+    return by_key, by_hash, by_loose
+
+
+def _moves_of_files(
+    views: Mapping[str, FolderView],
+    gone: list[tuple[str, Pair]],
+    archives: Mapping[str, Mapping[str, str]],
+    archives_loose: Mapping[str, Mapping[str, str]],
+) -> list[MessageMove]:
+    """Files that left a folder, found again by key or content in another one (moved
+    on the server) or in a local-only one (freed on the server), in `gone`'s order."""
+    by_key, by_hash, by_loose = _new_files(views)
+    taken: set[tuple[str, str]] = set()
+
+    def free(src: str, c: list[tuple[str, str]]) -> tuple[str, str] | None:
+        return next((x for x in c if x[0] != src and x not in taken), None)
+
     # Same key or same bytes first for every lost file, so that a copy with tracking
     # fields never takes the place of an exact one meant for another lost file.
-    planned: dict[int, MessageMove] = {}  # by the index in gone_local, to keep its order
-    for n, (src, p) in enumerate(gone_local):
-        dst_key = next(
-            (
-                (d, p.key)
-                for d in by_key.get(p.key, [])
-                if d != src and (d, p.key) not in taken_local
-            ),
-            None,
-        ) or next(
-            (c for c in by_local_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
-            None,
+    planned: dict[int, MessageMove] = {}  # by the index in gone, to keep its order
+    for n, (src, p) in enumerate(gone):
+        dst_key = free(src, [(d, p.key) for d in by_key.get(p.key, [])]) or free(
+            src, by_hash.get(p.hash, [])
         )
         if dst_key is not None:
-            taken_local.add(dst_key)
+            taken.add(dst_key)
             planned[n] = MoveOnServer(src, p.uid, dst_key[0], dst_key[1], p.hash, p.remote_flags)
-    for n, (src, p) in enumerate(gone_local):
+    for n, (src, p) in enumerate(gone):
         if n in planned:
             continue
         # The state's hash is the server's bytes: a file equal to them once its
         # tracking fields are gone is the same message, and takes those bytes.
-        saved = next(
-            (c for c in by_loose_hash.get(p.hash, []) if c[0] != src and c not in taken_local),
-            None,
-        )
+        saved = free(src, by_loose.get(p.hash, []))
         if saved is not None:
-            taken_local.add(saved)
+            taken.add(saved)
             dst, key = saved
             planned[n] = MoveOnServer(src, p.uid, dst, key, p.hash, p.remote_flags, replace=True)
             continue
-        kept = _archived(p, archives or {}, taken_local)
+        kept = _archived(p, archives, taken)
         if kept is not None:
-            taken_local.add(kept)
+            taken.add(kept)
             planned[n] = FreeOnServer(src, p.uid, kept[1], kept[0])
-    for n, (src, p) in enumerate(gone_local):
-        kept = None if n in planned else _archived(p, archives_loose or {}, taken_local, False)
+    for n, (src, p) in enumerate(gone):
+        kept = None if n in planned else _archived(p, archives_loose, taken, False)
         if kept is not None:
-            taken_local.add(kept)
+            taken.add(kept)
             planned[n] = FreeOnServer(src, p.uid, kept[1], kept[0])
-    moves += (planned[n] for n in sorted(planned))
-    # Server side: messages that left a folder, matched by hash to new UIDs elsewhere.
+    return [planned[n] for n in sorted(planned)]
+
+
+def _moves_of_messages(
+    views: Mapping[str, FolderView], gone: list[tuple[str, Pair]]
+) -> list[MessageMove]:
+    """Server messages that left a folder, matched by hash to new UIDs elsewhere."""
     by_remote_hash: dict[str, list[tuple[str, int]]] = {}
     for name in sorted(views):
         v = views[name]
@@ -325,18 +452,81 @@ def plan_moves(
         for uid, h in sorted(v.remote_hashes.items()):
             if uid not in paired_uids and uid in v.remote:
                 by_remote_hash.setdefault(h, []).append((name, uid))
-    taken_remote: set[tuple[str, int]] = set()
-    for src, p in gone_remote:
+    taken: set[tuple[str, int]] = set()
+    moves: list[MessageMove] = []
+    for src, p in gone:
         found = next(
-            (c for c in by_remote_hash.get(p.hash, []) if c[0] != src and c not in taken_remote),
+            (c for c in by_remote_hash.get(p.hash, []) if c[0] != src and c not in taken),
             None,
         )
         if found is None:
             continue
-        taken_remote.add(found)
+        taken.add(found)
         dst, new_uid = found
         moves.append(MoveLocally(src, p.key, p.uid, dst, new_uid, p.hash))
     return moves
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A move carried out, with what only carrying it out told: the message's pair in
+    its new folder (None when the server did not tell the new UID, or for a message
+    freed on the server) and, for a file renamed, the file in its new folder."""
+
+    move: MessageMove
+    pair: Pair | None = None
+    file: LocalMessage | None = None
+
+
+@dataclass(frozen=True)
+class Sides:
+    """What moves change of one folder's inputs: its pairs, what each side holds, the
+    UIDs moved in this run (their server flags are known exactly), and whether a
+    moved-in message is left to the next run's content matching."""
+
+    pairs: Sequence[Pair]
+    remote: Mapping[int, Flags]
+    local: Mapping[str, LocalMessage]
+    moved_in: frozenset[int] = frozenset()
+    pending_match: bool = False
+
+
+def apply_moves(sides: Mapping[str, Sides], done: Sequence[Moved]) -> dict[str, Sides]:
+    """The folders the moves `done` touched, as if each moved message had always been
+    where it is now: gone from its old folder with its pair, and in the new one with
+    its new pair. A message moved on the server whose new UID is unknown is left out
+    of its new folder altogether, to be matched by content on the next run. The
+    folders given are not changed."""
+    touched = {m.move.src for m in done}
+    touched |= {m.move.dst for m in done if not isinstance(m.move, FreeOnServer)}
+    pairs = {n: list(sides[n].pairs) for n in touched}
+    remote = {n: dict(sides[n].remote) for n in touched}
+    local = {n: dict(sides[n].local) for n in touched}
+    moved_in = {n: set(sides[n].moved_in) for n in touched}
+    pending = {n for n in touched if sides[n].pending_match}
+    for m in done:
+        move = m.move
+        pairs[move.src] = [p for p in pairs[move.src] if p.uid != move.uid]
+        if isinstance(move, FreeOnServer):
+            remote[move.src].pop(move.uid, None)
+            continue
+        if isinstance(move, MoveOnServer):
+            flags = remote[move.src].pop(move.uid)
+            if m.pair is None:
+                local[move.dst].pop(move.key, None)  # matched by content on the next run
+                pending.add(move.dst)
+                continue
+            remote[move.dst][m.pair.uid] = flags
+        else:
+            assert m.file is not None and m.pair is not None
+            del local[move.src][move.key]
+            local[move.dst][move.key] = m.file
+        pairs[move.dst].append(m.pair)
+        moved_in[move.dst].add(m.pair.uid)
+    return {
+        n: Sides(pairs[n], remote[n], local[n], frozenset(moved_in[n]), n in pending)
+        for n in touched
+    }
 
 
 def _archived(

@@ -13,7 +13,7 @@ before the sync carries out a plan of its own, checks that the plan is the same:
   Maildir stamp (`check_unchanged`): the full plan must be empty;
 * a folder's message plan (`check_folder`), made from a QRESYNC/CONDSTORE delta with
   only the pairs it names and the local side taken from the state, or from only the
-  messages that differ from the state (`engine._differing`);
+  messages that differ from the state (`gather._differing`);
 * the moves across folders (`check_moves`), found among the folders held in memory;
 * the files `MaildirFolder.locate` finds under their likely names (`check_located`);
 * a run the quick check finishes as a no-op (`verify_quick`: the config digest's
@@ -42,12 +42,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from mirrorsync import config as configmod
 from mirrorsync import flags as flagmod
-from mirrorsync.errors import LocalStoreError, MirrorsyncError, ServerError
+from mirrorsync.errors import MirrorsyncError, ServerError
 from mirrorsync.maildir import MaildirFolder
-from mirrorsync.matching import match_by_content
 from mirrorsync.model import NO_FLAGS, Flags, FolderStatus, LocalMessage, RemoteIdentity
-from mirrorsync.planner import guard_violation, plan_folders, plan_messages, plan_moves
 from mirrorsync.state import State
+from mirrorsync.sync.plan import guard_violation, plan_folders, plan_messages, plan_moves
 
 # The full path's own code, bound when the oracle is imported (tests/conftest.py does
 # so before any test runs): tests replace these names to count or to break what the
@@ -57,13 +56,14 @@ _pairs = State.pairs
 _parse = configmod.load
 
 if TYPE_CHECKING:
-    from mirrorsync import actions as act
     from mirrorsync.config import Config
-    from mirrorsync.engine import AccountSync, FolderInputs, FolderReport
     from mirrorsync.imap.store import ImapStore
     from mirrorsync.model import RemoteMessage
     from mirrorsync.quick import Outcome
     from mirrorsync.remote import RemoteStore
+    from mirrorsync.sync import actions as act
+    from mirrorsync.sync.base import FolderInputs, FolderReport
+    from mirrorsync.sync.engine import AccountSync
 
 ENV = "MIRRORSYNC_PLAN_ORACLE"
 
@@ -223,7 +223,9 @@ class Oracle:
     def gather(self, name: str) -> FolderInputs:
         """One folder in full, now: every message on both sides, every pair, and the
         unpaired ones matched by content, as `AccountSync.gather` without a shortcut."""
-        from mirrorsync.engine import FolderInputs
+        from mirrorsync.sync.base import FolderInputs
+        from mirrorsync.sync.gather import content_matches
+        from mirrorsync.sync.views import LocalView
 
         sync = self.sync
         # The state as recorded now: a move into this folder may have recorded its new
@@ -237,13 +239,8 @@ class Oracle:
         remote = {u: flagmod.normalize(m.flags) for u, m in listing.items()}
         changed = bool(prior and status and prior.uidvalidity != status.uidvalidity)
         pairs = _pairs(sync.state, name) if prior and not changed else []
-        paired_u, paired_k = {p.uid for p in pairs}, {p.key for p in pairs}
-        new_remote = [u for u in remote if u not in paired_u]
-        new_local = [m for k, m in local.items() if k not in paired_k]
-        matches = []
-        if status is not None and new_remote and new_local:
-            store = cast("RemoteStore", reader)  # match_by_content needs these two reads
-            matches = match_by_content(store, mfolder, new_remote, new_local)
+        store = cast("RemoteStore", reader)  # matching by content needs two of its reads
+        matches = content_matches(store, mfolder, status, pairs, remote, local)
         self._release()
         return FolderInputs(
             name,
@@ -251,7 +248,7 @@ class Oracle:
             prior,
             pairs,
             remote,
-            local,
+            LocalView(mfolder, local, True),
             matches,
             uidvalidity_changed=changed,
             sizes={u: m.size for u, m in listing.items() if m.size},
@@ -287,9 +284,9 @@ class Oracle:
         """The moves among `names`, each gathered in full, hashed by the engine's
         rules (unpaired files when a file was lost, unpaired server messages when a
         server message was lost, without the Message-ID and size preselection), and
-        only those the engine would carry out."""
-        from mirrorsync.content import content_hash, loose_hash, to_lf
-        from mirrorsync.planner import MIRROR, FolderView
+        only those the folders' modes allow."""
+        from mirrorsync.sync.moves import move_views
+        from mirrorsync.sync.plan import MIRROR, lost_locally, lost_on_server
 
         sync = self.sync
         full = {}
@@ -298,72 +295,42 @@ class Oracle:
                 full[n] = self.gather(n)
             except MirrorsyncError:
                 continue  # the engine reports the folder, and leaves it out of moves
-        mirror = {n for n in full if sync.account.sync.mode_for(n) == MIRROR}
-
-        def taken(i: FolderInputs) -> tuple[set[int], set[str]]:
-            return (
-                {p.uid for p in i.pairs} | {m.uid for m in i.matches},
-                {p.key for p in i.pairs} | {m.key for m in i.matches},
-            )
-
-        lost_local = any(
-            p.key not in i.local and p.uid in i.remote for i in full.values() for p in i.pairs
-        )
+        modes = {n: sync.account.sync.mode_for(n) for n in full}
+        mirror = sorted(n for n in full if modes[n] == MIRROR)
+        lost_local = any(lost_locally(i.pairs, i.remote, i.local) for i in full.values())
         lost_remote = any(
-            p.uid not in full[n].remote and p.key in full[n].local
-            for n in mirror
-            for p in full[n].pairs
+            lost_on_server(full[n].pairs, full[n].remote, full[n].local) for n in mirror
         )
         local_hashes: dict[str, dict[str, str]] = {n: {} for n in full}
         local_loose: dict[str, dict[str, str]] = {n: {} for n in full}
         remote_hashes: dict[str, dict[int, str]] = {n: {} for n in full}
-        for n in sorted(mirror):
-            i = full[n]
-            uids, keys = taken(i)
-            if lost_local:
-                mfolder = sync.maildir.folder(n)
-                for key in (k for k in i.local if k not in keys):
-                    try:
-                        data = to_lf(mfolder.read(i.local[key]))
-                    except LocalStoreError:
-                        continue
-                    local_hashes[n][key] = content_hash(data)
-                    if loose := loose_hash(data):
-                        local_loose[n][key] = loose
-            fresh = [u for u in i.remote if u not in uids]
-            if lost_remote and fresh and self.reader.examine(n) is not None:
-                for uid, data, _f, _d in self.reader.fetch(fresh):
-                    remote_hashes[n][uid] = content_hash(to_lf(data))
+        for n in mirror if lost_local else ():
+            self._hash_files(full[n], local_hashes[n], local_loose[n])
+        for n in mirror if lost_remote else ():
+            self._hash_messages(full[n], remote_hashes[n])
         self._release()
         archives, archives_loose = sync._archived_candidates(full) if lost_local else ({}, {})
-        views = {}
-        for n, i in full.items():
-            views[n] = FolderView(
-                i.pairs,
-                {u: f for u, f in i.remote.items() if u not in {m.uid for m in i.matches}},
-                {k: m for k, m in i.local.items() if k not in {m.key for m in i.matches}},
-                local_hashes[n],
-                remote_hashes[n],
-                local_loose[n],
-            )
-        return self.carried_out(plan_moves(views, archives, archives_loose))
+        views = move_views(full, local_hashes, remote_hashes, local_loose)
+        return plan_moves(views, archives, archives_loose, modes)
 
-    def carried_out(self, moves: Sequence[act.MessageMove]) -> list[act.MessageMove]:
-        """The moves `AccountSync._moves` carries out (or prints) of those planned."""
-        from mirrorsync.actions import FreeOnServer
-        from mirrorsync.planner import MIRROR
+    def _hash_files(self, i: FolderInputs, hashes: dict[str, str], loose: dict[str, str]) -> None:
+        from mirrorsync.sync.moves import hash_files
 
-        mode_for = self.sync.account.sync.mode_for
-        return [
-            m
-            for m in moves
-            if isinstance(m, FreeOnServer) or mode_for(m.src) == mode_for(m.dst) == MIRROR
-        ]
+        exact, without = hash_files(self.sync.maildir.folder(i.name), i)
+        hashes.update(exact)
+        loose.update(without)
+
+    def _hash_messages(self, i: FolderInputs, hashes: dict[int, str]) -> None:
+        from mirrorsync.sync.moves import hash_messages, unpaired_uids
+
+        fresh = unpaired_uids(i)
+        if fresh and self.reader.examine(i.name) is not None:
+            hashes.update(hash_messages(cast("RemoteStore", self.reader), fresh, None))
 
     def account(self) -> tuple[list[act.FolderAction], dict[str, list[Any]], list[Any]]:
         """The whole account's full plan now: folder actions, each synced folder's
         message plan, and the moves (tests and `verify_quick`)."""
-        from mirrorsync.actions import SyncFolder
+        from mirrorsync.sync.actions import SyncFolder
 
         folders = self.folder_plan()
         names = sorted(a.name for a in folders if isinstance(a, SyncFolder))
@@ -375,7 +342,7 @@ class Oracle:
     def check_folders(
         self, before: Sequence[act.FolderAction], names: Sequence[str], after: Sequence[Any]
     ) -> None:
-        from mirrorsync.actions import SyncFolder
+        from mirrorsync.sync.actions import SyncFolder
 
         fast = [*before, *(SyncFolder(n) for n in names), *after]
         _compare(self.sync, "the folder plan", fast, self.folder_plan())
@@ -400,7 +367,7 @@ class Oracle:
         _compare(self.sync, f"{name} (skipped as unchanged)", [], self.plan(self.gather(name)))
 
     def check_folder(self, inputs: FolderInputs, plan: Sequence[act.MessageAction]) -> None:
-        from mirrorsync import actions as act
+        from mirrorsync.sync import actions as act
 
         self._no_move_touches(inputs.name)
         full = self.gather(inputs.name)
@@ -430,7 +397,7 @@ class Oracle:
         """The moves the engine found among the folders it held, against the full
         path's among all folders (learned before any folder's messages were carried
         out: those carried out since took part in none), without the folders that failed."""
-        from mirrorsync.actions import FreeOnServer
+        from mirrorsync.sync.actions import FreeOnServer
 
         ok = {n for n, r in reports.items() if r.error is None}
         full = [
@@ -439,7 +406,7 @@ class Oracle:
             if m.src in ok and (isinstance(m, FreeOnServer) or m.dst in ok)
         ]
         self._moves_checked = True
-        _compare(self.sync, "the moves", self.carried_out(moves), full)
+        _compare(self.sync, "the moves", moves, full)
 
     def check_located(self, mfolder: MaildirFolder, found: Mapping[str, LocalMessage]) -> None:
         """`MaildirFolder.locate` found these files by the names they most likely have:
@@ -460,7 +427,7 @@ class Oracle:
 
     def check_noop(self) -> None:
         """The full plan of the whole account does nothing but sync its folders."""
-        from mirrorsync.actions import SyncFolder
+        from mirrorsync.sync.actions import SyncFolder
 
         folders, plans, moves = self.account()
         _compare(
@@ -565,9 +532,10 @@ def verify_quick(
     would use, the proof the state's, and each account's full plan must do nothing.
     Runs under the quick check's account locks."""
     from mirrorsync import configcache
-    from mirrorsync.engine import AccountSync, SyncOptions
     from mirrorsync.maildir import Maildir
     from mirrorsync.state import State
+    from mirrorsync.sync.base import SyncOptions
+    from mirrorsync.sync.engine import AccountSync
 
     cfg = _parse(Path(key), env)
     for entry in chosen:
