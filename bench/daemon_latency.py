@@ -56,7 +56,7 @@ from bench.corpus import Corpus, ensure_corpus, install_for_user, iter_new_messa
 from bench.mail import read_message_id, split_info, to_crlf, with_letters
 from bench.sides import chunks, connect, server_folder, server_folders
 from bench.tools import REPO, Mirrorsync, Server
-from mirrorsync.devserver import Dovecot
+from devtools.devserver import Dovecot
 
 # Its own venv: a bench/run.py started meanwhile reinstalls /var/tmp/mirrorsync-bench-venv,
 # which would pull the files from under a daemon that runs for a quarter of an hour.

@@ -34,7 +34,7 @@ from bench.tools import (
     installed_venv,
 )
 from bench.verify import Verdict, verify
-from mirrorsync.devserver import Dovecot
+from devtools.devserver import Dovecot
 
 PHASES = ("initial", "noop", "verify", "remote", "local", "big")
 FLOOR_USER, FLOOR_PASSWORD = "bench-floor", "secret"  # see bench/floor.py

@@ -65,7 +65,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.mail import letters_of_imap, read_message_id, split_info
-from mirrorsync.devserver import Dovecot
+from devtools.devserver import Dovecot
 
 REPO = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "soak", "soak-pw"

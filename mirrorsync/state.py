@@ -434,10 +434,3 @@ class State:
             "DELETE FROM archive_journal WHERE folder = ? AND uid = ?",
             [(folder, u) for u in uids],
         )
-
-
-def _pair(row: tuple[int, str, str, str, str]) -> Pair:
-    """A state row as a Pair; the key is interned so that it shares its string with
-    the same key found by a Maildir scan."""
-    uid, key, h, remote, local = row
-    return Pair(uid, sys.intern(key), h, flagmod.from_letters(remote), flagmod.from_letters(local))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from mirrorsync.devserver import Dovecot
+from devtools.devserver import Dovecot
 
 # Imported before any test replaces what it reads with a spy (see its `_listing`).
 from mirrorsync.sync.oracle import ENV as PLAN_ORACLE_ENV

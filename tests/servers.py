@@ -1,7 +1,7 @@
 """IMAP servers other than Dovecot, started by the tests on loopback: Cyrus IMAP 3.6
 (with '/' or '.' as separator), Courier-IMAP 5.0 and pymap (pure Python, in memory).
 
-Each class offers what the tests use of `mirrorsync.devserver.Dovecot`: `start()`,
+Each class offers what the tests use of `devtools.devserver.Dovecot`: `start()`,
 `add_user()`, `cleanup()`, `host` and `port`, plus `prefix` (what every personal
 folder name starts with: Courier's `INBOX.`) and `separator`. Debian cannot install
 Cyrus or Courier next to Dovecot (each conflicts with `imap-server`), so scripts/setup
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mirrorsync.devserver import HOST, Dovecot, _free_port
+from devtools.devserver import HOST, Dovecot, _free_port
 
 SERVERS_DIR = Path(os.environ.get("MIRRORSYNC_TEST_SERVERS", "/var/cache/mirrorsync-test-servers"))
 

@@ -306,7 +306,7 @@ def test_the_demo_keeps_its_cache_in_its_own_directory(
     """The cache holds the demo's password: it must go when the demo's files go."""
     import subprocess
 
-    from mirrorsync import demo
+    from devtools import demo
 
     seen: list[dict[str, str]] = []
 

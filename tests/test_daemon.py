@@ -34,10 +34,10 @@ from watchdog.events import (
     FileMovedEvent,
 )
 
+from devtools.devserver import Dovecot
 from mirrorsync import config as configmod
 from mirrorsync import maildir as maildirmod
 from mirrorsync.daemon import ChangeQueue, max_delay
-from mirrorsync.devserver import Dovecot
 from mirrorsync.errors import AuthenticationFailed, ConfigError
 from mirrorsync.imap.idle import ConnectionLost, ImapConnection
 from mirrorsync.imap.notify import (

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mirrorsync.devserver import Dovecot
+from devtools.devserver import Dovecot
 from mirrorsync.maildir import MaildirFolder
 from tests.conftest import Account, SettleClock, _new_account
 from tests.harness import Mirror, message

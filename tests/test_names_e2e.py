@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
+from devtools.devserver import Dovecot
 from mirrorsync import flags as flagmod
 from mirrorsync import maildir as maildir_mod
 from mirrorsync.content import content_hash
-from mirrorsync.devserver import Dovecot
 from mirrorsync.imap.notify import NotifySession
 from mirrorsync.layout import folder_path, list_folders
 from mirrorsync.names import PREFIX_META

@@ -14,8 +14,8 @@ from typing import Any
 import imapclient
 import pytest
 
+from devtools.devserver import Dovecot
 from mirrorsync import config as configmod
-from mirrorsync.devserver import Dovecot
 from mirrorsync.imap.idle import ConnectionLost, ImapConnection
 from mirrorsync.imap.notify import PUSH_CONNECTED, NotifySession
 

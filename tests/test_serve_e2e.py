@@ -12,7 +12,7 @@ from typing import Any
 import imapclient
 import pytest
 
-from mirrorsync.devserver import Dovecot
+from devtools.devserver import Dovecot
 from tests.harness import Mirror, message
 
 SEEN, FLAGGED = b"\\Seen", b"\\Flagged"

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devtools.devserver import Dovecot
 from mirrorsync.config import load
-from mirrorsync.devserver import Dovecot
 from mirrorsync.errors import ConfigError
 from mirrorsync.names import included
 from tests.harness import Mirror, message

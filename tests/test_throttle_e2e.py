@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from devtools.devserver import Dovecot
 from mirrorsync import throttle
-from mirrorsync.devserver import Dovecot
 from mirrorsync.sync.oracle import ENV as PLAN_ORACLE_ENV
 from tests.faultproxy import FaultProxy, proxied_mirror
 from tests.harness import message

@@ -37,7 +37,7 @@ from mirrorsync.sync.actions import (
     Upload,
 )
 
-MIRROR, PULL, BACKUP = "mirror", "pull", "backup"
+MIRROR, BACKUP = "mirror", "backup"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`python3 -m mirrorsync.demo`: watch mirrorsync do its main job, start to finish.
+"""`python3 -m devtools.demo`: watch mirrorsync do its main job, start to finish.
 
 It starts a throw-away Dovecot on loopback, fills one user's mailbox with realistic
 mail (flags, nested and non-ASCII folders, an attachment), writes a config for it and
@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 import mirrorsync
-from mirrorsync.devserver import Dovecot
+from devtools.devserver import Dovecot
 from mirrorsync.layout import NESTED, folder_path
 
 ACCOUNT = "demo"
@@ -384,7 +384,7 @@ def run_demo(tmp: Path, keep: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m mirrorsync.demo",
+        prog="python3 -m devtools.demo",
         description="Sync a throw-away Dovecot full of sample mail to a Maildir, and show it.",
     )
     parser.add_argument(
