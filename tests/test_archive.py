@@ -64,7 +64,7 @@ class World:
         mfolder = self.maildir.create_folder(folder)
         key = mfolder.new_key()
         mfolder.deliver(key, to_lf(data), flags)
-        status = self.remote.status(folder)
+        status = self.remote.statuses()[folder]
         with self.state.transaction():
             self.state.put_folder(FolderState(folder, status.uidvalidity, status.uidnext))
             self.state.put_pairs(folder, [Pair(uid, key, content_hash(to_lf(data)), flags, flags)])
@@ -299,7 +299,7 @@ def test_recovery_completes_or_rolls_back_each_row(world: World) -> None:
     uid_moved, key_moved = world.synced("INBOX", "moved")  # file in Archive, still on server
     uid_done, key_done = world.synced("INBOX", "done")  # file in Archive, already expunged
     uid_stay, key_stay = world.synced("INBOX", "stayed")  # never left INBOX
-    status = world.remote.status("INBOX")
+    status = world.remote.statuses()["INBOX"]
     src = world.maildir.folder("INBOX")
     dst = world.maildir.create_folder("Archive/INBOX")
     local = src.scan()
@@ -324,7 +324,7 @@ def test_recovery_completes_or_rolls_back_each_row(world: World) -> None:
 
 def test_recovery_after_the_server_renumbered_expunges_nothing(world: World) -> None:
     uid, key = world.synced("INBOX", "a")
-    status = world.remote.status("INBOX")
+    status = world.remote.statuses()["INBOX"]
     src, dst = world.maildir.folder("INBOX"), world.maildir.create_folder("Archive/INBOX")
     msg = src.scan()[key]
     row = JournalEntry("INBOX", status.uidvalidity, uid, dst.name, key, content_hash(src.read(msg)))
